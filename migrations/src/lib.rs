@@ -1,0 +1,17 @@
+//! Ferry's own schema, written once with sea-orm-migration's builder so the same migrations run on
+//! SQLite and PostgreSQL. apalis keeps its own tables (created by its own migrator); nothing here
+//! touches them. Migrations are recorded in sea-orm's `seaql_migrations` table, which does not
+//! collide with the `_sqlx_migrations` table apalis uses.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261129_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261129_000001_initial::Migration)]
+    }
+}

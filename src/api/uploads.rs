@@ -1,0 +1,77 @@
+//! `/v1/uploads`: streamed uploads.
+
+use actix_web::{HttpRequest, HttpResponse, http::header, web};
+
+use super::{digest_header, problem::ApiError, wire::UploadOut};
+use crate::{
+    ids::UploadId,
+    service::{Services, uploads::UploadMeta},
+};
+
+/// What the request's headers say about the body to come.
+pub(crate) fn upload_meta(req: &HttpRequest) -> Result<UploadMeta, ApiError> {
+    let declared_length = match req.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_content_length",
+                        "Content-Length is not a number",
+                    )
+                })?,
+        ),
+    };
+    Ok(UploadMeta {
+        content_type: req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        declared_length,
+        expected_sha256: digest_header::expected_sha256(req.headers())?,
+    })
+}
+
+pub(crate) fn parse_upload_id(text: &str) -> Result<UploadId, ApiError> {
+    UploadId::parse(text).ok_or_else(|| {
+        ApiError::new(
+            actix_web::http::StatusCode::NOT_FOUND,
+            "upload_not_found",
+            format!("{text:?} is not an upload id (upl_…)"),
+        )
+    })
+}
+
+pub async fn create(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let meta = upload_meta(&req)?;
+    services.check_declared_length(meta.declared_length)?;
+    let row = services.create_upload(body, meta).await?;
+    let out = UploadOut::from(&row);
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/v1/uploads/{}", out.id)))
+        .insert_header(("Repr-Digest", digest_header::header_value(&row.sha256)))
+        .json(out))
+}
+
+pub async fn get(
+    services: web::Data<Services>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let row = services.get_upload(parse_upload_id(&id)?).await?;
+    Ok(HttpResponse::Ok().json(UploadOut::from(&row)))
+}
+
+pub async fn delete(
+    services: web::Data<Services>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    services.delete_upload(parse_upload_id(&id)?).await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,289 @@
+//! Wire types: exactly what `openapi.yaml` describes. Built from rows, never stored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    domain::JobFailure,
+    ids::{JobId, UploadId},
+    service::jobs::JobView,
+    storage::entities::{job_event, job_log, result, upload},
+    time::{now_ms, to_rfc3339},
+};
+
+#[derive(Debug, Serialize)]
+pub struct UploadOut {
+    pub id: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: Option<String>,
+    pub job_id: Option<String>,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+}
+
+impl From<&upload::Model> for UploadOut {
+    fn from(u: &upload::Model) -> Self {
+        Self {
+            id: UploadId(u.id).to_string(),
+            size: u.size,
+            sha256: u.sha256.clone(),
+            content_type: u.content_type.clone(),
+            job_id: u.job_id.map(|j| JobId(j).to_string()),
+            created_at: to_rfc3339(u.created_at_ms),
+            expires_at: u.expires_at_ms.map(to_rfc3339),
+        }
+    }
+}
+
+/// A job creation request (JSON form).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobIn {
+    pub kind: String,
+    #[serde(default)]
+    pub inputs: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    pub priority: Option<i32>,
+    /// Seconds, or a duration such as "90s" or "30m".
+    pub timeout: Option<TimeoutIn>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum TimeoutIn {
+    Seconds(u64),
+    Text(String),
+}
+
+impl TimeoutIn {
+    pub fn to_duration(&self) -> Result<std::time::Duration, String> {
+        match self {
+            TimeoutIn::Seconds(s) => Ok(std::time::Duration::from_secs(*s)),
+            TimeoutIn::Text(t) => humantime::parse_duration(t)
+                .map_err(|e| format!("{t:?} is not a duration such as \"90s\" or \"30m\": {e}")),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProgressOut {
+    pub percent: Option<f64>,
+    pub stage: Option<String>,
+    pub message: Option<String>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobErrorOut {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: String,
+    pub detail: String,
+    pub code: String,
+    pub retryable: bool,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InputOut {
+    pub name: String,
+    pub upload_id: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobLinks {
+    #[serde(rename = "self")]
+    pub self_: String,
+    pub results: String,
+    pub events: String,
+    pub logs: String,
+    pub cancel: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobOut {
+    pub id: String,
+    pub kind: String,
+    pub status: String,
+    pub cancel_requested: bool,
+    pub progress: Option<ProgressOut>,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub priority: i32,
+    pub timeout_seconds: f64,
+    pub params: serde_json::Value,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub updated_at: String,
+    /// When a queued job waiting for a retry becomes eligible to run again.
+    pub retry_at: Option<String>,
+    pub error: Option<JobErrorOut>,
+    pub inputs: Vec<InputOut>,
+    pub result_count: u64,
+    pub links: JobLinks,
+}
+
+impl From<&JobView> for JobOut {
+    fn from(v: &JobView) -> Self {
+        let j = &v.job;
+        let id = JobId(j.id).to_string();
+        let base = format!("/v1/jobs/{id}");
+        let error = j
+            .error
+            .as_deref()
+            .and_then(|e| serde_json::from_str::<JobFailure>(e).ok())
+            .map(|f| JobErrorOut {
+                type_: format!("urn:ferry:problem:{}", f.code),
+                title: f.title,
+                detail: f.detail,
+                code: f.code,
+                retryable: f.retryable,
+                attempt: f.attempt,
+            });
+        Self {
+            id: id.clone(),
+            kind: j.kind.clone(),
+            status: j.status.clone(),
+            cancel_requested: j.cancel_requested,
+            progress: j.progress_updated_at_ms.map(|at| ProgressOut {
+                percent: j.progress_percent,
+                stage: j.progress_stage.clone(),
+                message: j.progress_message.clone(),
+                updated_at: to_rfc3339(at),
+            }),
+            attempt: j.attempt,
+            max_attempts: j.max_attempts,
+            priority: j.priority,
+            timeout_seconds: j.timeout_ms as f64 / 1000.0,
+            params: serde_json::from_str(&j.params).unwrap_or_default(),
+            created_at: to_rfc3339(j.created_at_ms),
+            started_at: j.started_at_ms.map(to_rfc3339),
+            finished_at: j.finished_at_ms.map(to_rfc3339),
+            updated_at: to_rfc3339(j.updated_at_ms),
+            retry_at: (j.status == "queued" && j.attempt > 0 && j.run_after_ms > now_ms())
+                .then(|| to_rfc3339(j.run_after_ms)),
+            error,
+            inputs: v
+                .inputs
+                .iter()
+                .map(|i| InputOut {
+                    name: i.name.clone(),
+                    upload_id: UploadId(i.upload_id).to_string(),
+                    size: i.size,
+                    sha256: i.sha256.clone(),
+                })
+                .collect(),
+            result_count: v.result_count,
+            links: JobLinks {
+                results: format!("{base}/results"),
+                events: format!("{base}/events"),
+                logs: format!("{base}/logs"),
+                cancel: format!("{base}/cancel"),
+                self_: base,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobList {
+    pub items: Vec<JobOut>,
+    /// Pass as `next` to get the following page; null on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResultOut {
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: String,
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    pub attempt: i32,
+    pub created_at: String,
+    pub url: String,
+}
+
+impl From<&result::Model> for ResultOut {
+    fn from(r: &result::Model) -> Self {
+        Self {
+            name: r.name.clone(),
+            size: r.size,
+            sha256: r.sha256.clone(),
+            content_type: r.content_type.clone(),
+            is_final: r.is_final,
+            attempt: r.attempt,
+            created_at: to_rfc3339(r.created_at_ms),
+            url: format!("/v1/jobs/{}/results/{}", JobId(r.job_id), r.name),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResultList {
+    pub items: Vec<ResultOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventOut {
+    pub seq: i64,
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub created_at: String,
+}
+
+impl From<&job_event::Model> for EventOut {
+    fn from(e: &job_event::Model) -> Self {
+        Self {
+            seq: e.seq,
+            kind: e.kind.clone(),
+            data: serde_json::from_str(&e.data).unwrap_or_default(),
+            created_at: to_rfc3339(e.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventList {
+    pub items: Vec<EventOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogLineOut {
+    pub attempt: i32,
+    pub line: String,
+    pub created_at: String,
+}
+
+impl From<&job_log::Model> for LogLineOut {
+    fn from(l: &job_log::Model) -> Self {
+        Self {
+            attempt: l.attempt,
+            line: l.line.clone(),
+            created_at: to_rfc3339(l.created_at_ms),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogList {
+    pub items: Vec<LogLineOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Readiness {
+    pub status: &'static str,
+    pub database: &'static str,
+    pub blob_store: &'static str,
+}

@@ -1,0 +1,158 @@
+//! Start-up and shutdown: loads settings, opens the database and blob store, runs migrations,
+//! and starts the HTTP server and/or the workers for `ferry serve`, `ferry worker` and
+//! `ferry migrate`.
+
+use std::{net::TcpListener, sync::Arc};
+
+use actix_web::{App, HttpServer, dev::ServerHandle, middleware, web};
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api,
+    blobs::Blobs,
+    cli::{Cli, Command},
+    config::Settings,
+    service::Services,
+    storage::Db,
+    worker::{self, Registry},
+};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(&cli)?;
+    let registry = Registry::from_settings(&settings);
+    match cli.command {
+        Command::Migrate { .. } => {
+            let db = Db::connect(&settings.database_url()).await?;
+            db.migrate().await?;
+            println!("ferry: database {} is up to date", settings.database_url());
+            Ok(())
+        }
+        Command::Serve { .. } => {
+            let app = Application::build(settings, registry, true).await?;
+            app.run_until_stopped().await
+        }
+        Command::Worker { .. } => {
+            let app = Application::build(settings, registry, false).await?;
+            app.run_until_stopped().await
+        }
+    }
+}
+
+/// A running Ferry process: the HTTP server (for `serve`) and the workers (unless disabled).
+pub struct Application {
+    port: Option<u16>,
+    server: Option<(actix_web::dev::Server, ServerHandle)>,
+    workers: JoinSet<()>,
+    shutdown: CancellationToken,
+}
+
+impl Application {
+    pub async fn build(settings: Settings, registry: Registry, http: bool) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!("cannot create data folder {}", settings.data_dir.display())
+        })?;
+        std::fs::create_dir_all(settings.work_dir()).with_context(|| {
+            format!(
+                "cannot create work folder {}",
+                settings.work_dir().display()
+            )
+        })?;
+        let db = Db::connect(&settings.database_url()).await?;
+        db.migrate().await?;
+        let blobs = Blobs::open(&settings.blob_store(), settings.limits.upload_part_bytes)?;
+        let registry = Arc::new(registry);
+        let services = Services {
+            db,
+            blobs,
+            settings: Arc::new(settings.clone()),
+            kinds: Arc::new(registry.kind_defaults()),
+        };
+        let kinds: Vec<&str> = registry.handlers.keys().map(String::as_str).collect();
+        let shutdown = CancellationToken::new();
+
+        let run_workers = !http || settings.workers;
+        let workers = if run_workers {
+            worker::start(services.clone(), registry.clone(), shutdown.clone())
+        } else {
+            JoinSet::new()
+        };
+
+        let (port, server) = if http {
+            let listener = TcpListener::bind(&settings.listen)
+                .with_context(|| format!("cannot listen on {}", settings.listen))?;
+            let addr = listener.local_addr()?;
+            let api_services = services.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .wrap(middleware::Logger::new("%r %s %b %Dms").log_target("ferry::http"))
+                    .configure(api::configure(api_services.clone()))
+                    .default_service(web::to(api::problem::not_found))
+            })
+            .disable_signals()
+            .listen(listener)?
+            .run();
+            let handle = server.handle();
+            println!("ferry: listening on http://{addr}");
+            (Some(addr.port()), Some((server, handle)))
+        } else {
+            (None, None)
+        };
+        if run_workers {
+            println!("ferry: workers running handlers: {}", kinds.join(", "));
+        } else {
+            println!(
+                "ferry: serving kinds {} (workers run elsewhere)",
+                kinds.join(", ")
+            );
+        }
+        tracing::info!(
+            database = %settings.database_url(),
+            blob_store = %settings.blob_store(),
+            "ferry started"
+        );
+        Ok(Self {
+            port,
+            server,
+            workers,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// Runs until SIGINT/SIGTERM, then stops taking requests and jobs; running attempts are
+    /// stopped and recorded as retryable so another worker takes them over.
+    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
+        let shutdown = self.shutdown.clone();
+        let handle = self.server.as_ref().map(|(_, h)| h.clone());
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+            if let Some(handle) = handle {
+                handle.stop(true).await;
+            }
+        });
+        if let Some((server, _)) = self.server.take() {
+            server.await?;
+        } else {
+            self.shutdown.cancelled().await;
+        }
+        self.shutdown.cancel();
+        while self.workers.join_next().await.is_some() {}
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,217 @@
+//! Settings: defaults, then an optional TOML file, then `FERRY_*` environment variables (nested
+//! keys with `__`, e.g. `FERRY_LIMITS__MAX_UPLOAD_BYTES`), then command-line flags.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{Cli, Command};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the API listens on.
+    pub listen: String,
+    /// Folder for the SQLite file, local blobs and handler work folders.
+    pub data_dir: PathBuf,
+    /// `sqlite://…`; default `<data_dir>/ferry.db`.
+    pub database_url: Option<String>,
+    /// A local path or `file://` URL; default `<data_dir>/blobs`.
+    pub blob_store: Option<String>,
+    /// Where handlers get their per-attempt input and output folders; default `<data_dir>/work`.
+    pub work_dir: Option<PathBuf>,
+    /// Run workers inside `serve`.
+    pub workers: bool,
+    /// Serve the built-in handlers (`digest`, `noop`).
+    pub builtin_handlers: bool,
+    pub limits: Limits,
+    pub queue: QueueSettings,
+    pub handlers: BTreeMap<String, HandlerSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// How long an upload not attached to any job is kept.
+    #[serde(with = "humantime_serde")]
+    pub upload_ttl: Duration,
+    /// Size of the parts an upload is written in; bounds memory per upload (about 3 parts).
+    pub upload_part_bytes: usize,
+    /// Largest accepted JSON body.
+    pub max_json_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// How often idle workers look for new jobs.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// A running job's lease: a worker that has not renewed it by then is presumed dead.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often the reconciler looks for expired leases, lost dispatches and expired uploads.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// First retry delay; doubled on each further attempt, with jitter.
+    #[serde(with = "humantime_serde")]
+    pub retry_base_delay: Duration,
+    /// Cap on the retry delay.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
+    /// Time a canceled or timed-out command gets between SIGTERM and SIGKILL.
+    #[serde(with = "humantime_serde")]
+    pub kill_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HandlerSettings {
+    /// Program and arguments of an external command handler.
+    pub command: Vec<String>,
+    /// Default run time allowed for one attempt (a job may ask for less).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Default number of attempts (a job may ask for fewer).
+    pub max_attempts: u32,
+    /// Jobs of this kind run at once per worker process.
+    pub concurrency: usize,
+    /// Extra environment variables for the command.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./ferry-data"),
+            database_url: None,
+            blob_store: None,
+            work_dir: None,
+            workers: true,
+            builtin_handlers: true,
+            limits: Limits::default(),
+            queue: QueueSettings::default(),
+            handlers: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 64 << 30,
+            upload_ttl: Duration::from_secs(24 * 3600),
+            upload_part_bytes: 8 << 20,
+            max_json_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval: Duration::from_millis(50),
+            lease_ttl: Duration::from_secs(30),
+            reconcile_interval: Duration::from_secs(5),
+            retry_base_delay: Duration::from_secs(2),
+            retry_max_delay: Duration::from_secs(600),
+            kill_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for HandlerSettings {
+    fn default() -> Self {
+        Self {
+            command: Vec::new(),
+            timeout: Duration::from_secs(30 * 60),
+            max_attempts: 3,
+            concurrency: 1,
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Layers defaults, the TOML file, the environment and the command line.
+    pub fn load(cli: &Cli) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match &cli.config {
+            Some(path) => {
+                if !path.exists() {
+                    bail!("configuration file {} does not exist", path.display());
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("ferry.toml")),
+        }
+        figment = figment.merge(Env::prefixed("FERRY_").ignore(&["CONFIG"]).split("__"));
+        let mut settings: Settings = figment.extract().context("invalid configuration")?;
+        let common = cli.command.common();
+        if let Some(dir) = &common.data_dir {
+            settings.data_dir = dir.clone();
+        }
+        if let Some(url) = &common.database_url {
+            settings.database_url = Some(url.clone());
+        }
+        if let Some(store) = &common.blob_store {
+            settings.blob_store = Some(store.clone());
+        }
+        if let Command::Serve {
+            listen, no_workers, ..
+        } = &cli.command
+        {
+            if let Some(listen) = listen {
+                settings.listen = listen.clone();
+            }
+            if *no_workers {
+                settings.workers = false;
+            }
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        for (kind, handler) in &self.handlers {
+            crate::domain::validate_kind(kind)
+                .map_err(|msg| anyhow::anyhow!("handler name {kind:?}: {msg}"))?;
+            if handler.command.is_empty() {
+                bail!("handler {kind:?}: `command` must name a program");
+            }
+            if handler.concurrency == 0 || handler.max_attempts == 0 {
+                bail!("handler {kind:?}: `concurrency` and `max_attempts` must be at least 1");
+            }
+        }
+        if self.limits.upload_part_bytes < 64 << 10 {
+            bail!("limits.upload_part_bytes must be at least 65536");
+        }
+        Ok(())
+    }
+
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("ferry.db").display()))
+    }
+
+    pub fn blob_store(&self) -> String {
+        self.blob_store
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("blobs").display().to_string())
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.work_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("work"))
+    }
+}

@@ -1,0 +1,145 @@
+//! Domain vocabulary shared by every layer: job statuses, failures, and the validation rules for
+//! names that reach the file system or URLs. Depends on nothing else in the crate.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Canceled,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 5] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Canceled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled
+        )
+    }
+}
+
+/// Why an attempt failed, as stored on the job and shown to clients (an RFC 9457 problem with
+/// Ferry's extension members).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobFailure {
+    /// Stable code: `handler_error`, `handler_exit`, `timeout`, `lease_expired`,
+    /// `invalid_input`, `internal`.
+    pub code: String,
+    pub title: String,
+    pub detail: String,
+    /// Whether another attempt could succeed.
+    pub retryable: bool,
+    /// The attempt this failure came from.
+    pub attempt: i32,
+}
+
+/// Kinds name handlers: they appear in URLs, queue names and logs.
+pub fn validate_kind(kind: &str) -> Result<(), &'static str> {
+    let ok = !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && kind.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit",
+        )
+    }
+}
+
+/// Input names become file names in the handler's input folder.
+pub fn validate_input_name(name: &str) -> Result<(), &'static str> {
+    validate_segment(name, 128)
+}
+
+/// Result names are relative paths inside the handler's output folder: `/`-separated segments of
+/// safe characters, never `.`/`..`, never absolute. This is what stops path tricks on both the
+/// worker side (reading the file) and the API side (the URL).
+pub fn validate_result_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 255 {
+        return Err("must be 1-255 characters");
+    }
+    for segment in name.split('/') {
+        validate_segment(segment, 255)?;
+    }
+    Ok(())
+}
+
+fn validate_segment(segment: &str, max: usize) -> Result<(), &'static str> {
+    if segment.is_empty() || segment.len() > max {
+        return Err("must not be empty or too long");
+    }
+    if segment == "." || segment == ".." {
+        return Err("must not be '.' or '..'");
+    }
+    if !segment
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("may only contain letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_names_reject_path_tricks() {
+        for bad in [
+            "",
+            "../x",
+            "a/../b",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a\\b",
+            "a b",
+            "ä",
+        ] {
+            assert!(validate_result_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["report.json", "masks/slice-001.png", "a_b-c.d"] {
+            assert!(validate_result_name(good).is_ok(), "{good:?} rejected");
+        }
+    }
+
+    #[test]
+    fn kinds_are_url_safe() {
+        assert!(validate_kind("segment").is_ok());
+        assert!(validate_kind("ct.lung-v2").is_ok());
+        assert!(validate_kind("-x").is_err());
+        assert!(validate_kind("a/b").is_err());
+        assert!(validate_kind("").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! Ferry: delayed online inference on large inputs.
+//!
+//! Layers, with dependencies pointing one way:
+//! `api` (actix handlers, wire types, problem responses) → `service` (uploads, jobs, results; no
+//! actix types) → `storage` (sea-orm entities, transactions), `blobs` (object_store) and `queue`
+//! (apalis dispatch). `worker` runs handlers and calls `service`, never `api`. `app` wires it all
+//! together for the `serve`, `worker` and `migrate` commands.
+
+pub mod api;
+pub mod app;
+pub mod blobs;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod ids;
+pub mod queue;
+pub mod service;
+pub mod storage;
+pub mod telemetry;
+pub mod time;
+pub mod worker;

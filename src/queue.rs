@@ -1,0 +1,169 @@
+//! apalis as the dispatch transport, and nothing more. A dispatch says "attempt job J now" and
+//! carries the `dispatch_id` the job row expects; the job row, not apalis, decides whether the
+//! delivery is current (see `worker::attempt`). Everything apalis-specific lives here:
+//!
+//! - one queue per handler kind, named explicitly (`ferry.jobs.<kind>`), never the Rust type name;
+//! - task ids are ULIDs (a non-ULID id poisons every worker that fetches it);
+//! - `max_attempts = 1` in apalis: retries, backoff and timeouts are Ferry's, because apalis
+//!   retries at once without backoff and its timeout/panic layers strand rows in `Running`;
+//! - every worker gets a unique name per process start, and is supervised: any backend error ends
+//!   `worker.run()`, so it is rebuilt after a pause;
+//! - enqueueing happens inside the caller's [`Tx`], so a job row and its dispatch commit together.
+
+use std::{sync::Arc, time::Duration};
+
+use apalis::prelude::{
+    BackendExt, BoxDynError, Data, TaskBuilder, TaskId, WorkerBuilder, WorkerBuilderExt,
+};
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use ulid::Ulid;
+use uuid::Uuid;
+
+use crate::storage::{Db, Pool, StorageError, Tx};
+
+/// The payload of an apalis task.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Dispatch {
+    pub job_id: Uuid,
+    pub dispatch_id: String,
+}
+
+/// What a consumer does with each delivery. Returning `Err` only logs: recovery is the
+/// reconciler's job, driven by Ferry's own tables.
+///
+/// A named struct rather than a bare `Arc<dyn Fn…>`: apalis' handler bounds are higher-ranked,
+/// and a trait object behind a type without lifetime parameters keeps them provable.
+#[derive(Clone)]
+pub struct DispatchFn(pub Arc<dyn Fn(Dispatch) -> BoxFuture<'static, ()> + Send + Sync + 'static>);
+
+pub fn queue_name(kind: &str) -> String {
+    format!("ferry.jobs.{kind}")
+}
+
+pub fn new_dispatch_id() -> String {
+    Ulid::new().to_string()
+}
+
+/// Enqueues a dispatch in `tx`; it becomes visible to workers when `tx` commits.
+pub async fn enqueue(
+    tx: &mut Tx,
+    kind: &str,
+    dispatch: &Dispatch,
+    priority: i32,
+    run_after_ms: i64,
+) -> Result<(), StorageError> {
+    let args = serde_json::to_vec(dispatch).map_err(|e| StorageError::Queue(e.to_string()))?;
+    // apalis schedules in whole seconds: round a future time up so a backoff is never shortened,
+    // and "now" down so an immediate dispatch is not held back until the next second.
+    let run_after_ms = run_after_ms.max(0) as u64;
+    let run_at_secs = if run_after_ms as i64 <= crate::time::now_ms() {
+        run_after_ms / 1000
+    } else {
+        run_after_ms.div_ceil(1000)
+    };
+    let task = TaskBuilder::new(args)
+        .task_id(TaskId::from_string(dispatch.dispatch_id.clone()))
+        .max_attempts(1)
+        .priority(priority.max(0) as usize)
+        .run_at_timestamp(run_at_secs)
+        .build();
+    match tx {
+        Tx::Sqlite(tx) => apalis_sqlite::queries::push_tasks(&mut **tx, &queue_name(kind), &[task])
+            .await
+            .map_err(|e| StorageError::Queue(e.to_string())),
+    }
+}
+
+/// Queued jobs (due since `due_before_ms`) whose current dispatch apalis no longer holds as
+/// pending or in progress: lost to a crash between apalis' bookkeeping and ours. The reconciler
+/// gives them a fresh dispatch. Reads apalis' `Jobs` table (id, status): the one place Ferry
+/// depends on apalis' schema, read-only.
+pub async fn lost_dispatches(
+    db: &Db,
+    due_before_ms: i64,
+    limit: i64,
+) -> Result<Vec<Uuid>, StorageError> {
+    match db.pool() {
+        Pool::Sqlite(pool) => Ok(sqlx::query_scalar(
+            "SELECT j.id FROM ferry_jobs j LEFT JOIN Jobs a ON a.id = j.dispatch_id \
+             WHERE j.status = 'queued' AND j.run_after_ms < ?1 \
+             AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')) \
+             LIMIT ?2",
+        )
+        .bind(due_before_ms)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?),
+    }
+}
+
+/// Settings of one consumer (one handler kind in one process).
+#[derive(Clone, Debug)]
+pub struct ConsumerSettings {
+    pub kind: String,
+    pub concurrency: usize,
+    pub poll_interval: Duration,
+}
+
+/// Runs a supervised apalis worker for one kind until `shutdown` fires; in-flight deliveries are
+/// awaited before it returns.
+pub async fn run_consumer(
+    db: Db,
+    settings: ConsumerSettings,
+    on_dispatch: DispatchFn,
+    shutdown: CancellationToken,
+) {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let name = format!("ferry-{}-{}", settings.kind, Ulid::new());
+        let result = match db.pool() {
+            Pool::Sqlite(pool) => {
+                let config = apalis_sqlite::Config::default()
+                    .queue(queue_name(&settings.kind))
+                    // Fetch no more than can run: prefetched tasks would wait here while another
+                    // worker idles.
+                    .batch_size(settings.concurrency)
+                    .heartbeat_interval(Duration::from_secs(5))
+                    .missed_heartbeats(3);
+                let backend = apalis_sqlite::SqliteStorage::<Dispatch>::new(pool)
+                    .with_config(config)
+                    .poll_with_interval(settings.poll_interval);
+                let worker = WorkerBuilder::new(name.clone())
+                    .backend(backend)
+                    .concurrency(settings.concurrency)
+                    .data(on_dispatch.clone())
+                    .build(deliver);
+                let stop = shutdown.clone();
+                worker
+                    .run_until(async move {
+                        stop.cancelled().await;
+                        Ok::<(), std::io::Error>(())
+                    })
+                    .await
+            }
+        };
+        if shutdown.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(()) => tracing::warn!(worker = %name, "queue consumer stopped; restarting"),
+            Err(err) => {
+                tracing::error!(worker = %name, error = %err, "queue consumer failed; restarting")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn deliver(dispatch: Dispatch, on_dispatch: Data<DispatchFn>) -> Result<(), BoxDynError> {
+    // All handler futures of one apalis worker share a task: give each job its own.
+    let fut = (on_dispatch.0.0)(dispatch);
+    tokio::spawn(fut).await?;
+    Ok(())
+}

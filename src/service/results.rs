@@ -1,0 +1,55 @@
+//! Results: listing a job's artifacts and streaming their bytes, whole or by range.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+
+use super::{ServiceError, ServiceResult, Services};
+use crate::{
+    blobs::BlobError, domain::validate_result_name, ids::JobId, storage::entities::result,
+};
+
+impl Services {
+    pub async fn list_results(&self, job: JobId) -> ServiceResult<Vec<result::Model>> {
+        self.get_job(job).await?;
+        Ok(result::Entity::find()
+            .filter(result::Column::JobId.eq(job.0))
+            .order_by_asc(result::Column::CreatedAtMs)
+            .order_by_asc(result::Column::Name)
+            .all(&self.db.orm)
+            .await?)
+    }
+
+    pub async fn get_result(&self, job: JobId, name: &str) -> ServiceResult<result::Model> {
+        validate_result_name(name)
+            .map_err(|msg| ServiceError::invalid("name", format!("result name {name:?} {msg}")))?;
+        self.get_job(job).await?;
+        result::Entity::find()
+            .filter(result::Column::JobId.eq(job.0))
+            .filter(result::Column::Name.eq(name))
+            .one(&self.db.orm)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::not_found(
+                    "result_not_found",
+                    format!("job {job} has no result named {name:?} (yet)"),
+                )
+            })
+    }
+
+    pub async fn open_result(
+        &self,
+        row: &result::Model,
+        range: Option<Range<u64>>,
+    ) -> ServiceResult<BoxStream<'static, Result<Bytes, BlobError>>> {
+        Ok(self
+            .blobs
+            .get(
+                &object_store::path::Path::from(row.blob_key.as_str()),
+                range,
+            )
+            .await?)
+    }
+}

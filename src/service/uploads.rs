@@ -1,0 +1,173 @@
+//! Uploads: stream a body into the blob store, verify it, record it. A row exists only for a
+//! complete, durable upload, so a client that disconnects midway leaves nothing behind.
+//!
+//! Deleting and expiring share one path: the row is first marked expired (so no job can attach
+//! it any more), then the bytes are deleted, then the row. A crash between the steps leaves an
+//! expired row, which the reconciler finishes deleting.
+
+use bytes::Bytes;
+use futures_util::Stream;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set,
+    sea_query::{Expr, ExprTrait},
+};
+use uuid::Uuid;
+
+use super::{ErrorClass, ServiceError, ServiceResult, Services};
+use crate::{blobs::keys, ids::UploadId, storage::entities::upload, time::now_ms};
+
+/// What the client told us about an upload before sending it.
+#[derive(Clone, Debug, Default)]
+pub struct UploadMeta {
+    pub content_type: Option<String>,
+    pub declared_length: Option<u64>,
+    /// From `Repr-Digest` / `Content-Digest`.
+    pub expected_sha256: Option<[u8; 32]>,
+}
+
+impl Services {
+    /// Fails fast, before any byte is read, when the declared length is over the limit.
+    pub fn check_declared_length(&self, declared: Option<u64>) -> ServiceResult<()> {
+        let limit = self.settings.limits.max_upload_bytes;
+        match declared {
+            Some(len) if len > limit => Err(ServiceError::new(
+                ErrorClass::TooLarge,
+                "payload_too_large",
+                format!("Content-Length {len} exceeds the upload limit of {limit} bytes"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn create_upload<S, E>(
+        &self,
+        body: S,
+        meta: UploadMeta,
+    ) -> ServiceResult<upload::Model>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        self.check_declared_length(meta.declared_length)?;
+        let id = UploadId::new();
+        let key = keys::upload(id.0);
+        let stored = self
+            .blobs
+            .put_stream(&key, body, self.settings.limits.max_upload_bytes)
+            .await?;
+        let reject = |err: ServiceError| async {
+            if let Err(e) = self.blobs.delete(&key).await {
+                tracing::warn!(upload = %id, error = %e, "could not delete a rejected upload");
+            }
+            Err(err)
+        };
+        if let Some(declared) = meta.declared_length
+            && declared != stored.size
+        {
+            return reject(ServiceError::new(
+                ErrorClass::BadRequest,
+                "body_incomplete",
+                format!(
+                    "received {} bytes but Content-Length said {declared}",
+                    stored.size
+                ),
+            ))
+            .await;
+        }
+        if let Some(expected) = meta.expected_sha256
+            && expected != stored.sha256
+        {
+            return reject(ServiceError::new(
+                ErrorClass::BadRequest,
+                "digest_mismatch",
+                format!(
+                    "the body's SHA-256 is {} but the digest header says {}; the upload was \
+                     discarded, send it again",
+                    stored.sha256_hex(),
+                    hex::encode(expected)
+                ),
+            ))
+            .await;
+        }
+        let now = now_ms();
+        let ttl_ms = self.settings.limits.upload_ttl.as_millis() as i64;
+        let row = upload::ActiveModel {
+            id: Set(id.0),
+            size: Set(stored.size as i64),
+            sha256: Set(stored.sha256_hex()),
+            content_type: Set(meta.content_type),
+            blob_key: Set(key.to_string()),
+            job_id: Set(None),
+            created_at_ms: Set(now),
+            expires_at_ms: Set(Some(now + ttl_ms)),
+        };
+        match row.insert(&self.db.orm).await {
+            Ok(row) => {
+                tracing::info!(upload = %id, size = stored.size, "upload stored");
+                Ok(row)
+            }
+            Err(err) => reject(err.into()).await,
+        }
+    }
+
+    pub async fn get_upload(&self, id: UploadId) -> ServiceResult<upload::Model> {
+        upload::Entity::find_by_id(id.0)
+            .filter(
+                upload::Column::ExpiresAtMs
+                    .is_null()
+                    .or(upload::Column::ExpiresAtMs.gt(now_ms())),
+            )
+            .one(&self.db.orm)
+            .await?
+            .ok_or_else(|| upload_not_found(id))
+    }
+
+    pub async fn delete_upload(&self, id: UploadId) -> ServiceResult<()> {
+        let row = upload::Entity::find_by_id(id.0)
+            .one(&self.db.orm)
+            .await?
+            .ok_or_else(|| upload_not_found(id))?;
+        if let Some(job) = row.job_id {
+            return Err(ServiceError::conflict(
+                "upload_in_use",
+                format!(
+                    "upload {id} is an input of job {}; delete the job to delete its inputs",
+                    crate::ids::JobId(job)
+                ),
+            ));
+        }
+        let marked = upload::Entity::update_many()
+            .col_expr(upload::Column::ExpiresAtMs, Expr::value(0i64))
+            .filter(upload::Column::Id.eq(id.0))
+            .filter(upload::Column::JobId.is_null())
+            .exec(&self.db.orm)
+            .await?;
+        if marked.rows_affected == 0 {
+            return Err(ServiceError::conflict(
+                "upload_in_use",
+                format!("upload {id} was just attached to a job; delete the job instead"),
+            ));
+        }
+        self.purge_upload(row.id, &row.blob_key).await
+    }
+
+    /// Deletes an expired (or marked) upload's bytes, then its row.
+    pub(crate) async fn purge_upload(&self, id: Uuid, blob_key: &str) -> ServiceResult<()> {
+        self.blobs
+            .delete(&object_store::path::Path::from(blob_key))
+            .await?;
+        upload::Entity::delete_many()
+            .filter(upload::Column::Id.eq(id))
+            .filter(upload::Column::JobId.is_null())
+            .exec(&self.db.orm)
+            .await?;
+        Ok(())
+    }
+}
+
+fn upload_not_found(id: UploadId) -> ServiceError {
+    ServiceError::not_found(
+        "upload_not_found",
+        format!("no upload {id}: it never existed, expired or was deleted"),
+    )
+}

@@ -1,0 +1,46 @@
+//! `ferry_jobs`: the truth about a job — state, attempts, lease, progress, cancel flag. apalis only
+//! carries `dispatch_id` pointers to these rows.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+#[sea_orm(table_name = "ferry_jobs")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub kind: String,
+    /// One of [`crate::domain::JobStatus`], as text.
+    pub status: String,
+    /// JSON object given at creation.
+    pub params: String,
+    pub priority: i32,
+    pub timeout_ms: i64,
+    pub max_attempts: i32,
+    /// Attempts started so far.
+    pub attempt: i32,
+    pub progress_percent: Option<f64>,
+    pub progress_stage: Option<String>,
+    pub progress_message: Option<String>,
+    pub progress_updated_at_ms: Option<i64>,
+    /// JSON [`crate::domain::JobFailure`] of the last failed attempt.
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+    pub updated_at_ms: i64,
+    /// A queued job is not run before this time (retry backoff).
+    pub run_after_ms: i64,
+    /// ULID of the apalis task that should run the next attempt; deliveries of any other task
+    /// for this job are stale and ignored.
+    pub dispatch_id: Option<String>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at_ms: Option<i64>,
+    pub cancel_requested: bool,
+    /// Sequence number of the job's last event.
+    pub event_seq: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

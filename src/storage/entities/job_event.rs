@@ -1,0 +1,22 @@
+//! `ferry_job_events`: the ordered per-job event log (state changes, progress, results).
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "ferry_job_events")]
+pub struct Model {
+    #[sea_orm(primary_key)]
+    pub id: i64,
+    pub job_id: Uuid,
+    /// 1, 2, 3… per job, without gaps.
+    pub seq: i64,
+    pub kind: String,
+    /// JSON object.
+    pub data: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,9 @@
+//! sea-orm entities, one file per table of `migrations/`. Rows, not wire types: the API maps them.
+
+pub mod idempotency_key;
+pub mod job;
+pub mod job_event;
+pub mod job_input;
+pub mod job_log;
+pub mod result;
+pub mod upload;

@@ -1,0 +1,24 @@
+//! `ferry_uploads`: a completed, durable upload. A row exists only once every byte is stored.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "ferry_uploads")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: Option<String>,
+    pub blob_key: String,
+    /// The job that consumed this upload; it then lives and dies with the job.
+    pub job_id: Option<Uuid>,
+    pub created_at_ms: i64,
+    /// When an unattached upload is deleted; `None` once attached to a job.
+    pub expires_at_ms: Option<i64>,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}

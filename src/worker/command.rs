@@ -1,0 +1,243 @@
+//! The external-command handler: runs any program (Python, R, a shell script…) under the
+//! protocol documented in the README.
+//!
+//! The child runs in its own process group so cancel and timeout reach everything it started:
+//! SIGTERM to the group, SIGKILL after the grace period, and SIGKILL to any stragglers once the
+//! main process has exited. A guard kills the group if the attempt is abandoned.
+
+use std::{collections::BTreeMap, process::Stdio, time::Duration};
+
+use futures_util::StreamExt;
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
+use serde::Deserialize;
+use tokio::process::Command;
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+use super::handler::{Handler, HandlerError, JobContext};
+
+/// stdout/stderr lines longer than this are cut off (and the rest of the line skipped).
+const MAX_LINE_BYTES: usize = 1 << 20;
+/// How much of stderr's end is quoted in the error of a failed attempt.
+const STDERR_TAIL_LINES: usize = 20;
+
+#[derive(Clone, Debug)]
+pub struct CommandHandler {
+    pub program: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+/// One protocol message: a JSON object on its own stdout line.
+#[derive(Debug, Default, Deserialize)]
+struct Message {
+    progress: Option<f64>,
+    stage: Option<String>,
+    message: Option<String>,
+    result: Option<String>,
+    content_type: Option<String>,
+    #[serde(rename = "final")]
+    is_final: Option<bool>,
+    error: Option<String>,
+    retryable: Option<bool>,
+}
+
+/// Kills the whole process group when dropped, unless disarmed after a clean exit.
+struct GroupGuard {
+    pgid: Option<Pid>,
+}
+
+impl GroupGuard {
+    fn signal(&self, sig: Signal) {
+        if let Some(pgid) = self.pgid {
+            // ESRCH (group already gone) is the expected answer after a clean exit.
+            let _ = killpg(pgid, sig);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for CommandHandler {
+    async fn run(&self, ctx: &JobContext) -> Result<(), HandlerError> {
+        let input_dir = ctx.work_dir.join("inputs");
+        ctx.materialize_inputs(&input_dir).await?;
+        let (program, args) = self
+            .program
+            .split_first()
+            .ok_or_else(|| HandlerError::permanent("misconfigured", "empty command"))?;
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .envs(&self.env)
+            .env("FERRY_JOB_ID", ctx.job_id.to_string())
+            .env("FERRY_KIND", &ctx.kind)
+            .env("FERRY_ATTEMPT", ctx.attempt.to_string())
+            .env("FERRY_INPUT_DIR", &input_dir)
+            .env("FERRY_OUTPUT_DIR", &ctx.output_dir)
+            .env("FERRY_PARAMS", ctx.params.to_string())
+            .current_dir(&ctx.work_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().map_err(|e| {
+            HandlerError::permanent("handler_spawn", format!("cannot start {program:?}: {e}"))
+        })?;
+        let guard = GroupGuard {
+            pgid: child.id().map(|id| Pid::from_raw(id as i32)),
+        };
+        ctx.log(format!(
+            "started {program} (pid {})",
+            child.id().unwrap_or(0)
+        ));
+
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut out_lines =
+            FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        let stderr_task = {
+            let pending = ctx.pending.clone();
+            tokio::spawn(async move {
+                let mut lines =
+                    FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+                let mut tail = std::collections::VecDeque::new();
+                while let Some(line) = lines.next().await {
+                    let Ok(line) = line else { continue };
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.clone());
+                    let mut p = pending.lock().expect("pending lock");
+                    if p.logs.len() < 2000 {
+                        p.logs.push_back(format!("[stderr] {line}"));
+                    }
+                }
+                tail.into_iter().collect::<Vec<_>>().join("\n")
+            })
+        };
+
+        let mut declared: Option<HandlerError> = None;
+        let mut stdout_open = true;
+        let status = loop {
+            tokio::select! {
+                line = out_lines.next(), if stdout_open => match line {
+                    Some(Ok(line)) => {
+                        if let Some(err) = self.on_stdout_line(ctx, &line).await? {
+                            declared = Some(err);
+                        }
+                    }
+                    Some(Err(_)) => ctx.log("[stdout] (line too long, skipped)"),
+                    None => stdout_open = false,
+                },
+                status = child.wait() => break status,
+                _ = ctx.cancel.cancelled() => {
+                    guard.signal(Signal::SIGTERM);
+                    let exited = tokio::time::timeout(ctx.kill_grace, child.wait()).await;
+                    if exited.is_err() {
+                        ctx.log("handler ignored SIGTERM; sending SIGKILL");
+                        guard.signal(Signal::SIGKILL);
+                        let _ = child.wait().await;
+                    }
+                    return Err(HandlerError::canceled());
+                }
+            }
+        };
+        // Anything the main process left running in its group goes too.
+        guard.signal(Signal::SIGKILL);
+        // Drain what it printed before exiting.
+        while stdout_open {
+            match tokio::time::timeout(Duration::from_secs(5), out_lines.next()).await {
+                Ok(Some(Ok(line))) => {
+                    if let Some(err) = self.on_stdout_line(ctx, &line).await? {
+                        declared = Some(err);
+                    }
+                }
+                Ok(Some(Err(_))) => {}
+                Ok(None) | Err(_) => stdout_open = false,
+            }
+        }
+        let stderr_tail = tokio::time::timeout(Duration::from_secs(5), stderr_task)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let status = status.map_err(|e| {
+            HandlerError::retryable(
+                "handler_exit",
+                format!("waiting for the command failed: {e}"),
+            )
+        })?;
+        if let Some(err) = declared {
+            return Err(err);
+        }
+        if status.success() {
+            return Ok(());
+        }
+        let how = match (
+            status.code(),
+            std::os::unix::process::ExitStatusExt::signal(&status),
+        ) {
+            (Some(code), _) => format!("exited with status {code}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => "ended abnormally".to_owned(),
+        };
+        let detail = if stderr_tail.is_empty() {
+            format!("the command {how}")
+        } else {
+            format!("the command {how}; stderr ends with:\n{stderr_tail}")
+        };
+        Err(HandlerError::retryable("handler_exit", detail))
+    }
+}
+
+impl CommandHandler {
+    /// Handles one stdout line; returns a declared error if the line was one.
+    async fn on_stdout_line(
+        &self,
+        ctx: &JobContext,
+        line: &str,
+    ) -> Result<Option<HandlerError>, HandlerError> {
+        let trimmed = line.trim();
+        let msg = if trimmed.starts_with('{') {
+            serde_json::from_str::<Message>(trimmed).ok()
+        } else {
+            None
+        };
+        let Some(msg) = msg else {
+            ctx.log(line);
+            return Ok(None);
+        };
+        if let Some(err) = msg.error {
+            let retryable = msg.retryable.unwrap_or(false);
+            ctx.log(format!("[error] {err}"));
+            return Ok(Some(HandlerError {
+                code: "handler_error".into(),
+                message: err,
+                retryable,
+            }));
+        }
+        if let Some(path) = msg.result {
+            // A bad result path is the handler's bug: fail the attempt permanently.
+            ctx.publish(
+                &path,
+                msg.content_type.as_deref(),
+                msg.is_final.unwrap_or(false),
+            )
+            .await?;
+            return Ok(None);
+        }
+        if msg.progress.is_some() || msg.stage.is_some() || msg.message.is_some() {
+            ctx.progress(msg.progress, msg.stage, msg.message);
+            return Ok(None);
+        }
+        ctx.log(line);
+        Ok(None)
+    }
+}

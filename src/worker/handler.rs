@@ -1,0 +1,243 @@
+//! The `Handler` trait every way of running a model implements (external command, built-ins, or
+//! your own Rust code), and the [`JobContext`] a handler uses to read inputs, report progress,
+//! log, and publish results.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream::BoxStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    blobs::BlobError,
+    ids::JobId,
+    service::{
+        Services,
+        attempts::{Lease, PublishError},
+    },
+    storage::entities::job_input,
+};
+
+/// Longest log line kept; longer lines are cut (a handler printing a binary blob must not
+/// exhaust memory).
+const MAX_LOG_LINE: usize = 4096;
+/// Log lines buffered between flushes; older ones are dropped first if a handler floods.
+const MAX_BUFFERED_LOG_LINES: usize = 2000;
+
+/// A handler's failure.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandlerError {
+    pub code: String,
+    pub message: String,
+    /// Whether another attempt could succeed (a crash may be transient; bad input is not).
+    pub retryable: bool,
+}
+
+impl HandlerError {
+    pub fn retryable(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    pub fn permanent(code: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    pub fn canceled() -> Self {
+        Self::permanent("canceled", "the attempt was stopped")
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+/// Runs one attempt of a job. Implementations must return soon after `ctx.cancel` fires.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn run(&self, ctx: &JobContext) -> Result<(), HandlerError>;
+}
+
+/// Progress and log lines waiting to be written; the attempt supervisor flushes them a few times
+/// a second so a chatty handler costs a bounded number of database writes.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    pub progress: Option<(Option<f64>, Option<String>, Option<String>)>,
+    pub logs: VecDeque<String>,
+}
+
+pub struct JobContext {
+    pub job_id: JobId,
+    pub kind: String,
+    pub attempt: i32,
+    pub params: serde_json::Value,
+    pub inputs: Vec<job_input::Model>,
+    /// Private to this attempt; removed afterwards.
+    pub work_dir: PathBuf,
+    /// Files left here when the handler succeeds become final results.
+    pub output_dir: PathBuf,
+    /// Fires on cancel, timeout, lost lease or shutdown.
+    pub cancel: CancellationToken,
+    /// How long a command gets between SIGTERM and SIGKILL.
+    pub kill_grace: Duration,
+    pub(crate) services: Services,
+    pub(crate) lease: Lease,
+    pub(crate) pending: Arc<Mutex<Pending>>,
+    pub(crate) published: Mutex<HashSet<String>>,
+}
+
+impl JobContext {
+    /// Reports progress; only the latest report between flushes is written.
+    pub fn progress(&self, percent: Option<f64>, stage: Option<String>, message: Option<String>) {
+        let percent = percent.map(|p| p.clamp(0.0, 100.0));
+        self.pending.lock().expect("pending lock").progress = Some((percent, stage, message));
+    }
+
+    pub fn log(&self, line: impl Into<String>) {
+        let mut line: String = line.into();
+        if line.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push('…');
+        }
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending.logs.len() >= MAX_BUFFERED_LOG_LINES {
+            pending.logs.pop_front();
+        }
+        pending.logs.push_back(line);
+    }
+
+    /// Publishes `output_dir/relative` as a result named `relative`, now.
+    pub async fn publish(
+        &self,
+        relative: &str,
+        content_type: Option<&str>,
+        is_final: bool,
+    ) -> Result<(), HandlerError> {
+        crate::domain::validate_result_name(relative).map_err(|msg| {
+            HandlerError::permanent("invalid_result", format!("result path {relative:?} {msg}"))
+        })?;
+        let path = self.output_dir.join(relative);
+        if !tokio::fs::metadata(&path)
+            .await
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            return Err(HandlerError::permanent(
+                "invalid_result",
+                format!("result {relative:?} is not a file in the output folder"),
+            ));
+        }
+        let content_type = content_type
+            .map(str::to_owned)
+            .unwrap_or_else(|| guess_content_type(relative).to_owned());
+        match self
+            .services
+            .publish_result(&self.lease, relative, &path, &content_type, is_final)
+            .await
+        {
+            Ok(row) => {
+                self.published
+                    .lock()
+                    .expect("published lock")
+                    .insert(relative.to_owned());
+                tracing::info!(result = %relative, size = row.size, is_final, "result published");
+                Ok(())
+            }
+            Err(PublishError::InvalidName(msg)) => {
+                Err(HandlerError::permanent("invalid_result", msg))
+            }
+            Err(PublishError::LeaseLost) => {
+                self.cancel.cancel();
+                Err(HandlerError::retryable(
+                    "lease_lost",
+                    "this worker lost the job's lease",
+                ))
+            }
+            Err(PublishError::Service(err)) => Err(HandlerError::retryable(
+                "publish_failed",
+                format!("could not store result {relative:?}: {}", err.detail),
+            )),
+        }
+    }
+
+    pub fn is_published(&self, name: &str) -> bool {
+        self.published
+            .lock()
+            .expect("published lock")
+            .contains(name)
+    }
+
+    /// Streams an input's bytes straight from the blob store.
+    pub async fn open_input(
+        &self,
+        input: &job_input::Model,
+    ) -> Result<BoxStream<'static, Result<Bytes, BlobError>>, HandlerError> {
+        self.services
+            .blobs
+            .get(
+                &object_store::path::Path::from(input.blob_key.as_str()),
+                None,
+            )
+            .await
+            .map(|s| s.boxed())
+            .map_err(|e| {
+                HandlerError::retryable("input_unavailable", format!("input {:?}: {e}", input.name))
+            })
+    }
+
+    /// Copies every input into `dir/<name>` (for handlers that need files).
+    pub async fn materialize_inputs(&self, dir: &std::path::Path) -> Result<(), HandlerError> {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| {
+            HandlerError::retryable("workspace", format!("cannot create {}: {e}", dir.display()))
+        })?;
+        for input in &self.inputs {
+            self.services
+                .blobs
+                .copy_to_file(
+                    &object_store::path::Path::from(input.blob_key.as_str()),
+                    &dir.join(&input.name),
+                )
+                .await
+                .map_err(|e| {
+                    HandlerError::retryable(
+                        "input_unavailable",
+                        format!("input {:?}: {e}", input.name),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// A content type from a file name's extension; `application/octet-stream` when unknown.
+pub fn guess_content_type(name: &str) -> &'static str {
+    match name.rsplit('.').next().unwrap_or("") {
+        "json" => "application/json",
+        "txt" | "log" => "text/plain; charset=utf-8",
+        "csv" => "text/csv",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gz" => "application/gzip",
+        "dcm" => "application/dicom",
+        "html" => "text/html; charset=utf-8",
+        _ => "application/octet-stream",
+    }
+}

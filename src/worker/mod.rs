@@ -1,0 +1,170 @@
+//! Workers: one supervised queue consumer per handler kind, the attempt runner, and the
+//! reconciler loop. Workers call the service layer, never the API.
+
+pub mod attempt;
+pub mod builtin;
+pub mod command;
+pub mod handler;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::{Handler, HandlerError, JobContext};
+
+use crate::{
+    config::{HandlerSettings, Settings},
+    queue::{self, ConsumerSettings, DispatchFn},
+    service::{KindDefaults, Services},
+};
+
+/// A handler with its operating settings.
+#[derive(Clone)]
+pub struct Registered {
+    pub handler: Arc<dyn Handler>,
+    pub settings: HandlerSettings,
+}
+
+/// The handlers this deployment serves, by kind.
+#[derive(Clone, Default)]
+pub struct Registry {
+    pub handlers: BTreeMap<String, Registered>,
+}
+
+impl Registry {
+    /// Built-ins (unless disabled) plus the configured commands; a configured handler replaces a
+    /// built-in of the same name.
+    pub fn from_settings(settings: &Settings) -> Registry {
+        let mut handlers = BTreeMap::new();
+        if settings.builtin_handlers {
+            let builtin = HandlerSettings {
+                command: Vec::new(),
+                concurrency: 2,
+                ..HandlerSettings::default()
+            };
+            handlers.insert(
+                "digest".to_owned(),
+                Registered {
+                    handler: Arc::new(builtin::DigestHandler),
+                    settings: builtin.clone(),
+                },
+            );
+            handlers.insert(
+                "noop".to_owned(),
+                Registered {
+                    handler: Arc::new(builtin::NoopHandler),
+                    settings: HandlerSettings {
+                        concurrency: 8,
+                        ..builtin
+                    },
+                },
+            );
+        }
+        for (kind, handler) in &settings.handlers {
+            handlers.insert(
+                kind.clone(),
+                Registered {
+                    handler: Arc::new(command::CommandHandler {
+                        program: handler.command.clone(),
+                        env: handler.env.clone(),
+                    }),
+                    settings: handler.clone(),
+                },
+            );
+        }
+        Registry { handlers }
+    }
+
+    /// Adds an in-process Rust handler.
+    pub fn register(&mut self, kind: &str, handler: Arc<dyn Handler>, settings: HandlerSettings) {
+        self.handlers
+            .insert(kind.to_owned(), Registered { handler, settings });
+    }
+
+    pub fn kind_defaults(&self) -> BTreeMap<String, KindDefaults> {
+        self.handlers
+            .iter()
+            .map(|(kind, r)| {
+                (
+                    kind.clone(),
+                    KindDefaults {
+                        timeout: r.settings.timeout,
+                        max_attempts: r.settings.max_attempts,
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Starts every consumer and the reconciler; they stop when `shutdown` fires (in-flight
+/// attempts are stopped and settled as retryable failures, so another worker picks them up).
+pub fn start(
+    services: Services,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    let owner = format!(
+        "{}-{}-{}",
+        hostname(),
+        std::process::id(),
+        ulid::Ulid::new()
+    );
+    for (kind, registered) in &registry.handlers {
+        let on_dispatch: DispatchFn = {
+            let services = services.clone();
+            let registry = registry.clone();
+            let owner = owner.clone();
+            let shutdown = shutdown.clone();
+            DispatchFn(Arc::new(move |dispatch| {
+                Box::pin(attempt::run_dispatch(
+                    services.clone(),
+                    registry.clone(),
+                    owner.clone(),
+                    shutdown.clone(),
+                    dispatch,
+                ))
+            }))
+        };
+        let consumer = ConsumerSettings {
+            kind: kind.clone(),
+            concurrency: registered.settings.concurrency,
+            poll_interval: services.settings.queue.poll_interval,
+        };
+        set.spawn(queue::run_consumer(
+            services.db.clone(),
+            consumer,
+            on_dispatch,
+            shutdown.clone(),
+        ));
+    }
+    set.spawn(reconciler(services, shutdown));
+    set
+}
+
+async fn reconciler(services: Services, shutdown: CancellationToken) {
+    let every = services.settings.queue.reconcile_interval;
+    loop {
+        match services.reconcile_once().await {
+            Ok(repairs) if repairs != Default::default() => {
+                tracing::info!(?repairs, "reconciler repaired state")
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "reconciler pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "ferry".to_owned())
+}
