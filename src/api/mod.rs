@@ -13,7 +13,26 @@ use actix_web::web;
 
 use crate::service::Services;
 
-/// Registers every route; `openapi.yaml` describes exactly these.
+/// Every (method, path) the API serves, in OpenAPI path syntax. The contract test checks that
+/// `openapi.yaml` lists exactly these and that the running server routes each of them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("post", "/v1/uploads"),
+    ("get", "/v1/uploads/{id}"),
+    ("delete", "/v1/uploads/{id}"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("delete", "/v1/jobs/{id}"),
+    ("post", "/v1/jobs/{id}/cancel"),
+    ("get", "/v1/jobs/{id}/events"),
+    ("get", "/v1/jobs/{id}/logs"),
+    ("get", "/v1/jobs/{id}/results"),
+    ("get", "/v1/jobs/{id}/results/{name}"),
+];
+
+/// Registers every route; `openapi.yaml` describes exactly these (see [`ROUTES`]).
 pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         let json_limit = services.settings.limits.max_json_bytes;

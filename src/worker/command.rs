@@ -87,6 +87,15 @@ impl Handler for CommandHandler {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // If this worker process dies (even by SIGKILL), the kernel kills the command too, so a
+        // crashed worker leaves no model running unsupervised. (Covers the direct child; what it
+        // forks is reached through the group on every other path.)
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
         let mut child = cmd.spawn().map_err(|e| {
             HandlerError::permanent("handler_spawn", format!("cannot start {program:?}: {e}"))
         })?;

@@ -1,0 +1,356 @@
+//! `TestApp`: a real `ferry` process on port 0 with its own temporary data folder (SQLite file,
+//! blob folder, work folders) and a fast-ticking configuration, plus HTTP helpers.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Knobs a test may turn; everything else is the fast test default.
+#[derive(Clone, Debug)]
+pub struct TestConfig {
+    pub max_upload_bytes: u64,
+    pub upload_ttl: &'static str,
+    pub lease_ttl: &'static str,
+    pub model_concurrency: u32,
+    pub model_max_attempts: u32,
+    pub model_timeout: &'static str,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 4 << 30,
+            upload_ttl: "1h",
+            lease_ttl: "3s",
+            model_concurrency: 2,
+            model_max_attempts: 3,
+            model_timeout: "60s",
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub server: Option<Child>,
+    pub workers: Vec<Child>,
+    logs: u32,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(TestConfig::default()).await
+    }
+
+    pub async fn spawn_with(cfg: TestConfig) -> TestApp {
+        Self::start(cfg, &[]).await
+    }
+
+    /// `ferry serve --no-workers`; start workers with [`TestApp::spawn_worker`].
+    pub async fn spawn_api_only(cfg: TestConfig) -> TestApp {
+        Self::start(cfg, &["--no-workers"]).await
+    }
+
+    async fn start(cfg: TestConfig, extra: &[&str]) -> TestApp {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-test-")
+            .tempdir()
+            .expect("temp dir");
+        let config_path = dir.path().join("ferry.toml");
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/handlers/model.py");
+        let toml = format!(
+            r#"
+data_dir = "{data}"
+
+[limits]
+max_upload_bytes = {max_upload}
+upload_ttl = "{upload_ttl}"
+upload_part_bytes = 1048576
+
+[queue]
+poll_interval = "20ms"
+lease_ttl = "{lease_ttl}"
+reconcile_interval = "300ms"
+retry_base_delay = "100ms"
+retry_max_delay = "1s"
+kill_grace = "1s"
+
+[handlers.model]
+command = ["python3", "{model}"]
+timeout = "{timeout}"
+max_attempts = {attempts}
+concurrency = {concurrency}
+"#,
+            data = dir.path().join("data").display(),
+            max_upload = cfg.max_upload_bytes,
+            upload_ttl = cfg.upload_ttl,
+            lease_ttl = cfg.lease_ttl,
+            model = model.display(),
+            timeout = cfg.model_timeout,
+            attempts = cfg.model_max_attempts,
+            concurrency = cfg.model_concurrency,
+        );
+        std::fs::write(&config_path, toml).expect("write config");
+        let mut app = TestApp {
+            base: String::new(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(600))
+                .build()
+                .expect("client"),
+            dir,
+            config_path,
+            server: None,
+            workers: Vec::new(),
+            logs: 0,
+        };
+        app.start_server(extra);
+        app
+    }
+
+    fn log_file(&mut self, what: &str) -> std::fs::File {
+        self.logs += 1;
+        std::fs::File::create(self.dir.path().join(format!("{what}-{}.log", self.logs))).expect("log file")
+    }
+
+    fn command(&mut self, args: &[&str], what: &str) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .args(args)
+            .env("RUST_LOG", "info,ferry=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(self.log_file(what));
+        cmd
+    }
+
+    /// Starts `ferry serve` on port 0 and waits for it to say where it listens.
+    pub fn start_server(&mut self, extra: &[&str]) {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut child = self.command(&args, "serve").spawn().expect("start ferry serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("ferry: listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("ferry serve did not start; see {}", self.dir.path().display()));
+        self.base = addr;
+        self.server = Some(child);
+    }
+
+    /// Starts a separate `ferry worker` process on the same database and blobs.
+    pub fn spawn_worker(&mut self) -> u32 {
+        let mut child = self.command(&["worker"], "worker").spawn().expect("start ferry worker");
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {});
+        let pid = child.id();
+        self.workers.push(child);
+        pid
+    }
+
+    /// SIGKILL, no goodbye.
+    pub fn kill9_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    pub fn kill9_worker(&mut self, pid: u32) {
+        let idx = self.workers.iter().position(|c| c.id() == pid).expect("known worker");
+        let mut child = self.workers.remove(idx);
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().expect("server running").id()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Files under the blob folder (uploads and results).
+    pub fn blob_files(&self, sub: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data_dir().join("blobs").join(sub), &mut out);
+        out
+    }
+
+    /// Runs one SQL count against the SQLite file, as an operator would inspect it.
+    pub async fn count_rows(&self, sql: &str) -> i64 {
+        let url = format!("sqlite://{}", self.data_dir().join("ferry.db").display());
+        let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        pool.close().await;
+        n
+    }
+
+    pub async fn upload(&self, body: impl Into<reqwest::Body>) -> Value {
+        let res = self
+            .client
+            .post(self.url("/v1/uploads"))
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("upload");
+        assert_eq!(res.status(), 201, "upload failed: {:?}", res.text().await);
+        res.json().await.expect("upload json")
+    }
+
+    pub async fn post_job(&self, body: Value) -> (u16, Value) {
+        let res = self
+            .client
+            .post(self.url("/v1/jobs"))
+            .json(&body)
+            .send()
+            .await
+            .expect("create job");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Uploads `data` and creates a job of `kind` on it; returns the job.
+    pub async fn submit(&self, kind: &str, data: Vec<u8>, params: Value) -> Value {
+        let upload = self.upload(data).await;
+        let (status, job) = self
+            .post_job(json!({"kind": kind, "inputs": {"scan": upload["id"]}, "params": params}))
+            .await;
+        assert_eq!(status, 202, "job creation failed: {job}");
+        job
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let res = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, body) = self.get_json(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, 200, "GET job {id}: {body}");
+        body
+    }
+
+    /// Polls until `pred` holds for the job, or panics after `within`.
+    pub async fn wait_job(&self, id: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id).await;
+            if pred(&job) {
+                return job;
+            }
+            if start.elapsed() > within {
+                panic!("job {id} did not reach the expected state within {within:?}; last: {job:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        self.wait_job(id, within, |j| j["status"] == status).await
+    }
+
+    pub async fn results(&self, id: &str) -> Vec<Value> {
+        let (status, body) = self.get_json(&format!("/v1/jobs/{id}/results")).await;
+        assert_eq!(status, 200);
+        body["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for child in self.server.iter_mut().chain(self.workers.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Whether a process exists (and is not a zombie we could still reap).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Reads a pid a test handler wrote, waiting for the file to appear.
+pub async fn read_pid(path: &Path, within: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(pid) = text.trim().parse()
+        {
+            return pid;
+        }
+        assert!(start.elapsed() < within, "no pid file at {}", path.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so tests need no fixtures.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(data))
+}
+
+pub fn assert_problem(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "unexpected status; body: {body}");
+    assert_eq!(body["code"], want_code, "unexpected problem code; body: {body}");
+    assert_eq!(body["status"], want_status);
+    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:ferry:problem:")));
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "problem without detail: {body}");
+}

@@ -1,0 +1,11 @@
+//! Ferry's integration tests: one binary (one link) whose modules each start real `ferry`
+//! processes on port 0 and talk HTTP to them.
+
+mod contract;
+mod errors;
+mod handlers;
+mod helpers;
+mod jobs;
+mod reliability;
+mod results;
+mod uploads;

@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""A stand-in model for Ferry's integration tests, speaking the command protocol.
+
+FERRY_PARAMS chooses what it does:
+  mode = "ok"       read every input, report progress, publish an intermediate result, wait for
+                    params.gate (a file path) to exist if given, then write the final output.
+  mode = "fail"     print to stderr and exit 3 (a retryable failure).
+  mode = "declare"  declare a permanent error on stdout, then exit 0.
+  mode = "sleep"    write its pid to params.pid_file and sleep for a long time.
+  mode = "stubborn" like sleep, but ignore SIGTERM (so only SIGKILL stops it).
+"""
+import hashlib, json, os, pathlib, signal, sys, time
+
+params = json.loads(os.environ["FERRY_PARAMS"])
+inputs = pathlib.Path(os.environ["FERRY_INPUT_DIR"])
+outputs = pathlib.Path(os.environ["FERRY_OUTPUT_DIR"])
+mode = params.get("mode", "ok")
+
+def say(**msg):
+    print(json.dumps(msg), flush=True)
+
+print(f"model starting: job {os.environ['FERRY_JOB_ID']} attempt {os.environ['FERRY_ATTEMPT']}", flush=True)
+if params.get("pid_file"):
+    pathlib.Path(params["pid_file"]).write_text(str(os.getpid()))
+
+if mode == "fail":
+    print("something went wrong in the model", file=sys.stderr, flush=True)
+    sys.exit(3)
+if mode == "declare":
+    say(error="the scan is not a CT study", retryable=False)
+    sys.exit(0)
+if mode in ("sleep", "stubborn"):
+    if mode == "stubborn":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    say(progress=1, stage="sleeping")
+    time.sleep(3600)
+
+digests = {}
+for i, f in enumerate(sorted(inputs.iterdir())):
+    digests[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+    say(progress=10 + i, stage="reading", message=f"read {f.name}")
+(outputs / "preview.txt").write_text("intermediate\n")
+say(result="preview.txt", content_type="text/plain")
+say(progress=50, stage="thinking")
+gate = params.get("gate")
+while gate and not os.path.exists(gate):
+    time.sleep(0.05)
+(outputs / "masks").mkdir(exist_ok=True)
+(outputs / "masks" / "mask.json").write_text(json.dumps({"inputs": digests, "attempt": os.environ["FERRY_ATTEMPT"]}))
+say(progress=100, stage="done")
