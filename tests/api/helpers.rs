@@ -118,7 +118,8 @@ concurrency = {concurrency}
 
     fn log_file(&mut self, what: &str) -> std::fs::File {
         self.logs += 1;
-        std::fs::File::create(self.dir.path().join(format!("{what}-{}.log", self.logs))).expect("log file")
+        std::fs::File::create(self.dir.path().join(format!("{what}-{}.log", self.logs)))
+            .expect("log file")
     }
 
     fn command(&mut self, args: &[&str], what: &str) -> Command {
@@ -137,7 +138,10 @@ concurrency = {concurrency}
     pub fn start_server(&mut self, extra: &[&str]) {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = self.command(&args, "serve").spawn().expect("start ferry serve");
+        let mut child = self
+            .command(&args, "serve")
+            .spawn()
+            .expect("start ferry serve");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -149,16 +153,26 @@ concurrency = {concurrency}
         });
         let addr = rx
             .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("ferry serve did not start; see {}", self.dir.path().display()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "ferry serve did not start; see {}",
+                    self.dir.path().display()
+                )
+            });
         self.base = addr;
         self.server = Some(child);
     }
 
     /// Starts a separate `ferry worker` process on the same database and blobs.
     pub fn spawn_worker(&mut self) -> u32 {
-        let mut child = self.command(&["worker"], "worker").spawn().expect("start ferry worker");
+        let mut child = self
+            .command(&["worker"], "worker")
+            .spawn()
+            .expect("start ferry worker");
         let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {});
+        std::thread::spawn(
+            move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {},
+        );
         let pid = child.id();
         self.workers.push(child);
         pid
@@ -173,7 +187,11 @@ concurrency = {concurrency}
     }
 
     pub fn kill9_worker(&mut self, pid: u32) {
-        let idx = self.workers.iter().position(|c| c.id() == pid).expect("known worker");
+        let idx = self
+            .workers
+            .iter()
+            .position(|c| c.id() == pid)
+            .expect("known worker");
         let mut child = self.workers.remove(idx);
         child.kill().expect("kill -9");
         child.wait().expect("reap");
@@ -194,7 +212,9 @@ concurrency = {concurrency}
     /// Files under the blob folder (uploads and results).
     pub fn blob_files(&self, sub: &str) -> Vec<PathBuf> {
         fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
             for e in entries.flatten() {
                 let p = e.path();
                 if p.is_dir() {
@@ -269,7 +289,12 @@ concurrency = {concurrency}
     }
 
     /// Polls until `pred` holds for the job, or panics after `within`.
-    pub async fn wait_job(&self, id: &str, within: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        within: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let job = self.job(id).await;
@@ -277,7 +302,9 @@ concurrency = {concurrency}
                 return job;
             }
             if start.elapsed() > within {
-                panic!("job {id} did not reach the expected state within {within:?}; last: {job:#}");
+                panic!(
+                    "job {id} did not reach the expected state within {within:?}; last: {job:#}"
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -323,7 +350,11 @@ pub async fn read_pid(path: &Path, within: Duration) -> i32 {
         {
             return pid;
         }
-        assert!(start.elapsed() < within, "no pid file at {}", path.display());
+        assert!(
+            start.elapsed() < within,
+            "no pid file at {}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -349,8 +380,18 @@ pub fn sha256_hex(data: &[u8]) -> String {
 
 pub fn assert_problem(status: u16, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "unexpected status; body: {body}");
-    assert_eq!(body["code"], want_code, "unexpected problem code; body: {body}");
+    assert_eq!(
+        body["code"], want_code,
+        "unexpected problem code; body: {body}"
+    );
     assert_eq!(body["status"], want_status);
-    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:ferry:problem:")));
-    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "problem without detail: {body}");
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:ferry:problem:"))
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "problem without detail: {body}"
+    );
 }

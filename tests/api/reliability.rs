@@ -1,1 +1,205 @@
-//! placeholder
+//! Crash safety with real processes and `kill -9`: a worker killed mid-job, the whole server
+//! killed and restarted, a lost dispatch, and cancel of a queued job.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const WITHIN: Duration = Duration::from_secs(45);
+
+#[tokio::test]
+async fn a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2() {
+    let mut app = TestApp::spawn_api_only(TestConfig {
+        lease_ttl: "2s",
+        ..TestConfig::default()
+    })
+    .await;
+    let first = app.spawn_worker();
+    let gate = app.dir.path().join("gate");
+    let pid_file = app.dir.path().join("attempt1.pid");
+    let job = app
+        .submit(
+            "model",
+            bytes(5000, 60),
+            json!({"gate": gate, "pid_file": pid_file}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap();
+    app.wait_job(id, WITHIN, |j| {
+        j["status"] == "running" && j["result_count"] == 1
+    })
+    .await;
+    let model_pid = read_pid(&pid_file, WITHIN).await;
+
+    app.kill9_worker(first);
+    // The model dies with its worker instead of running on unsupervised.
+    let start = std::time::Instant::now();
+    while process_alive(model_pid) && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !process_alive(model_pid),
+        "the model outlived its killed worker"
+    );
+
+    std::fs::write(&gate, "go").unwrap();
+    app.spawn_worker();
+    let done = app.wait_status(id, "succeeded", WITHIN).await;
+    assert_eq!(done["attempt"], 2);
+    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
+    let items = events["items"].as_array().unwrap();
+    let retry = items
+        .iter()
+        .find(|e| e["kind"] == "retry_scheduled")
+        .expect("a retry event");
+    assert_eq!(retry["data"]["error"]["code"], "lease_expired");
+    assert_eq!(items.iter().filter(|e| e["kind"] == "succeeded").count(), 1);
+    // Results are not duplicated: one per name, the newest attempt's.
+    let results = app.results(id).await;
+    let mut names: Vec<&str> = results
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["masks/mask.json", "preview.txt"]);
+    assert!(results.iter().all(|r| r["attempt"] == 2), "{results:?}");
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_results").await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
+    let mut app = TestApp::spawn_with(TestConfig {
+        lease_ttl: "2s",
+        model_concurrency: 1,
+        ..TestConfig::default()
+    })
+    .await;
+    let finished = app
+        .submit("digest", bytes(30_000, 61), json!({"chunk_size": 4096}))
+        .await;
+    let finished_id = finished["id"].as_str().unwrap().to_owned();
+    app.wait_status(&finished_id, "succeeded", WITHIN).await;
+    let report_before = app
+        .client
+        .get(app.url(&format!("/v1/jobs/{finished_id}/results/report.json")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+
+    let gate = app.dir.path().join("gate");
+    let running = app
+        .submit("model", bytes(100, 62), json!({"gate": gate}))
+        .await;
+    let running_id = running["id"].as_str().unwrap().to_owned();
+    app.wait_status(&running_id, "running", WITHIN).await;
+    let mut queued = Vec::new();
+    for i in 0..3 {
+        let job = app
+            .submit("model", bytes(100, 63 + i), json!({"gate": gate}))
+            .await;
+        queued.push(job["id"].as_str().unwrap().to_owned());
+    }
+    for id in &queued {
+        assert_eq!(app.job(id).await["status"], "queued");
+    }
+
+    app.kill9_server();
+    app.start_server(&[]);
+    std::fs::write(&gate, "go").unwrap();
+
+    let done = app.wait_status(&running_id, "succeeded", WITHIN).await;
+    assert_eq!(
+        done["attempt"], 2,
+        "the interrupted attempt is retried: {done}"
+    );
+    for id in &queued {
+        let done = app.wait_status(id, "succeeded", WITHIN).await;
+        assert_eq!(done["attempt"], 1);
+    }
+    let finished_after = app.job(&finished_id).await;
+    assert_eq!(finished_after["status"], "succeeded");
+    assert_eq!(
+        finished_after["finished_at"],
+        app.job(&finished_id).await["finished_at"]
+    );
+    let report_after = app
+        .client
+        .get(app.url(&format!("/v1/jobs/{finished_id}/results/report.json")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(report_before, report_after);
+}
+
+#[tokio::test]
+async fn a_job_whose_dispatch_was_lost_is_dispatched_again() {
+    let mut app = TestApp::spawn_api_only(TestConfig::default()).await;
+    let job = app.submit("noop", bytes(10, 70), json!({})).await;
+    let id = job["id"].as_str().unwrap();
+    // Simulate a queue entry lost to a crash: remove it behind Ferry's back.
+    let url = format!("sqlite://{}", app.data_dir().join("ferry.db").display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let removed = sqlx::query("DELETE FROM Jobs")
+        .execute(&pool)
+        .await
+        .unwrap()
+        .rows_affected();
+    assert_eq!(removed, 1);
+    pool.close().await;
+    app.spawn_worker();
+    let done = app.wait_status(id, "succeeded", WITHIN).await;
+    assert_eq!(done["attempt"], 1);
+    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "redispatched")
+    );
+}
+
+#[tokio::test]
+async fn a_queued_job_is_canceled_at_once_and_never_runs() {
+    let app = TestApp::spawn_with(TestConfig {
+        model_concurrency: 1,
+        ..TestConfig::default()
+    })
+    .await;
+    let gate = app.dir.path().join("gate");
+    let blocker = app
+        .submit("model", bytes(10, 71), json!({"gate": gate}))
+        .await;
+    let blocker_id = blocker["id"].as_str().unwrap();
+    app.wait_status(blocker_id, "running", WITHIN).await;
+    let waiting = app
+        .submit("model", bytes(10, 72), json!({"gate": gate}))
+        .await;
+    let waiting_id = waiting["id"].as_str().unwrap();
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/jobs/{waiting_id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["status"], "canceled");
+    std::fs::write(&gate, "go").unwrap();
+    app.wait_status(blocker_id, "succeeded", WITHIN).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = app.job(waiting_id).await;
+    assert_eq!(after["status"], "canceled");
+    assert_eq!(after["attempt"], 0);
+}
