@@ -208,15 +208,15 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<JobView, crate::service::ServiceError>>,
 {
-    if let Some(key) = key {
-        if let Reservation::Replay(view) = services.reserve_idempotency_key(key, fp).await? {
-            let mut res = job_response(StatusCode::ACCEPTED, &view);
-            res.headers_mut().insert(
-                header::HeaderName::from_static("idempotent-replayed"),
-                header::HeaderValue::from_static("true"),
-            );
-            return Ok(res);
-        }
+    if let Some(key) = key
+        && let Reservation::Replay(view) = services.reserve_idempotency_key(key, fp).await?
+    {
+        let mut res = job_response(StatusCode::ACCEPTED, &view);
+        res.headers_mut().insert(
+            header::HeaderName::from_static("idempotent-replayed"),
+            header::HeaderValue::from_static("true"),
+        );
+        return Ok(res);
     }
     match create().await {
         Ok(view) => Ok(job_response(StatusCode::ACCEPTED, &view)),

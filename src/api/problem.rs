@@ -33,21 +33,22 @@ pub struct Problem {
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub problem: Problem,
+    /// Boxed: handlers return `Result<_, ApiError>` everywhere, and the Ok path stays small.
+    pub problem: Box<Problem>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Self {
             status,
-            problem: Problem {
+            problem: Box::new(Problem {
                 type_: format!("urn:ferry:problem:{code}"),
                 title: status.canonical_reason().unwrap_or("Error").to_owned(),
                 status: status.as_u16(),
                 detail: detail.into(),
                 code: code.to_owned(),
                 errors: Vec::new(),
-            },
+            }),
         }
     }
 
