@@ -78,6 +78,8 @@ impl Stored {
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
     part_bytes: usize,
+    /// The folder of a local store (for the staging-file sweep).
+    local_root: Option<PathBuf>,
 }
 
 impl Blobs {
@@ -100,7 +102,49 @@ impl Blobs {
         Ok(Blobs {
             store: Arc::new(store),
             part_bytes,
+            local_root: Some(dir),
         })
+    }
+
+    /// Deletes staging files (`name#N`) of local writes that a killed process abandoned and that
+    /// nobody has written to for `older_than`. A disconnect or error aborts its own staging file;
+    /// only `kill -9` mid-upload leaves one, and it never has a row pointing at it.
+    pub async fn sweep_abandoned_staging(&self, older_than: std::time::Duration) -> usize {
+        let Some(root) = self.local_root.clone() else {
+            return 0;
+        };
+        tokio::task::spawn_blocking(move || {
+            fn walk(dir: &std::path::Path, older_than: std::time::Duration, removed: &mut usize) {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    return;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let Ok(meta) = entry.metadata() else { continue };
+                    if meta.is_dir() {
+                        walk(&path, older_than, removed);
+                        continue;
+                    }
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let is_staging = name.rsplit_once('#').is_some_and(|(_, n)| {
+                        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+                    });
+                    let idle = meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|age| age >= older_than);
+                    if is_staging && idle && std::fs::remove_file(&path).is_ok() {
+                        *removed += 1;
+                    }
+                }
+            }
+            let mut removed = 0;
+            walk(&root, older_than, &mut removed);
+            removed
+        })
+        .await
+        .unwrap_or(0)
     }
 
     /// Streams `body` to `key`, hashing as it goes. Fails with [`BlobError::TooLarge`] as soon
@@ -220,5 +264,89 @@ impl Blobs {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(err) => Err(err.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[tokio::test]
+    async fn only_idle_staging_files_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path().to_str().unwrap(), 1 << 20).unwrap();
+        let uploads = dir.path().join("uploads");
+        std::fs::create_dir_all(&uploads).unwrap();
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        for (name, old) in [
+            ("abandoned#1", true),
+            ("complete", true),
+            ("writing#2", false),
+            ("odd#x", true),
+        ] {
+            let f = std::fs::File::create(uploads.join(name)).unwrap();
+            if old {
+                f.set_modified(two_hours_ago).unwrap();
+            }
+        }
+        assert_eq!(
+            blobs
+                .sweep_abandoned_staging(Duration::from_secs(3600))
+                .await,
+            1
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&uploads)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["complete", "odd#x", "writing#2"]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_stored_hashed_and_read_back_by_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path().to_str().unwrap(), 64 << 10).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let chunks: Vec<Result<Bytes, std::io::Error>> = data
+            .chunks(10_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let key = keys::upload(Uuid::now_v7());
+        let stored = blobs
+            .put_stream(&key, futures_util::stream::iter(chunks), u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(stored.size, data.len() as u64);
+        assert_eq!(stored.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
+        let part: Vec<Bytes> = blobs
+            .get(&key, Some(1000..1010))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(part.concat(), data[1000..1010]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_over_the_limit_is_aborted_without_a_trace() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = Blobs::open(dir.path().to_str().unwrap(), 64 << 10).unwrap();
+        let chunks: Vec<Result<Bytes, std::io::Error>> = (0..20)
+            .map(|_| Ok(Bytes::from(vec![7u8; 50_000])))
+            .collect();
+        let key = keys::upload(Uuid::now_v7());
+        let err = blobs
+            .put_stream(&key, futures_util::stream::iter(chunks), 300_000)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlobError::TooLarge { limit: 300_000 }));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("uploads"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

@@ -99,6 +99,23 @@ pub async fn lost_dispatches(
     }
 }
 
+/// Deletes apalis' records of deliveries finished before `before_secs` (Unix seconds), which
+/// would otherwise accumulate forever. Ferry never needs them: a finished delivery's job was
+/// claimed (or the delivery was stale). apalis' own vacuum is not used: on SQLite it ignores the
+/// age and deletes tasks finished seconds ago.
+pub async fn purge_finished(db: &Db, before_secs: i64) -> Result<u64, StorageError> {
+    match db.pool() {
+        Pool::Sqlite(pool) => Ok(sqlx::query(
+            "DELETE FROM Jobs WHERE job_type LIKE 'ferry.jobs.%' \
+             AND status IN ('Done', 'Failed', 'Killed') AND done_at IS NOT NULL AND done_at < ?1",
+        )
+        .bind(before_secs)
+        .execute(pool)
+        .await?
+        .rows_affected()),
+    }
+}
+
 /// Settings of one consumer (one handler kind in one process).
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {

@@ -5,7 +5,8 @@
 //!   get a failed attempt (`lease_expired`, retryable), or end `canceled` if a cancel was asked.
 //! - Queued jobs whose dispatch apalis no longer holds get a fresh dispatch.
 //! - Unattached uploads past `expires_at` are deleted, bytes first.
-//! - Idempotency keys older than a day are forgotten.
+//! - Idempotency keys older than a day, and apalis' records of deliveries finished an hour ago,
+//!   are deleted.
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait, sea_query::Expr};
 use serde_json::json;
@@ -22,6 +23,8 @@ const BATCH: u64 = 100;
 const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 /// A dispatch is only presumed lost once its job has been due for this long.
 const LOST_DISPATCH_GRACE_MS: i64 = 2_000;
+/// apalis' records of finished deliveries are kept this long (for debugging), then deleted.
+const FINISHED_DELIVERY_TTL_SECS: i64 = 3600;
 
 /// What one pass repaired (for logs and tests).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +32,7 @@ pub struct Repairs {
     pub expired_leases: usize,
     pub redispatched: usize,
     pub expired_uploads: usize,
+    pub purged_deliveries: u64,
 }
 
 impl Services {
@@ -118,6 +122,9 @@ impl Services {
             self.purge_upload(row.id, &row.blob_key).await?;
             repairs.expired_uploads += 1;
         }
+
+        repairs.purged_deliveries =
+            queue::purge_finished(&self.db, now / 1000 - FINISHED_DELIVERY_TTL_SECS).await?;
 
         idempotency_key::Entity::delete_many()
             .filter(idempotency_key::Column::CreatedAtMs.lt(now - IDEMPOTENCY_KEY_TTL_MS))

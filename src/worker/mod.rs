@@ -144,9 +144,20 @@ pub fn start(
     set
 }
 
+/// Staging files idle this long are abandoned (their writer was killed).
+const STAGING_IDLE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 async fn reconciler(services: Services, shutdown: CancellationToken) {
     let every = services.settings.queue.reconcile_interval;
+    let mut last_sweep: Option<std::time::Instant> = None;
     loop {
+        if last_sweep.is_none_or(|t| t.elapsed() >= STAGING_IDLE) {
+            let removed = services.blobs.sweep_abandoned_staging(STAGING_IDLE).await;
+            if removed > 0 {
+                tracing::info!(removed, "deleted abandoned partial uploads");
+            }
+            last_sweep = Some(std::time::Instant::now());
+        }
         match services.reconcile_once().await {
             Ok(repairs) if repairs != Default::default() => {
                 tracing::info!(?repairs, "reconciler repaired state")
