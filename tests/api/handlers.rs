@@ -215,3 +215,49 @@ async fn a_command_past_its_timeout_is_killed_and_the_job_fails() {
     assert_eq!(done["error"]["code"], "timeout");
     assert!(!process_alive(pid), "timed-out handler {pid} survived");
 }
+
+#[tokio::test]
+async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
+    let app = TestApp::spawn().await;
+    let pid_file = app.dir.path().join("doomed.pid");
+    let gate = app.dir.path().join("never");
+    let job = app
+        .submit(
+            "model",
+            bytes(4000, 46),
+            json!({"gate": gate, "pid_file": pid_file}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap();
+    app.wait_job(id, WITHIN, |j| j["result_count"] == 1).await;
+    let pid = read_pid(&pid_file, WITHIN).await;
+    let res = app
+        .client
+        .delete(app.url(&format!("/v1/jobs/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let (status, _) = app.get_json(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 404);
+    let start = std::time::Instant::now();
+    while process_alive(pid) && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !process_alive(pid),
+        "the deleted job's process {pid} is still running"
+    );
+    // Give the stopped attempt time to try (and fail) to write anything more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        app.blob_files("").is_empty(),
+        "bytes left: {:?}",
+        app.blob_files("")
+    );
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_results").await,
+        0
+    );
+    assert_eq!(app.count_rows("SELECT COUNT(*) FROM ferry_jobs").await, 0);
+}
