@@ -60,6 +60,9 @@ pub enum Outcome {
     Succeeded,
     Canceled,
     Failed(JobFailure),
+    /// The worker is shutting down gracefully: put the job back at once without counting the
+    /// attempt (it was not the job's fault), so a deploy does not use up retries.
+    Requeue,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -413,6 +416,36 @@ impl Services {
                     .await?;
                 }
                 (JobStatus::Canceled, n)
+            }
+            Outcome::Requeue => {
+                let dispatch = Dispatch {
+                    job_id: job.id,
+                    dispatch_id: queue::new_dispatch_id(),
+                };
+                let n = tx
+                    .execute(
+                        &base(guard)
+                            .col_expr(job::Column::Status, Expr::value("queued"))
+                            .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).sub(1))
+                            .col_expr(job::Column::RunAfterMs, Expr::value(now))
+                            .col_expr(
+                                job::Column::DispatchId,
+                                Expr::value(dispatch.dispatch_id.as_str()),
+                            )
+                            .filter(job::Column::CancelRequested.eq(false))
+                            .into_query(),
+                    )
+                    .await?;
+                if n == 1 {
+                    tx.append_event(
+                        job.id,
+                        "requeued",
+                        json!({"status": "queued", "attempt": attempt, "reason": "worker_shutdown"}),
+                    )
+                    .await?;
+                    queue::enqueue(&mut tx, &job.kind, &dispatch, job.priority, now).await?;
+                }
+                (JobStatus::Queued, n)
             }
             Outcome::Failed(failure) => {
                 let error_json = serde_json::to_string(&failure).unwrap_or_default();

@@ -157,12 +157,7 @@ pub(crate) async fn run_dispatch(
                 true,
                 attempt,
             ))),
-            (Some(StopReason::Shutdown), _) => Some(Outcome::Failed(failure(
-                "worker_shutdown",
-                "the worker shut down during the attempt",
-                true,
-                attempt,
-            ))),
+            (Some(StopReason::Shutdown), _) => Some(Outcome::Requeue),
             (None, Some(Ok(Ok(())))) => Some(match publish_leftovers(&ctx).await {
                 Ok(()) => Outcome::Succeeded,
                 Err(err) => Outcome::Failed(failure(&err.code, &err.message, err.retryable, attempt)),
@@ -200,7 +195,6 @@ fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailur
         "handler_exit" => "Handler exited with an error",
         "handler_error" => "Handler reported an error",
         "lease_expired" => "Worker lost",
-        "worker_shutdown" => "Worker shut down",
         "invalid_input" => "Invalid input",
         _ => "Attempt failed",
     };

@@ -197,6 +197,32 @@ concurrency = {concurrency}
         child.wait().expect("reap");
     }
 
+    /// SIGTERM, then waits (up to 30 s) for a graceful exit; returns whether it exited cleanly.
+    pub fn terminate_worker(&mut self, pid: u32) -> bool {
+        let idx = self
+            .workers
+            .iter()
+            .position(|c| c.id() == pid)
+            .expect("known worker");
+        let mut child = self.workers.remove(idx);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status.success();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn server_pid(&self) -> u32 {
         self.server.as_ref().expect("server running").id()
     }

@@ -203,3 +203,46 @@ async fn a_queued_job_is_canceled_at_once_and_never_runs() {
     assert_eq!(after["status"], "canceled");
     assert_eq!(after["attempt"], 0);
 }
+
+#[tokio::test]
+async fn a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt() {
+    let mut app = TestApp::spawn_api_only(TestConfig::default()).await;
+    let first = app.spawn_worker();
+    let gate = app.dir.path().join("gate");
+    let pid_file = app.dir.path().join("model.pid");
+    let job = app
+        .submit(
+            "model",
+            bytes(100, 73),
+            json!({"gate": gate, "pid_file": pid_file}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap();
+    app.wait_status(id, "running", WITHIN).await;
+    let model_pid = read_pid(&pid_file, WITHIN).await;
+
+    assert!(
+        app.terminate_worker(first),
+        "the worker did not exit cleanly on SIGTERM"
+    );
+    assert!(
+        !process_alive(model_pid),
+        "the model outlived its stopped worker"
+    );
+    let back = app.job(id).await;
+    assert_eq!(back["status"], "queued", "{back}");
+    assert_eq!(back["attempt"], 0);
+
+    std::fs::write(&gate, "go").unwrap();
+    app.spawn_worker();
+    let done = app.wait_status(id, "succeeded", WITHIN).await;
+    assert_eq!(done["attempt"], 1);
+    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
+    assert!(
+        events["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "requeued")
+    );
+}
