@@ -169,10 +169,29 @@ pub async fn not_found(req: HttpRequest) -> HttpResponse {
 }
 
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    ApiError::new(
+    // The matched resource pattern, in the route table's syntax (`{name:.+}` → `{name}`).
+    let pattern = req
+        .match_pattern()
+        .unwrap_or_default()
+        .replace("{name:.+}", "{name}");
+    let allowed: Vec<String> = super::ROUTES
+        .iter()
+        .filter(|(_, path)| *path == pattern)
+        .map(|(method, _)| method.to_ascii_uppercase())
+        .collect();
+    let mut res = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not allowed on {}", req.method(), req.path()),
+        format!(
+            "{} is not allowed on {}; allowed: {}",
+            req.method(),
+            req.path(),
+            allowed.join(", ")
+        ),
     )
-    .error_response()
+    .error_response();
+    if let Ok(value) = header::HeaderValue::from_str(&allowed.join(", ")) {
+        res.headers_mut().insert(header::ALLOW, value);
+    }
+    res
 }

@@ -68,7 +68,12 @@ pub async fn download(
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+        .is_some_and(|v| {
+            // Weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`.
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == etag || t == "*")
+        })
     {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))

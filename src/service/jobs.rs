@@ -429,6 +429,21 @@ impl Services {
             }
         }
         tx.commit().await?;
+        let after = self.get_job(id).await?;
+        if canceled_now == 0
+            && after.job.status != JobStatus::Running.as_str()
+            && after.job.status != JobStatus::Queued.as_str()
+            && !after.job.cancel_requested
+        {
+            // It finished on its own between our read and our update.
+            return Err(ServiceError::conflict(
+                "job_finished",
+                format!(
+                    "job {id} already finished as {}; nothing to cancel",
+                    after.job.status
+                ),
+            ));
+        }
         tracing::info!(job_id = %id, "cancel requested");
         self.get_job(id).await
     }

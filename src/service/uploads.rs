@@ -123,10 +123,8 @@ impl Services {
     }
 
     pub async fn delete_upload(&self, id: UploadId) -> ServiceResult<()> {
-        let row = upload::Entity::find_by_id(id.0)
-            .one(&self.db.orm)
-            .await?
-            .ok_or_else(|| upload_not_found(id))?;
+        // An expired upload is already gone as far as clients are concerned.
+        let row = self.get_upload(id).await?;
         if let Some(job) = row.job_id {
             return Err(ServiceError::conflict(
                 "upload_in_use",
