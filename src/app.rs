@@ -26,7 +26,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { .. } => {
             let db = Db::connect(&settings.database_url()).await?;
             db.migrate().await?;
-            println!("ferry: database {} is up to date", settings.database_url());
+            println!(
+                "ferry: database {} is up to date",
+                crate::storage::redact(&settings.database_url())
+            );
             Ok(())
         }
         Command::Serve { .. } => {
@@ -61,7 +64,11 @@ impl Application {
         })?;
         let db = Db::connect(&settings.database_url()).await?;
         db.migrate().await?;
-        let blobs = Blobs::open(&settings.blob_store(), settings.limits.upload_part_bytes)?;
+        let blobs = Blobs::open(
+            &settings.blob_store(),
+            settings.limits.upload_part_bytes,
+            &settings.blob_options,
+        )?;
         let registry = Arc::new(registry);
         let services = Services {
             db,
@@ -108,7 +115,7 @@ impl Application {
             );
         }
         tracing::info!(
-            database = %settings.database_url(),
+            database = %crate::storage::redact(&settings.database_url()),
             blob_store = %settings.blob_store(),
             "ferry started"
         );

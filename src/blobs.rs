@@ -4,7 +4,12 @@
 //! streams of chunks.
 //!
 //! The local store fsyncs each file and its folder before a write returns (object_store's
-//! `with_fsync`), which is what lets the API answer 2xx only for durable bytes.
+//! `with_fsync`), which is what lets the API answer 2xx only for durable bytes; on object storage
+//! a multipart upload is only visible once completed, which the store makes durable.
+//!
+//! `s3://bucket/prefix` (and `gs://`, `az://`, … through object_store's URL parser) are
+//! configured the way their SDKs are: `AWS_*` / `GOOGLE_*` / `AZURE_*` environment variables
+//! (`AWS_ENDPOINT_URL` for S3-compatible servers), overridden by `blob_options` in `ferry.toml`.
 
 use std::{ops::Range, path::PathBuf, sync::Arc};
 
@@ -13,7 +18,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt, stream::BoxStream};
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart, local::LocalFileSystem,
-    path::Path,
+    path::Path, prefix::PrefixStore,
 };
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -61,6 +66,24 @@ impl BlobError {
     }
 }
 
+/// Aborts a multipart write that is dropped unfinished — e.g. when the HTTP request carrying
+/// it is dropped because the client went away — so no partial upload lingers in the store.
+struct AbortOnDrop(Option<WriteMultipart>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                if let Err(err) = writer.abort().await {
+                    tracing::warn!(error = %err, "aborting an abandoned upload failed");
+                }
+            });
+        }
+    }
+}
+
 /// What a completed write stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
@@ -83,26 +106,70 @@ pub struct Blobs {
 }
 
 impl Blobs {
-    /// Opens the store named by `spec`: a local folder path or a `file://` URL.
-    pub fn open(spec: &str, part_bytes: usize) -> anyhow::Result<Blobs> {
-        let dir = match spec.strip_prefix("file://") {
-            Some(path) => PathBuf::from(path),
-            None if spec.contains("://") => anyhow::bail!(
-                "unsupported blob_store {spec:?}: expected a local path or file:// URL \
-                 (object storage URLs come with the scale-out configuration)"
-            ),
-            None => PathBuf::from(spec),
+    /// Opens the store named by `spec`: a local folder path, a `file://` URL, or an object
+    /// storage URL such as `s3://bucket/prefix`. `options` are object_store configuration keys
+    /// (e.g. `aws_endpoint`, `aws_region`) that override the environment.
+    pub fn open(
+        spec: &str,
+        part_bytes: usize,
+        options: &std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<Blobs> {
+        let local = match spec.strip_prefix("file://") {
+            Some(path) => Some(PathBuf::from(path)),
+            None if spec.contains("://") => None,
+            None => Some(PathBuf::from(spec)),
         };
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create blob folder {}", dir.display()))?;
-        let store = LocalFileSystem::new_with_prefix(&dir)
-            .with_context(|| format!("cannot open blob folder {}", dir.display()))?
-            .with_fsync(true)
-            .with_automatic_cleanup(true);
+        if let Some(dir) = local {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create blob folder {}", dir.display()))?;
+            let store = LocalFileSystem::new_with_prefix(&dir)
+                .with_context(|| format!("cannot open blob folder {}", dir.display()))?
+                .with_fsync(true)
+                .with_automatic_cleanup(true);
+            return Ok(Blobs {
+                store: Arc::new(store),
+                part_bytes,
+                local_root: Some(dir),
+            });
+        }
+        let url =
+            url::Url::parse(spec).with_context(|| format!("invalid blob_store URL {spec:?}"))?;
+        if matches!(url.scheme(), "s3" | "s3a") && part_bytes < 5 << 20 {
+            anyhow::bail!(
+                "limits.upload_part_bytes must be at least 5 MiB for S3 (its minimum part size)"
+            );
+        }
+        let mut config: std::collections::BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| {
+                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+            })
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        config.extend(
+            options
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+        );
+        // An S3-compatible server on plain HTTP (a local MinIO, moto…) needs HTTP allowed.
+        let endpoint = ["aws_endpoint_url", "aws_endpoint", "endpoint"]
+            .iter()
+            .find_map(|k| config.get(*k).cloned());
+        if endpoint.is_some_and(|e| e.starts_with("http://")) {
+            config
+                .entry("aws_allow_http".into())
+                .or_insert_with(|| "true".into());
+        }
+        let (store, prefix) = object_store::parse_url_opts(&url, config)
+            .with_context(|| format!("cannot configure blob store {spec:?}"))?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(PrefixStore::new(store, prefix))
+        };
         Ok(Blobs {
-            store: Arc::new(store),
+            store,
             part_bytes,
-            local_root: Some(dir),
+            local_root: None,
         })
     }
 
@@ -161,11 +228,15 @@ impl Blobs {
         E: std::fmt::Display,
     {
         let upload = self.store.put_multipart(key).await?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_bytes);
+        let mut writer = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(
+            upload,
+            self.part_bytes,
+        )));
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut body = std::pin::pin!(body);
         let outcome: Result<(), BlobError> = async {
+            let w = writer.0.as_mut().expect("writer present until finished");
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| BlobError::Source(e.to_string()))?;
                 size += chunk.len() as u64;
@@ -174,22 +245,24 @@ impl Blobs {
                 }
                 hasher.update(&chunk);
                 // Backpressure: at most two parts in flight besides the one being filled.
-                writer.wait_for_capacity(2).await?;
-                writer.put(chunk);
+                w.wait_for_capacity(2).await?;
+                w.put(chunk);
             }
             Ok(())
         }
         .await;
+        let w = writer.0.take().expect("writer present until finished");
         match outcome {
             Ok(()) => {
-                writer.finish().await?;
+                // A failed completion aborts: nothing half-visible is left.
+                w.finish().await?;
                 Ok(Stored {
                     size,
                     sha256: hasher.finalize().into(),
                 })
             }
             Err(err) => {
-                if let Err(abort_err) = writer.abort().await {
+                if let Err(abort_err) = w.abort().await {
                     tracing::warn!(%key, error = %abort_err, "aborting a partial blob failed");
                 }
                 Err(err)
@@ -275,7 +348,8 @@ mod tests {
     #[tokio::test]
     async fn only_idle_staging_files_are_swept() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::open(dir.path().to_str().unwrap(), 1 << 20).unwrap();
+        let blobs =
+            Blobs::open(dir.path().to_str().unwrap(), 1 << 20, &Default::default()).unwrap();
         let uploads = dir.path().join("uploads");
         std::fs::create_dir_all(&uploads).unwrap();
         let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
@@ -307,7 +381,8 @@ mod tests {
     #[tokio::test]
     async fn a_stream_is_stored_hashed_and_read_back_by_range() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::open(dir.path().to_str().unwrap(), 64 << 10).unwrap();
+        let blobs =
+            Blobs::open(dir.path().to_str().unwrap(), 64 << 10, &Default::default()).unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let chunks: Vec<Result<Bytes, std::io::Error>> = data
             .chunks(10_000)
@@ -333,7 +408,8 @@ mod tests {
     #[tokio::test]
     async fn a_stream_over_the_limit_is_aborted_without_a_trace() {
         let dir = tempfile::tempdir().unwrap();
-        let blobs = Blobs::open(dir.path().to_str().unwrap(), 64 << 10).unwrap();
+        let blobs =
+            Blobs::open(dir.path().to_str().unwrap(), 64 << 10, &Default::default()).unwrap();
         let chunks: Vec<Result<Bytes, std::io::Error>> = (0..20)
             .map(|_| Ok(Bytes::from(vec![7u8; 50_000])))
             .collect();

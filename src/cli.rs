@@ -55,10 +55,12 @@ pub struct CommonArgs {
     /// Folder for the SQLite file, the local blob store and handler work folders.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Database URL: sqlite://path/to/ferry.db (default: <data-dir>/ferry.db).
+    /// Database URL: sqlite://path/to/ferry.db (default: <data-dir>/ferry.db) or
+    /// postgres://user:password@host/db for scale-out.
     #[arg(long)]
     pub database_url: Option<String>,
-    /// Blob store: a local folder path or file:// URL (default: <data-dir>/blobs).
+    /// Blob store: a local folder path or file:// URL (default: <data-dir>/blobs), or an object
+    /// storage URL such as s3://bucket/prefix (configured by AWS_* variables).
     #[arg(long)]
     pub blob_store: Option<String>,
 }

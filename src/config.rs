@@ -21,8 +21,12 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `sqlite://…`; default `<data_dir>/ferry.db`.
     pub database_url: Option<String>,
-    /// A local path or `file://` URL; default `<data_dir>/blobs`.
+    /// A local path, `file://` URL, or object storage URL (`s3://bucket/prefix`, `gs://…`,
+    /// `az://…`); default `<data_dir>/blobs`.
     pub blob_store: Option<String>,
+    /// object_store settings for `blob_store` URLs (e.g. `aws_endpoint`, `aws_region`,
+    /// `aws_access_key_id`); they override the `AWS_*`/`GOOGLE_*`/`AZURE_*` environment.
+    pub blob_options: BTreeMap<String, String>,
     /// Where handlers get their per-attempt input and output folders; default `<data_dir>/work`.
     pub work_dir: Option<PathBuf>,
     /// Run workers inside `serve`.
@@ -94,6 +98,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./ferry-data"),
             database_url: None,
             blob_store: None,
+            blob_options: BTreeMap::new(),
             work_dir: None,
             workers: true,
             builtin_handlers: true,

@@ -73,13 +73,19 @@ pub async fn enqueue(
         Tx::Sqlite(tx) => apalis_sqlite::queries::push_tasks(&mut **tx, &queue_name(kind), &[task])
             .await
             .map_err(|e| StorageError::Queue(e.to_string())),
+        // The insert's NOTIFY fires when `tx` commits, waking listening workers at once.
+        Tx::Postgres(tx) => {
+            apalis_postgres::queries::push_tasks(&mut **tx, &queue_name(kind), vec![task])
+                .await
+                .map_err(|e| StorageError::Queue(e.to_string()))
+        }
     }
 }
 
 /// Queued jobs (due since `due_before_ms`) whose current dispatch apalis no longer holds as
 /// pending or in progress: lost to a crash between apalis' bookkeeping and ours. The reconciler
-/// gives them a fresh dispatch. Reads apalis' `Jobs` table (id, status): the one place Ferry
-/// depends on apalis' schema, read-only.
+/// gives them a fresh dispatch. Reads apalis' task table (`Jobs` on SQLite, `apalis.jobs` on
+/// PostgreSQL: id, status), one of the two places Ferry touches apalis' schema.
 pub async fn lost_dispatches(
     db: &Db,
     due_before_ms: i64,
@@ -91,6 +97,16 @@ pub async fn lost_dispatches(
              WHERE j.status = 'queued' AND j.run_after_ms < ?1 \
              AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')) \
              LIMIT ?2",
+        )
+        .bind(due_before_ms)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?),
+        Pool::Postgres(pool) => Ok(sqlx::query_scalar(
+            "SELECT j.id FROM ferry_jobs j LEFT JOIN apalis.jobs a ON a.id = j.dispatch_id \
+             WHERE j.status = 'queued' AND j.run_after_ms < $1 \
+             AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')) \
+             LIMIT $2",
         )
         .bind(due_before_ms)
         .bind(limit)
@@ -110,6 +126,15 @@ pub async fn purge_finished(db: &Db, before_secs: i64) -> Result<u64, StorageErr
              AND status IN ('Done', 'Failed', 'Killed') AND done_at IS NOT NULL AND done_at < ?1",
         )
         .bind(before_secs)
+        .execute(pool)
+        .await?
+        .rows_affected()),
+        Pool::Postgres(pool) => Ok(sqlx::query(
+            "DELETE FROM apalis.jobs WHERE job_type LIKE 'ferry.jobs.%' \
+             AND status IN ('Done', 'Failed', 'Killed') AND done_at IS NOT NULL \
+             AND done_at < to_timestamp($1)",
+        )
+        .bind(before_secs as f64)
         .execute(pool)
         .await?
         .rows_affected()),
@@ -147,6 +172,34 @@ pub async fn run_consumer(
                 let backend = apalis_sqlite::SqliteStorage::<Dispatch>::new(pool)
                     .with_config(config)
                     .poll_with_interval(settings.poll_interval);
+                let worker = WorkerBuilder::new(name.clone())
+                    .backend(backend)
+                    .concurrency(settings.concurrency)
+                    .data(on_dispatch.clone())
+                    .build(deliver);
+                let stop = shutdown.clone();
+                worker
+                    .run_until(async move {
+                        stop.cancelled().await;
+                        Ok::<(), std::io::Error>(())
+                    })
+                    .await
+            }
+            Pool::Postgres(pool) => {
+                let config = apalis_postgres::Config::default()
+                    .queue(queue_name(&settings.kind))
+                    .batch_size(settings.concurrency)
+                    // Scheduled retries and orphan re-enqueues do not NOTIFY: they are picked up
+                    // at heartbeat granularity, so beat often. Dead workers' tasks are requeued
+                    // after 5 missed beats, not apalis' default of 10 × 30 s.
+                    .heartbeat_interval(Duration::from_secs(2))
+                    .missed_heartbeats(5);
+                // LISTEN/NOTIFY only: apalis' interval polling stalls on PostgreSQL. What NOTIFY
+                // can miss (a notification lost while reconnecting) is caught by heartbeats and,
+                // for good, by the reconciler.
+                let backend = apalis_postgres::PostgresStorage::<Dispatch>::new(pool)
+                    .with_config(config)
+                    .with_pubsub();
                 let worker = WorkerBuilder::new(name.clone())
                     .backend(backend)
                     .concurrency(settings.concurrency)

@@ -11,7 +11,7 @@ use std::time::Duration;
 use rand::Rng;
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, Func},
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -112,7 +112,10 @@ impl Services {
                     )
                     .col_expr(
                         job::Column::StartedAtMs,
-                        Expr::cust_with_values("COALESCE(started_at_ms, ?)", [now]),
+                        Expr::from(Func::coalesce([
+                            Expr::col(job::Column::StartedAtMs),
+                            Expr::value(now),
+                        ])),
                     )
                     .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
                     .filter(job::Column::Id.eq(dispatch.job_id))
@@ -129,7 +132,8 @@ impl Services {
             .fetch_i64(
                 &job::Entity::find()
                     .select_only()
-                    .column(job::Column::Attempt)
+                    // BIGINT so one decoder fits both SQLite and PostgreSQL (INT4 there).
+                    .column_as(Expr::col(job::Column::Attempt).cast_as("BIGINT"), "attempt")
                     .filter(job::Column::Id.eq(dispatch.job_id))
                     .into_query(),
             )

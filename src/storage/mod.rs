@@ -3,6 +3,9 @@
 //! them). A sea-orm transaction does not expose its sqlx connection, hence `Tx` binds sea-query
 //! statements itself.
 //!
+//! PostgreSQL (`postgres://…`) uses the same tables, made by the same migrations, for scale-out:
+//! many API replicas and workers share it.
+//!
 //! Durability: SQLite runs in WAL mode with `synchronous=FULL`, so a commit has reached the disk
 //! before Ferry answers 2xx (NORMAL could lose the last commits on power loss, which would break
 //! "an acknowledged job is never lost"). Writes take the lock up front (`BEGIN IMMEDIATE`) so
@@ -16,13 +19,19 @@ use anyhow::Context;
 use ferry_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
     DatabaseConnection,
-    sea_query::{Alias, Expr, ExprTrait, Query, SqliteQueryBuilder},
+    sea_query::{Alias, Expr, ExprTrait, PostgresQueryBuilder, Query, SqliteQueryBuilder},
 };
 use sea_query_sqlx::SqlxBinder;
 use sqlx::{
-    Sqlite, SqlitePool,
+    PgPool, Postgres, Sqlite, SqlitePool,
+    postgres::PgPoolOptions,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+
+/// Serializes migrations of processes starting at once against one PostgreSQL database.
+const MIGRATION_LOCK: i64 = 0x6665_7272_795f_6d67; // "ferry_mg"
+/// How long a request waits for a database connection before answering 503.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 use uuid::Uuid;
 
 use crate::time::now_ms;
@@ -42,16 +51,27 @@ impl StorageError {
     /// callers answer 503 and retry later.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StorageError::Sqlx(e) => matches!(
-                e,
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-            ),
-            StorageError::Orm(e) => matches!(
-                e,
-                sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_)
-            ),
+            StorageError::Sqlx(e) => sqlx_unavailable(e),
+            StorageError::Orm(e) => match e {
+                sea_orm::DbErr::ConnectionAcquire(_) | sea_orm::DbErr::Conn(_) => true,
+                sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+                | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => sqlx_unavailable(e),
+                _ => false,
+            },
             StorageError::Queue(_) => false,
         }
+    }
+}
+
+fn sqlx_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        // PostgreSQL shutting down or terminating our session (class 57: operator intervention;
+        // 08: connection exception).
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("57") || c.starts_with("08")),
+        _ => false,
     }
 }
 
@@ -59,6 +79,7 @@ impl StorageError {
 #[derive(Clone, Debug)]
 pub enum Pool {
     Sqlite(SqlitePool),
+    Postgres(PgPool),
 }
 
 #[derive(Clone, Debug)]
@@ -100,24 +121,67 @@ impl Db {
                 pool: Pool::Sqlite(pool),
             });
         }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // Connections killed by the server (restart, pg_terminate_backend) are noticed
+                // before use rather than failing a request.
+                .test_before_acquire(true)
+                .connect(url)
+                .await
+                .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
+            let orm = DatabaseConnection::from(pool.clone());
+            return Ok(Db {
+                orm,
+                pool: Pool::Postgres(pool),
+            });
+        }
         anyhow::bail!(
-            "unsupported database_url {url:?}: expected sqlite://path (PostgreSQL support comes \
-             with the scale-out configuration)"
+            "unsupported database_url {:?}: expected sqlite://path or postgres://…",
+            redact(url)
         )
     }
 
     /// Creates or upgrades Ferry's tables and the queue's own tables. Safe to run concurrently
     /// from several processes at start-up and on every start.
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        Migrator::up(&self.orm, None)
-            .await
-            .context("running Ferry's migrations")?;
         match &self.pool {
-            // Not `SqliteStorage::setup`: it would switch the pool to `synchronous=OFF`.
-            Pool::Sqlite(pool) => apalis_sqlite::SqliteStorage::migrations()
-                .run(pool)
-                .await
-                .context("running the queue's migrations")?,
+            Pool::Sqlite(pool) => {
+                Migrator::up(&self.orm, None)
+                    .await
+                    .context("running Ferry's migrations")?;
+                // Not `SqliteStorage::setup`: it would switch the pool to `synchronous=OFF`.
+                apalis_sqlite::SqliteStorage::migrations()
+                    .run(pool)
+                    .await
+                    .context("running the queue's migrations")?;
+            }
+            Pool::Postgres(pool) => {
+                // sea-orm's migrator takes no lock: hold an advisory lock on one connection while
+                // migrations run on others, so replicas starting together take turns.
+                let mut lock = pool.acquire().await?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *lock)
+                    .await?;
+                let result = async {
+                    Migrator::up(&self.orm, None)
+                        .await
+                        .context("running Ferry's migrations")?;
+                    apalis_postgres::PostgresStorage::migrations()
+                        .run(pool)
+                        .await
+                        .context("running the queue's migrations")?;
+                    anyhow::Ok(())
+                }
+                .await;
+                sqlx::query("SELECT pg_advisory_unlock($1)")
+                    .bind(MIGRATION_LOCK)
+                    .execute(&mut *lock)
+                    .await?;
+                result?;
+            }
         }
         Ok(())
     }
@@ -131,6 +195,9 @@ impl Db {
             Pool::Sqlite(pool) => {
                 sqlx::query("SELECT 1").execute(pool).await?;
             }
+            Pool::Postgres(pool) => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
         }
         Ok(())
     }
@@ -139,6 +206,7 @@ impl Db {
     pub async fn begin(&self) -> Result<Tx, StorageError> {
         match &self.pool {
             Pool::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
+            Pool::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
         }
     }
 }
@@ -147,6 +215,7 @@ impl Db {
 /// dispatch atomically with them.
 pub enum Tx {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
+    Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
 impl Tx {
@@ -155,6 +224,13 @@ impl Tx {
         match self {
             Tx::Sqlite(tx) => {
                 let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected())
+            }
+            Tx::Postgres(tx) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
                     .execute(&mut **tx)
                     .await?
@@ -171,6 +247,12 @@ impl Tx {
         match self {
             Tx::Sqlite(tx) => {
                 let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
+                Ok(sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
+                    .fetch_optional(&mut **tx)
+                    .await?)
+            }
+            Tx::Postgres(tx) => {
+                let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 Ok(sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
                     .fetch_optional(&mut **tx)
                     .await?)
@@ -230,7 +312,19 @@ impl Tx {
     pub async fn commit(self) -> Result<(), StorageError> {
         match self {
             Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
         }
         Ok(())
+    }
+}
+
+/// A database URL with its password masked, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
     }
 }
