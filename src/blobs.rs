@@ -330,6 +330,27 @@ impl Blobs {
         Ok(())
     }
 
+    /// Every object key under `prefix` (for operators' tools and tests).
+    pub async fn list(&self, prefix: Option<&str>) -> Result<Vec<String>, BlobError> {
+        let prefix = prefix.map(Path::from);
+        self.store
+            .list(prefix.as_ref())
+            .map_ok(|meta| meta.location.to_string())
+            .try_collect()
+            .await
+            .map_err(BlobError::from_store)
+    }
+
+    /// Reads a whole object into memory (small objects only: tests and tools).
+    pub async fn read_all(&self, key: &str) -> Result<Bytes, BlobError> {
+        let chunks: Vec<Bytes> = self
+            .get(&Path::from(key), None)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(chunks.concat().into())
+    }
+
     /// Checks that the store answers (readiness probe).
     pub async fn ping(&self) -> Result<(), BlobError> {
         let probe = Path::from(format!("readyz/{}", Uuid::now_v7().simple()));

@@ -3,7 +3,6 @@
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn unknown_routes_wrong_methods_and_bad_ids_are_problems() {
     let app = TestApp::spawn().await;
     let res = app.client.get(app.url("/v2/nothing")).send().await.unwrap();
@@ -37,7 +36,6 @@ async fn unknown_routes_wrong_methods_and_bad_ids_are_problems() {
     assert_problem(status, &body, 400, "invalid_query");
 }
 
-#[tokio::test]
 async fn health_and_readiness_answer() {
     let app = TestApp::spawn().await;
     let (status, body) = app.get_json("/healthz").await;
@@ -47,3 +45,8 @@ async fn health_and_readiness_answer() {
     assert_eq!(body["database"], "ok");
     assert_eq!(body["blob_store"], "ok");
 }
+
+crate::matrix!(
+    unknown_routes_wrong_methods_and_bad_ids_are_problems,
+    health_and_readiness_answer,
+);

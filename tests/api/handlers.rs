@@ -10,7 +10,6 @@ use crate::helpers::*;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
-#[tokio::test]
 async fn an_intermediate_result_is_visible_while_the_job_still_runs() {
     let app = TestApp::spawn().await;
     let gate = app.dir.path().join("gate");
@@ -81,7 +80,6 @@ async fn an_intermediate_result_is_visible_while_the_job_still_runs() {
     );
 }
 
-#[tokio::test]
 async fn canceling_a_running_command_kills_it_and_keeps_published_results() {
     let app = TestApp::spawn().await;
     let gate = app.dir.path().join("never");
@@ -119,7 +117,6 @@ async fn canceling_a_running_command_kills_it_and_keeps_published_results() {
     assert_eq!(results.len(), 1, "published results are kept: {results:?}");
 }
 
-#[tokio::test]
 async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let app = TestApp::spawn().await;
     let pid_file = app.dir.path().join("stubborn.pid");
@@ -145,7 +142,6 @@ async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
     assert!(!process_alive(pid), "stubborn handler {pid} survived");
 }
 
-#[tokio::test]
 async fn a_failing_command_is_retried_with_backoff_then_fails() {
     let app = TestApp::spawn_with(TestConfig {
         model_max_attempts: 3,
@@ -186,7 +182,6 @@ async fn a_failing_command_is_retried_with_backoff_then_fails() {
     assert_eq!(kinds.last(), Some(&"failed"));
 }
 
-#[tokio::test]
 async fn a_declared_permanent_error_fails_at_once() {
     let app = TestApp::spawn().await;
     let job = app
@@ -200,7 +195,6 @@ async fn a_declared_permanent_error_fails_at_once() {
     assert_eq!(done["error"]["detail"], "the scan is not a CT study");
 }
 
-#[tokio::test]
 async fn a_command_past_its_timeout_is_killed_and_the_job_fails() {
     let app = TestApp::spawn().await;
     let pid_file = app.dir.path().join("slow.pid");
@@ -216,7 +210,6 @@ async fn a_command_past_its_timeout_is_killed_and_the_job_fails() {
     assert!(!process_alive(pid), "timed-out handler {pid} survived");
 }
 
-#[tokio::test]
 async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
     let app = TestApp::spawn().await;
     let pid_file = app.dir.path().join("doomed.pid");
@@ -251,9 +244,9 @@ async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
     // Give the stopped attempt time to try (and fail) to write anything more.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
-        app.blob_files("").is_empty(),
+        app.blob_files("").await.is_empty(),
         "bytes left: {:?}",
-        app.blob_files("")
+        app.blob_files("").await
     );
     assert_eq!(
         app.count_rows("SELECT COUNT(*) FROM ferry_results").await,
@@ -261,3 +254,13 @@ async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
     );
     assert_eq!(app.count_rows("SELECT COUNT(*) FROM ferry_jobs").await, 0);
 }
+
+crate::matrix!(
+    an_intermediate_result_is_visible_while_the_job_still_runs,
+    canceling_a_running_command_kills_it_and_keeps_published_results,
+    a_command_that_ignores_sigterm_is_killed_after_the_grace_period,
+    a_failing_command_is_retried_with_backoff_then_fails,
+    a_declared_permanent_error_fails_at_once,
+    a_command_past_its_timeout_is_killed_and_the_job_fails,
+    deleting_a_running_job_stops_its_process_and_erases_everything,
+);

@@ -1,7 +1,15 @@
-//! `TestApp`: a real `ferry` process on port 0 with its own temporary data folder (SQLite file,
-//! blob folder, work folders) and a fast-ticking configuration, plus HTTP helpers.
+//! `TestApp`: a real `ferry` process on port 0 with its own temporary data folder, its own
+//! database and its own blob store, a fast-ticking configuration, and HTTP helpers.
+//!
+//! Every test in the [`matrix!`] runs twice: on the embedded configuration {SQLite, local folder}
+//! and on the scale-out one {PostgreSQL, S3-compatible server}. The second needs PostgreSQL
+//! (`TEST_PG_URL`, default `postgres://postgres@127.0.0.1:5432`) and an S3 endpoint
+//! (`TEST_S3_ENDPOINT`, which `.ci/run` sets after starting one). Without them it is
+//! skipped with a notice, unless `CI=true`, where it fails.
 
 use std::{
+    cell::Cell,
+    future::Future,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -11,6 +19,88 @@ use std::{
 use serde_json::{Value, json};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Generates, for each listed `async fn`, a `sqlite` and a `postgres_s3` test.
+#[macro_export]
+macro_rules! matrix {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    $crate::helpers::run_on($crate::helpers::Backend::Sqlite, super::$name()).await
+                }
+                #[tokio::test]
+                async fn postgres_s3() {
+                    $crate::helpers::run_on($crate::helpers::Backend::PostgresS3, super::$name()).await
+                }
+            }
+        )*
+    };
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    PostgresS3,
+}
+
+thread_local! {
+    // Tests run on a current-thread runtime, so the test body sees what `run_on` set.
+    static BACKEND: Cell<Backend> = const { Cell::new(Backend::Sqlite) };
+}
+
+pub fn backend() -> Backend {
+    BACKEND.with(Cell::get)
+}
+
+fn pg_url() -> String {
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+fn s3_endpoint() -> Option<String> {
+    std::env::var("TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+}
+
+fn reachable(url: &str) -> bool {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return false;
+    };
+    let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+        return false;
+    };
+    std::net::TcpStream::connect_timeout(
+        &format!("{host}:{port}").parse().expect("socket address"),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// Runs `test` on `backend`, or explains why it cannot.
+pub async fn run_on(backend: Backend, test: impl Future<Output = ()>) {
+    if backend == Backend::PostgresS3 {
+        let pg = pg_url();
+        let missing = match s3_endpoint() {
+            None => Some("TEST_S3_ENDPOINT is not set".to_owned()),
+            Some(s3) if !reachable(&s3) => Some(format!("no S3 server at {s3}")),
+            Some(_) if !reachable(&pg) => Some(format!("no PostgreSQL at {pg}")),
+            Some(_) => None,
+        };
+        if let Some(why) = missing {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but the PostgreSQL + S3 configuration cannot run: {why}");
+            }
+            eprintln!(
+                "NOTICE: skipping the PostgreSQL + S3 run of this test: {why} (.ci/run starts both)"
+            );
+            return;
+        }
+    }
+    BACKEND.with(|b| b.set(backend));
+    test.await
+}
 
 /// Knobs a test may turn; everything else is the fast test default.
 #[derive(Clone, Debug)]
@@ -37,6 +127,11 @@ impl Default for TestConfig {
 }
 
 pub struct TestApp {
+    pub backend: Backend,
+    /// The test's own database (SQLite URL or PostgreSQL URL).
+    pub database_url: String,
+    /// The test's own bucket, on the PostgreSQL + S3 configuration.
+    pub bucket: Option<String>,
     pub base: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
@@ -67,14 +162,45 @@ impl TestApp {
             .expect("temp dir");
         let config_path = dir.path().join("ferry.toml");
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/handlers/model.py");
+        let backend = backend();
+        let unique = uuid::Uuid::now_v7().simple().to_string();
+        let (database_url, bucket, storage_toml, part_bytes) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("data/ferry.db").display()),
+                None,
+                String::new(),
+                1 << 20,
+            ),
+            Backend::PostgresS3 => {
+                let db_name = format!("ferry_test_{unique}");
+                create_pg_database(&db_name).await;
+                let bucket = format!("ferry-test-{unique}");
+                create_bucket(&bucket).await;
+                let endpoint = s3_endpoint().expect("checked by run_on");
+                (
+                    format!("{}/{db_name}", pg_url()),
+                    Some(bucket.clone()),
+                    format!(
+                        "blob_store = \"s3://{bucket}/ferry\"\n\
+                         [blob_options]\n\
+                         aws_endpoint = \"{endpoint}\"\n\
+                         aws_region = \"us-east-1\"\n\
+                         aws_access_key_id = \"ferry-test\"\n\
+                         aws_secret_access_key = \"ferry-test-secret\"\n"
+                    ),
+                    5 << 20,
+                )
+            }
+        };
         let toml = format!(
             r#"
 data_dir = "{data}"
-
+database_url = "{database_url}"
+{storage_toml}
 [limits]
 max_upload_bytes = {max_upload}
 upload_ttl = "{upload_ttl}"
-upload_part_bytes = 1048576
+upload_part_bytes = {part_bytes}
 
 [queue]
 poll_interval = "20ms"
@@ -101,6 +227,9 @@ concurrency = {concurrency}
         );
         std::fs::write(&config_path, toml).expect("write config");
         let mut app = TestApp {
+            backend,
+            database_url,
+            bucket,
             base: String::new(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(600))
@@ -124,6 +253,10 @@ concurrency = {concurrency}
 
     fn command(&mut self, args: &[&str], what: &str) -> Command {
         let mut cmd = Command::new(BIN);
+        // The test's configuration file is the whole truth: no FERRY_* from the caller's shell.
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FERRY_")) {
+            cmd.env_remove(key);
+        }
         cmd.arg("--config")
             .arg(&self.config_path)
             .args(args)
@@ -151,14 +284,27 @@ concurrency = {concurrency}
                 }
             }
         });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "ferry serve did not start; see {}",
-                    self.dir.path().display()
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let log = std::fs::read_to_string(
+                    self.dir.path().join(format!("serve-{}.log", self.logs)),
                 )
-            });
+                .unwrap_or_default();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "ferry serve did not start; its log ends with:\n{}",
+                    tail.join("\n")
+                );
+            }
+        };
         self.base = addr;
         self.server = Some(child);
     }
@@ -235,36 +381,148 @@ concurrency = {concurrency}
         format!("{}{}", self.base, path)
     }
 
-    /// Files under the blob folder (uploads and results).
-    pub fn blob_files(&self, sub: &str) -> Vec<PathBuf> {
-        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, out);
-                } else {
-                    out.push(p);
+    /// Objects (and, on a local folder, any partial files) under `sub` of the blob store.
+    pub async fn blob_files(&self, sub: &str) -> Vec<String> {
+        match self.backend {
+            Backend::Sqlite => {
+                fn walk(dir: &Path, out: &mut Vec<String>) {
+                    let Ok(entries) = std::fs::read_dir(dir) else {
+                        return;
+                    };
+                    for e in entries.flatten() {
+                        let p = e.path();
+                        if p.is_dir() {
+                            walk(&p, out);
+                        } else {
+                            out.push(p.display().to_string());
+                        }
+                    }
                 }
+                let mut out = Vec::new();
+                walk(&self.data_dir().join("blobs").join(sub), &mut out);
+                out
+            }
+            Backend::PostgresS3 => {
+                let mut keys = self
+                    .blobs()
+                    .list(Some(sub).filter(|s| !s.is_empty()))
+                    .await
+                    .expect("list bucket");
+                // Unfinished multipart uploads are leftovers too.
+                keys.extend(self.pending_multipart_uploads().await);
+                keys
             }
         }
-        let mut out = Vec::new();
-        walk(&self.data_dir().join("blobs").join(sub), &mut out);
-        out
     }
 
-    /// Runs one SQL count against the SQLite file, as an operator would inspect it.
-    pub async fn count_rows(&self, sql: &str) -> i64 {
-        let url = format!("sqlite://{}", self.data_dir().join("ferry.db").display());
-        let pool = sqlx::SqlitePool::connect(&url).await.expect("open db");
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(&pool)
+    /// The bytes of the only object under `sub`.
+    pub async fn single_blob(&self, sub: &str) -> Vec<u8> {
+        match self.backend {
+            Backend::Sqlite => {
+                let files = self.blob_files(sub).await;
+                assert_eq!(files.len(), 1, "{files:?}");
+                std::fs::read(&files[0]).expect("read blob")
+            }
+            Backend::PostgresS3 => {
+                let keys = self.blobs().list(Some(sub)).await.expect("list");
+                assert_eq!(keys.len(), 1, "{keys:?}");
+                self.blobs()
+                    .read_all(&keys[0])
+                    .await
+                    .expect("read")
+                    .to_vec()
+            }
+        }
+    }
+
+    fn blobs(&self) -> ferry::blobs::Blobs {
+        let endpoint = s3_endpoint().expect("S3 endpoint");
+        let options = [
+            ("aws_endpoint", endpoint.as_str()),
+            ("aws_region", "us-east-1"),
+            ("aws_access_key_id", "ferry-test"),
+            ("aws_secret_access_key", "ferry-test-secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let bucket = self.bucket.as_deref().expect("bucket");
+        ferry::blobs::Blobs::open(&format!("s3://{bucket}/ferry"), 5 << 20, &options)
+            .expect("open bucket")
+    }
+
+    async fn pending_multipart_uploads(&self) -> Vec<String> {
+        let endpoint = s3_endpoint().expect("S3 endpoint");
+        let bucket = self.bucket.as_deref().expect("bucket");
+        let xml = reqwest::get(format!("{endpoint}/{bucket}?uploads"))
             .await
-            .expect("count");
-        pool.close().await;
-        n
+            .expect("list multipart uploads")
+            .text()
+            .await
+            .expect("body");
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</Key>").next())
+            .map(|key| format!("(unfinished multipart upload) {key}"))
+            .collect()
+    }
+
+    /// Runs one SQL count against the test's database, as an operator would inspect it.
+    pub async fn count_rows(&self, sql: &str) -> i64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.database_url)
+                    .await
+                    .expect("open db");
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count");
+                pool.close().await;
+                n
+            }
+            Backend::PostgresS3 => {
+                let pool = sqlx::PgPool::connect(&self.database_url)
+                    .await
+                    .expect("open db");
+                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count");
+                pool.close().await;
+                n
+            }
+        }
+    }
+
+    /// Runs a statement against the test's database; returns the rows it touched.
+    pub async fn execute_sql(&self, sqlite: &str, postgres: &str) -> u64 {
+        match self.backend {
+            Backend::Sqlite => {
+                let pool = sqlx::SqlitePool::connect(&self.database_url)
+                    .await
+                    .expect("open db");
+                let n = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .expect("execute")
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+            Backend::PostgresS3 => {
+                let pool = sqlx::PgPool::connect(&self.database_url)
+                    .await
+                    .expect("open db");
+                let n = sqlx::query(sqlx::AssertSqlSafe(postgres.to_owned()))
+                    .execute(&pool)
+                    .await
+                    .expect("execute")
+                    .rows_affected();
+                pool.close().await;
+                n
+            }
+        }
     }
 
     pub async fn upload(&self, body: impl Into<reqwest::Body>) -> Value {
@@ -353,7 +611,59 @@ impl Drop for TestApp {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if self.backend == Backend::PostgresS3 {
+            let db = self
+                .database_url
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            // Drop is synchronous: use a short-lived runtime on a plain thread.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async move {
+                    let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
+                        .await
+                        .ok()?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+                    )))
+                    .execute(&admin)
+                    .await
+                    .ok()
+                })
+            })
+            .join();
+        }
     }
+}
+
+async fn create_pg_database(name: &str) {
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+}
+
+async fn create_bucket(name: &str) {
+    let endpoint = s3_endpoint().expect("S3 endpoint");
+    let res = reqwest::Client::new()
+        .put(format!("{endpoint}/{name}"))
+        .send()
+        .await
+        .expect("create bucket");
+    assert!(
+        res.status().is_success(),
+        "creating bucket {name}: {}",
+        res.status()
+    );
 }
 
 /// Whether a process exists (and is not a zombie we could still reap).

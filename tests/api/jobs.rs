@@ -9,7 +9,6 @@ use crate::helpers::*;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
-#[tokio::test]
 async fn a_digest_job_runs_to_success_with_progress_and_a_correct_report() {
     let app = TestApp::spawn().await;
     let data = bytes(1_000_000, 11);
@@ -82,7 +81,6 @@ async fn a_digest_job_runs_to_success_with_progress_and_a_correct_report() {
     assert_eq!(later["items"][0]["seq"], 3);
 }
 
-#[tokio::test]
 async fn the_one_request_form_streams_the_body_and_queues_the_job() {
     let app = TestApp::spawn().await;
     let data = bytes(300_000, 12);
@@ -118,7 +116,6 @@ async fn the_one_request_form_streams_the_body_and_queues_the_job() {
     );
 }
 
-#[tokio::test]
 async fn invalid_job_requests_get_problems_naming_the_field() {
     let app = TestApp::spawn().await;
     let up = app.upload(bytes(10, 13)).await;
@@ -235,7 +232,6 @@ async fn invalid_job_requests_get_problems_naming_the_field() {
     assert_eq!(status, 202);
 }
 
-#[tokio::test]
 async fn an_idempotency_key_replays_the_same_job_and_rejects_a_different_body() {
     let app = TestApp::spawn().await;
     let up = app.upload(bytes(10, 14)).await;
@@ -274,7 +270,6 @@ async fn an_idempotency_key_replays_the_same_job_and_rejects_a_different_body() 
     assert_eq!(app.count_rows("SELECT COUNT(*) FROM ferry_jobs").await, 1);
 }
 
-#[tokio::test]
 async fn a_key_whose_request_is_still_uploading_is_in_flight() {
     use std::io::Write;
     let app = TestApp::spawn().await;
@@ -314,7 +309,6 @@ async fn a_key_whose_request_is_still_uploading_is_in_flight() {
     assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
 }
 
-#[tokio::test]
 async fn jobs_are_listed_newest_first_with_filters_and_a_cursor() {
     let app = TestApp::spawn().await;
     let mut ids = Vec::new();
@@ -379,7 +373,6 @@ async fn jobs_are_listed_newest_first_with_filters_and_a_cursor() {
     assert_problem(status, &problem, 400, "invalid_query");
 }
 
-#[tokio::test]
 async fn a_finished_job_cannot_be_canceled_and_a_deleted_job_leaves_nothing() {
     let app = TestApp::spawn().await;
     let job = app
@@ -396,7 +389,7 @@ async fn a_finished_job_cannot_be_canceled_and_a_deleted_job_leaves_nothing() {
     let status = res.status().as_u16();
     assert_problem(status, &res.json().await.unwrap(), 409, "job_finished");
 
-    assert!(!app.blob_files("").is_empty());
+    assert!(!app.blob_files("").await.is_empty());
     let res = app
         .client
         .delete(app.url(&format!("/v1/jobs/{id}")))
@@ -407,9 +400,9 @@ async fn a_finished_job_cannot_be_canceled_and_a_deleted_job_leaves_nothing() {
     let (status, problem) = app.get_json(&format!("/v1/jobs/{id}")).await;
     assert_problem(status, &problem, 404, "job_not_found");
     assert!(
-        app.blob_files("").is_empty(),
+        app.blob_files("").await.is_empty(),
         "bytes left: {:?}",
-        app.blob_files("")
+        app.blob_files("").await
     );
     for table in [
         "ferry_jobs",
@@ -434,3 +427,13 @@ async fn a_finished_job_cannot_be_canceled_and_a_deleted_job_leaves_nothing() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+crate::matrix!(
+    a_digest_job_runs_to_success_with_progress_and_a_correct_report,
+    the_one_request_form_streams_the_body_and_queues_the_job,
+    invalid_job_requests_get_problems_naming_the_field,
+    an_idempotency_key_replays_the_same_job_and_rejects_a_different_body,
+    a_key_whose_request_is_still_uploading_is_in_flight,
+    jobs_are_listed_newest_first_with_filters_and_a_cursor,
+    a_finished_job_cannot_be_canceled_and_a_deleted_job_leaves_nothing,
+);

@@ -9,7 +9,6 @@ use crate::helpers::*;
 
 const WITHIN: Duration = Duration::from_secs(45);
 
-#[tokio::test]
 async fn a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2() {
     let mut app = TestApp::spawn_api_only(TestConfig {
         lease_ttl: "2s",
@@ -71,7 +70,6 @@ async fn a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2()
     );
 }
 
-#[tokio::test]
 async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
     let mut app = TestApp::spawn_with(TestConfig {
         lease_ttl: "2s",
@@ -142,21 +140,15 @@ async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
     assert_eq!(report_before, report_after);
 }
 
-#[tokio::test]
 async fn a_job_whose_dispatch_was_lost_is_dispatched_again() {
     let mut app = TestApp::spawn_api_only(TestConfig::default()).await;
     let job = app.submit("noop", bytes(10, 70), json!({})).await;
     let id = job["id"].as_str().unwrap();
     // Simulate a queue entry lost to a crash: remove it behind Ferry's back.
-    let url = format!("sqlite://{}", app.data_dir().join("ferry.db").display());
-    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
-    let removed = sqlx::query("DELETE FROM Jobs")
-        .execute(&pool)
-        .await
-        .unwrap()
-        .rows_affected();
+    let removed = app
+        .execute_sql("DELETE FROM Jobs", "DELETE FROM apalis.jobs")
+        .await;
     assert_eq!(removed, 1);
-    pool.close().await;
     app.spawn_worker();
     let done = app.wait_status(id, "succeeded", WITHIN).await;
     assert_eq!(done["attempt"], 1);
@@ -170,7 +162,6 @@ async fn a_job_whose_dispatch_was_lost_is_dispatched_again() {
     );
 }
 
-#[tokio::test]
 async fn a_queued_job_is_canceled_at_once_and_never_runs() {
     let app = TestApp::spawn_with(TestConfig {
         model_concurrency: 1,
@@ -204,7 +195,6 @@ async fn a_queued_job_is_canceled_at_once_and_never_runs() {
     assert_eq!(after["attempt"], 0);
 }
 
-#[tokio::test]
 async fn a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt() {
     let mut app = TestApp::spawn_api_only(TestConfig::default()).await;
     let first = app.spawn_worker();
@@ -246,3 +236,11 @@ async fn a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt
             .any(|e| e["kind"] == "requeued")
     );
 }
+
+crate::matrix!(
+    a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2,
+    killing_the_server_loses_no_job_and_keeps_finished_ones_intact,
+    a_job_whose_dispatch_was_lost_is_dispatched_again,
+    a_queued_job_is_canceled_at_once_and_never_runs,
+    a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt,
+);

@@ -6,7 +6,6 @@ use serde_json::json;
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn results_stream_with_etag_digest_and_byte_ranges() {
     let app = TestApp::spawn().await;
     let job = app
@@ -87,7 +86,6 @@ async fn results_stream_with_etag_digest_and_byte_ranges() {
     assert_eq!(cached.status(), 304);
 }
 
-#[tokio::test]
 async fn result_names_are_validated_and_missing_results_are_404() {
     let app = TestApp::spawn().await;
     let job = app.submit("noop", bytes(10, 51), json!({})).await;
@@ -108,3 +106,8 @@ async fn result_names_are_validated_and_missing_results_are_404() {
         .await;
     assert_problem(status, &body, 404, "job_not_found");
 }
+
+crate::matrix!(
+    results_stream_with_etag_digest_and_byte_ranges,
+    result_names_are_validated_and_missing_results_are_404,
+);

@@ -7,7 +7,6 @@ use serde_json::Value;
 
 use crate::helpers::*;
 
-#[tokio::test]
 async fn an_upload_is_stored_with_its_size_and_sha256() {
     let app = TestApp::spawn().await;
     let data = bytes(3 * 1024 * 1024 + 17, 1);
@@ -35,13 +34,10 @@ async fn an_upload_is_stored_with_its_size_and_sha256() {
     let (status, again) = app.get_json(&location).await;
     assert_eq!(status, 200);
     assert_eq!(again, body);
-    // The bytes on disk are exactly what was sent.
-    let files = app.blob_files("uploads");
-    assert_eq!(files.len(), 1);
-    assert_eq!(std::fs::read(&files[0]).unwrap(), data);
+    // The stored bytes are exactly what was sent.
+    assert_eq!(app.single_blob("uploads").await, data);
 }
 
-#[tokio::test]
 async fn a_matching_repr_digest_is_accepted_and_a_wrong_one_rejected_leaving_nothing() {
     let app = TestApp::spawn().await;
     let data = bytes(100_000, 2);
@@ -84,7 +80,7 @@ async fn a_matching_repr_digest_is_accepted_and_a_wrong_one_rejected_leaving_not
         app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
         1
     );
-    assert_eq!(app.blob_files("uploads").len(), 1);
+    assert_eq!(app.blob_files("uploads").await.len(), 1);
 
     let res = app
         .client
@@ -108,7 +104,6 @@ fn sha2_digest(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-#[tokio::test]
 async fn an_oversized_upload_is_refused_before_or_while_reading() {
     let app = TestApp::spawn_with(TestConfig {
         max_upload_bytes: 1 << 20,
@@ -151,9 +146,9 @@ async fn an_oversized_upload_is_refused_before_or_while_reading() {
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        app.blob_files("uploads").is_empty(),
+        app.blob_files("uploads").await.is_empty(),
         "partial bytes left: {:?}",
-        app.blob_files("")
+        app.blob_files("").await
     );
 
     // Exactly at the limit is fine (on a fresh connection: the refused ones were closed).
@@ -166,7 +161,6 @@ async fn an_oversized_upload_is_refused_before_or_while_reading() {
     assert_eq!(res.status(), 201);
 }
 
-#[tokio::test]
 async fn a_client_that_disconnects_midway_leaves_no_row_and_no_file() {
     let app = TestApp::spawn().await;
     let addr = app.base.trim_start_matches("http://").to_owned();
@@ -187,15 +181,14 @@ async fn a_client_that_disconnects_midway_leaves_no_row_and_no_file() {
         0
     );
     assert!(
-        app.blob_files("").is_empty(),
+        app.blob_files("").await.is_empty(),
         "left behind: {:?}",
-        app.blob_files("")
+        app.blob_files("").await
     );
     // And the server is fine afterwards.
     app.upload(bytes(1000, 6)).await;
 }
 
-#[tokio::test]
 async fn an_upload_can_be_deleted_unless_a_job_uses_it() {
     let app = TestApp::spawn().await;
     let up = app.upload(bytes(5000, 7)).await;
@@ -209,7 +202,7 @@ async fn an_upload_can_be_deleted_unless_a_job_uses_it() {
     assert_eq!(res.status(), 204);
     let (status, body) = app.get_json(&format!("/v1/uploads/{id}")).await;
     assert_problem(status, &body, 404, "upload_not_found");
-    assert!(app.blob_files("uploads").is_empty());
+    assert!(app.blob_files("uploads").await.is_empty());
 
     let up = app.upload(bytes(5000, 8)).await;
     let id = up["id"].as_str().unwrap();
@@ -232,7 +225,6 @@ async fn an_upload_can_be_deleted_unless_a_job_uses_it() {
     assert_problem(status, &body, 409, "upload_in_use");
 }
 
-#[tokio::test]
 async fn unused_uploads_expire() {
     let app = TestApp::spawn_with(TestConfig {
         upload_ttl: "1s",
@@ -248,14 +240,13 @@ async fn unused_uploads_expire() {
         app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
         0
     );
-    assert!(app.blob_files("uploads").is_empty());
+    assert!(app.blob_files("uploads").await.is_empty());
     let (status, body) = app
         .post_job(serde_json::json!({"kind": "noop", "inputs": {"scan": id}}))
         .await;
     assert_problem(status, &body, 422, "invalid_field");
 }
 
-#[tokio::test]
 async fn a_one_gib_upload_keeps_server_memory_bounded() {
     let app = TestApp::spawn().await;
     const TOTAL: usize = 1 << 30;
@@ -297,3 +288,13 @@ async fn a_one_gib_upload_keeps_server_memory_bounded() {
         "server peak RSS {peak_kib} KiB for a 1 GiB upload"
     );
 }
+
+crate::matrix!(
+    an_upload_is_stored_with_its_size_and_sha256,
+    a_matching_repr_digest_is_accepted_and_a_wrong_one_rejected_leaving_nothing,
+    an_oversized_upload_is_refused_before_or_while_reading,
+    a_client_that_disconnects_midway_leaves_no_row_and_no_file,
+    an_upload_can_be_deleted_unless_a_job_uses_it,
+    unused_uploads_expire,
+    a_one_gib_upload_keeps_server_memory_bounded,
+);
