@@ -159,8 +159,32 @@ impl Blobs {
                 .entry("aws_allow_http".into())
                 .or_insert_with(|| "true".into());
         }
-        let (store, prefix) = object_store::parse_url_opts(&url, config)
-            .with_context(|| format!("cannot configure blob store {spec:?}"))?;
+        let (store, prefix): (Box<dyn ObjectStore>, Path) = if matches!(url.scheme(), "s3" | "s3a")
+        {
+            let mut builder = object_store::aws::AmazonS3Builder::new().with_url(spec);
+            for (key, value) in &config {
+                if let Ok(key) = key.parse() {
+                    builder = builder.with_config(key, value);
+                }
+            }
+            // Ride out blips, but give up soon enough to answer the client with a clear 503
+            // instead of holding its request for object_store's default three minutes.
+            let retry = object_store::RetryConfig {
+                max_retries: 4,
+                retry_timeout: std::time::Duration::from_secs(20),
+                ..Default::default()
+            };
+            let store = builder
+                .with_retry(retry)
+                .build()
+                .with_context(|| format!("cannot configure blob store {spec:?}"))?;
+            let prefix = Path::parse(url.path().trim_start_matches('/'))
+                .with_context(|| format!("invalid prefix in {spec:?}"))?;
+            (Box::new(store), prefix)
+        } else {
+            object_store::parse_url_opts(&url, config)
+                .with_context(|| format!("cannot configure blob store {spec:?}"))?
+        };
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
             Arc::from(store)
         } else {

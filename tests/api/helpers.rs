@@ -111,6 +111,8 @@ pub struct TestConfig {
     pub model_concurrency: u32,
     pub model_max_attempts: u32,
     pub model_timeout: &'static str,
+    /// A private S3 server instead of the shared one (for outage tests).
+    pub s3_endpoint: Option<String>,
 }
 
 impl Default for TestConfig {
@@ -122,6 +124,7 @@ impl Default for TestConfig {
             model_concurrency: 2,
             model_max_attempts: 3,
             model_timeout: "60s",
+            s3_endpoint: None,
         }
     }
 }
@@ -132,11 +135,13 @@ pub struct TestApp {
     pub database_url: String,
     /// The test's own bucket, on the PostgreSQL + S3 configuration.
     pub bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
     pub base: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     pub server: Option<Child>,
+    /// Workers and extra replicas.
     pub workers: Vec<Child>,
     logs: u32,
 }
@@ -175,8 +180,12 @@ impl TestApp {
                 let db_name = format!("ferry_test_{unique}");
                 create_pg_database(&db_name).await;
                 let bucket = format!("ferry-test-{unique}");
-                create_bucket(&bucket).await;
-                let endpoint = s3_endpoint().expect("checked by run_on");
+                let endpoint = cfg
+                    .s3_endpoint
+                    .clone()
+                    .or_else(s3_endpoint)
+                    .expect("checked by run_on");
+                create_bucket(&endpoint, &bucket).await;
                 (
                     format!("{}/{db_name}", pg_url()),
                     Some(bucket.clone()),
@@ -230,6 +239,7 @@ concurrency = {concurrency}
             backend,
             database_url,
             bucket,
+            s3_endpoint: cfg.s3_endpoint.clone().or_else(s3_endpoint),
             base: String::new(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(600))
@@ -269,6 +279,20 @@ concurrency = {concurrency}
 
     /// Starts `ferry serve` on port 0 and waits for it to say where it listens.
     pub fn start_server(&mut self, extra: &[&str]) {
+        let (child, addr) = self.launch_server(extra);
+        self.base = addr;
+        self.server = Some(child);
+    }
+
+    /// Starts another API replica (`serve --no-workers`) on the same database and blobs; returns
+    /// its base URL.
+    pub fn spawn_replica(&mut self) -> String {
+        let (child, addr) = self.launch_server(&["--no-workers"]);
+        self.workers.push(child);
+        addr
+    }
+
+    fn launch_server(&mut self, extra: &[&str]) -> (Child, String) {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut child = self
@@ -305,8 +329,7 @@ concurrency = {concurrency}
                 );
             }
         };
-        self.base = addr;
-        self.server = Some(child);
+        (child, addr)
     }
 
     /// Starts a separate `ferry worker` process on the same database and blobs.
@@ -436,7 +459,7 @@ concurrency = {concurrency}
     }
 
     fn blobs(&self) -> ferry::blobs::Blobs {
-        let endpoint = s3_endpoint().expect("S3 endpoint");
+        let endpoint = self.s3_endpoint.clone().expect("S3 endpoint");
         let options = [
             ("aws_endpoint", endpoint.as_str()),
             ("aws_region", "us-east-1"),
@@ -452,7 +475,7 @@ concurrency = {concurrency}
     }
 
     async fn pending_multipart_uploads(&self) -> Vec<String> {
-        let endpoint = s3_endpoint().expect("S3 endpoint");
+        let endpoint = self.s3_endpoint.clone().expect("S3 endpoint");
         let bucket = self.bucket.as_deref().expect("bucket");
         let xml = reqwest::get(format!("{endpoint}/{bucket}?uploads"))
             .await
@@ -652,8 +675,7 @@ async fn create_pg_database(name: &str) {
     admin.close().await;
 }
 
-async fn create_bucket(name: &str) {
-    let endpoint = s3_endpoint().expect("S3 endpoint");
+pub async fn create_bucket(endpoint: &str, name: &str) {
     let res = reqwest::Client::new()
         .put(format!("{endpoint}/{name}"))
         .send()

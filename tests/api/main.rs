@@ -9,4 +9,5 @@ mod helpers;
 mod jobs;
 mod reliability;
 mod results;
+mod scale_out;
 mod uploads;

@@ -1,0 +1,348 @@
+//! The scale-out configuration under load and faults: several API replicas and worker
+//! processes sharing PostgreSQL and S3, a worker killed mid-run, a cancel crossing machines,
+//! database connections cut, and the S3 server going away and coming back.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const WITHIN: Duration = Duration::from_secs(60);
+
+async fn submit_raw(client: &reqwest::Client, base: &str, body: Vec<u8>) -> Value {
+    let res = client
+        .post(format!("{base}/v1/jobs?kind=model"))
+        .body(body)
+        .send()
+        .await
+        .expect("submit");
+    assert_eq!(res.status(), 202);
+    res.json().await.expect("job json")
+}
+
+async fn two_replicas_and_two_workers_run_200_jobs_exactly_once_despite_a_killed_worker() {
+    let mut app = TestApp::spawn_api_only(TestConfig {
+        lease_ttl: "2s",
+        model_concurrency: 4,
+        ..TestConfig::default()
+    })
+    .await;
+    let replica_b = app.spawn_replica();
+    let doomed = app.spawn_worker();
+    app.spawn_worker();
+    let replicas = [app.base.clone(), replica_b];
+
+    let mut ids = Vec::new();
+    for batch in 0..20 {
+        let futures = (0..10).map(|i| {
+            let n = batch * 10 + i;
+            submit_raw(&app.client, &replicas[n % 2], bytes(2000, n as u64))
+        });
+        for job in futures_util::future::join_all(futures).await {
+            ids.push(job["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(ids.len(), 200);
+
+    // Once some work is done, kill one worker mid-run.
+    let start = Instant::now();
+    while app
+        .count_rows("SELECT COUNT(*) FROM ferry_jobs WHERE status = 'succeeded'")
+        .await
+        < 40
+    {
+        assert!(start.elapsed() < WITHIN, "no progress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    app.kill9_worker(doomed);
+
+    let start = Instant::now();
+    loop {
+        let done = app
+            .count_rows("SELECT COUNT(*) FROM ferry_jobs WHERE status = 'succeeded'")
+            .await;
+        if done == 200 {
+            break;
+        }
+        let failed = app
+            .count_rows("SELECT COUNT(*) FROM ferry_jobs WHERE status IN ('failed', 'canceled')")
+            .await;
+        assert_eq!(failed, 0, "jobs failed");
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "only {done} of 200 jobs succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Exactly once: one completion per job, one result per name, and any replica answers.
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_job_events WHERE kind = 'succeeded'")
+            .await,
+        200
+    );
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_results").await,
+        400
+    );
+    for (i, id) in ids.iter().enumerate().step_by(17) {
+        let res = app
+            .client
+            .get(format!("{}/v1/jobs/{id}", replicas[(i + 1) % 2]))
+            .send()
+            .await
+            .unwrap();
+        let job: Value = res.json().await.unwrap();
+        assert_eq!(job["status"], "succeeded");
+        assert_eq!(job["result_count"], 2);
+    }
+    let retried = app
+        .count_rows("SELECT COUNT(*) FROM ferry_jobs WHERE attempt > 1")
+        .await;
+    println!("200 jobs succeeded; {retried} were retried after the worker was killed");
+}
+
+async fn a_cancel_sent_to_one_replica_stops_the_job_on_a_worker_process() {
+    let mut app = TestApp::spawn_api_only(TestConfig::default()).await;
+    let replica_b = app.spawn_replica();
+    app.spawn_worker();
+    let pid_file = app.dir.path().join("model.pid");
+    let upload = app
+        .client
+        .post(format!("{replica_b}/v1/uploads"))
+        .body(bytes(100, 80))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let job: Value = app
+        .client
+        .post(format!("{replica_b}/v1/jobs"))
+        .json(&json!({"kind": "model", "inputs": {"scan": upload["id"]}, "params": {"mode": "sleep", "pid_file": pid_file}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = job["id"].as_str().unwrap();
+    let pid = read_pid(&pid_file, WITHIN).await;
+    app.wait_status(id, "running", WITHIN).await;
+    let res = app
+        .client
+        .post(app.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let started = Instant::now();
+    let done = app
+        .wait_status(id, "canceled", Duration::from_secs(15))
+        .await;
+    println!("cancel across processes took {:?}", started.elapsed());
+    assert!(done["finished_at"].is_string());
+    assert!(!process_alive(pid), "the job's process survived the cancel");
+}
+
+async fn workers_and_api_survive_terminated_database_connections() {
+    let app = TestApp::spawn_with(TestConfig::default()).await;
+    let first = app.submit("model", bytes(100, 81), json!({})).await;
+    app.wait_status(first["id"].as_str().unwrap(), "succeeded", WITHIN)
+        .await;
+
+    let db = app.database_url.rsplit('/').next().unwrap().to_owned();
+    let killed = app
+        .count_rows(&format!(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+        ))
+        .await;
+    assert!(killed > 0, "no connection was terminated");
+
+    // The service recovers by itself: new work is accepted and runs.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let start = Instant::now();
+        loop {
+            let res = app
+                .client
+                .post(app.url("/v1/jobs?kind=model"))
+                .body(bytes(100, 90 + i))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap();
+            if status == 202 {
+                ids.push(body["id"].as_str().unwrap().to_owned());
+                break;
+            }
+            // While connections are re-established the answer may be a 503 problem, never a 500.
+            assert_problem(status, &body, 503, "database_unavailable");
+            assert!(start.elapsed() < WITHIN);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for id in &ids {
+        app.wait_status(id, "succeeded", WITHIN).await;
+    }
+}
+
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start(port: u16) -> Moto {
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]') must be installed for this test");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut moto = Moto::start(port);
+    let app = TestApp::spawn_with(TestConfig {
+        s3_endpoint: Some(moto.endpoint()),
+        ..TestConfig::default()
+    })
+    .await;
+    app.upload(bytes(1000, 82)).await;
+
+    // A long upload, with S3 gone from under it midway.
+    let (tx, rx) = futures_channel_stream();
+    let upload = {
+        let client = app.client.clone();
+        let url = app.url("/v1/uploads");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .body(reqwest::Body::wrap_stream(rx))
+                .send()
+                .await
+        })
+    };
+    for i in 0..8 {
+        tx.send(Ok(bytes(2 << 20, i))).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(moto);
+    for i in 0..8 {
+        if tx.send(Ok(bytes(2 << 20, 100 + i))).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let res = upload
+        .await
+        .unwrap()
+        .expect("an answer, not a dropped connection");
+    let status = res.status().as_u16();
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    assert_problem(
+        status,
+        &res.json().await.unwrap(),
+        503,
+        "blob_store_unavailable",
+    );
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
+        1,
+        "no half-visible upload"
+    );
+    let (status, ready) = app.get_json("/readyz").await;
+    assert_eq!(
+        (status, ready["blob_store"].as_str()),
+        (503, Some("unavailable"))
+    );
+
+    // S3 comes back (moto keeps nothing: the bucket is made again) and uploads work again.
+    moto = Moto::start(port);
+    create_bucket(&moto.endpoint(), app.bucket.as_deref().unwrap()).await;
+    app.upload(bytes(3 << 20, 83)).await;
+    let (status, _) = app.get_json("/readyz").await;
+    assert_eq!(status, 200);
+    drop(moto);
+}
+
+/// A body stream the test feeds chunk by chunk.
+fn futures_channel_stream() -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (tx, stream)
+}
+
+#[tokio::test]
+async fn scale_out_200_jobs() {
+    run_on(
+        Backend::PostgresS3,
+        two_replicas_and_two_workers_run_200_jobs_exactly_once_despite_a_killed_worker(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scale_out_cancel_across_processes() {
+    run_on(
+        Backend::PostgresS3,
+        a_cancel_sent_to_one_replica_stops_the_job_on_a_worker_process(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scale_out_terminated_connections() {
+    run_on(
+        Backend::PostgresS3,
+        workers_and_api_survive_terminated_database_connections(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scale_out_s3_outage() {
+    run_on(
+        Backend::PostgresS3,
+        an_unreachable_s3_fails_uploads_cleanly_and_recovers(),
+    )
+    .await
+}
