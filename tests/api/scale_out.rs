@@ -299,10 +299,12 @@ async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
     drop(moto);
 }
 
+type Chunk = Result<Vec<u8>, std::io::Error>;
+
 /// A body stream the test feeds chunk by chunk.
 fn futures_channel_stream() -> (
-    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
-    impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>>,
+    tokio::sync::mpsc::Sender<Chunk>,
+    impl futures_util::Stream<Item = Chunk>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
