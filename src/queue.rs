@@ -160,7 +160,7 @@ pub async fn run_consumer(
     let mut pause = Duration::from_millis(200);
     loop {
         let name = format!("ferry-{}-{}", settings.kind, Ulid::new());
-        let result = match db.pool() {
+        let result = match db.queue_pool() {
             Pool::Sqlite(pool) => {
                 let config = apalis_sqlite::Config::default()
                     .queue(queue_name(&settings.kind))

@@ -304,7 +304,7 @@ async fn create_from_file(
         &meta.expected_sha256.map(hex::encode).unwrap_or_default(),
     ]);
     let services_ref: &Services = &services;
-    with_idempotency(services_ref, key.as_deref(), &fp, || async {
+    let outcome = with_idempotency(services_ref, key.as_deref(), &fp, || async {
         let upload = services_ref.create_upload(body, meta).await?;
         let new = NewJob {
             kind,
@@ -324,7 +324,9 @@ async fn create_from_file(
             }
         }
     })
-    .await
+    .await;
+    // The body may not have been read to its end: see `closing`.
+    Ok(outcome.unwrap_or_else(super::uploads::closing))
 }
 
 pub async fn get(

@@ -35,6 +35,18 @@ pub(crate) fn upload_meta(req: &HttpRequest) -> Result<UploadMeta, ApiError> {
     })
 }
 
+/// An error answered before the request body was read to its end: close the connection, or
+/// the client could send its next request on a connection the server is about to drop.
+pub(crate) fn closing(err: ApiError) -> HttpResponse {
+    use actix_web::ResponseError;
+    let mut res = err.error_response();
+    res.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    res
+}
+
 pub(crate) fn parse_upload_id(text: &str) -> Result<UploadId, ApiError> {
     UploadId::parse(text).ok_or_else(|| {
         ApiError::new(
@@ -52,7 +64,10 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let meta = upload_meta(&req)?;
     services.check_declared_length(meta.declared_length)?;
-    let row = services.create_upload(body, meta).await?;
+    let row = match services.create_upload(body, meta).await {
+        Ok(row) => row,
+        Err(err) => return Ok(closing(ApiError::from(err))),
+    };
     let out = UploadOut::from(&row);
     Ok(HttpResponse::Created()
         .insert_header((header::LOCATION, format!("/v1/uploads/{}", out.id)))

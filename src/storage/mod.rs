@@ -86,6 +86,8 @@ pub enum Pool {
 pub struct Db {
     pub orm: DatabaseConnection,
     pool: Pool,
+    /// The connections apalis' workers use (the same pool on PostgreSQL).
+    queue_pool: Pool,
 }
 
 impl Db {
@@ -109,8 +111,21 @@ impl Db {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
+            // Ferry's own statements share ONE connection. SQLite has a single writer anyway,
+            // and sqlx hands the connection out first come, first served, whereas SQLite's busy
+            // handler lets waiting writers starve: with one pool of 16 connections, the queue's
+            // fetch waited up to 1.5 s behind API writes and dispatch latency reached seconds
+            // under load. No Ferry code holds it across anything but its own statements.
             let pool = SqlitePoolOptions::new()
-                .max_connections(16)
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.clone())
+                .await
+                .with_context(|| format!("cannot open SQLite database {url:?}"))?;
+            // apalis gets connections of its own: it may hold one while it waits for in-flight
+            // tasks (on shutdown), and those tasks need Ferry's connection to finish.
+            let queue_pool = SqlitePoolOptions::new()
+                .max_connections(2)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options)
                 .await
@@ -119,6 +134,7 @@ impl Db {
             return Ok(Db {
                 orm,
                 pool: Pool::Sqlite(pool),
+                queue_pool: Pool::Sqlite(queue_pool),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -134,7 +150,8 @@ impl Db {
             let orm = DatabaseConnection::from(pool.clone());
             return Ok(Db {
                 orm,
-                pool: Pool::Postgres(pool),
+                pool: Pool::Postgres(pool.clone()),
+                queue_pool: Pool::Postgres(pool),
             });
         }
         anyhow::bail!(
@@ -188,6 +205,10 @@ impl Db {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn queue_pool(&self) -> &Pool {
+        &self.queue_pool
     }
 
     pub async fn ping(&self) -> Result<(), StorageError> {

@@ -386,10 +386,25 @@ concurrency = {concurrency}
             }
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
+                eprintln!("worker logs:\n{}", self.logs_of("worker"));
                 return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The last lines of every log of processes named `what` (for failure messages).
+    pub fn logs_of(&self, what: &str) -> String {
+        let mut out = String::new();
+        for n in 1..=self.logs {
+            let path = self.dir.path().join(format!("{what}-{n}.log"));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(30)..];
+                out.push_str(&format!("== {}\n{}\n", path.display(), tail.join("\n")));
+            }
+        }
+        out
     }
 
     pub fn server_pid(&self) -> u32 {
