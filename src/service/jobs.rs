@@ -240,34 +240,37 @@ impl Services {
             job_id: id.0,
             dispatch_id: queue::new_dispatch_id(),
         };
-        let row = job::ActiveModel {
-            id: Set(id.0),
-            kind: Set(new.kind.clone()),
-            status: Set(JobStatus::Queued.as_str().into()),
-            params: Set(serde_json::Value::Object(new.params).to_string()),
-            priority: Set(priority),
-            timeout_ms: Set(timeout.as_millis() as i64),
-            max_attempts: Set(max_attempts as i32),
-            attempt: Set(0),
-            progress_percent: Set(None),
-            progress_stage: Set(None),
-            progress_message: Set(None),
-            progress_updated_at_ms: Set(None),
-            error: Set(None),
-            created_at_ms: Set(now),
-            started_at_ms: Set(None),
-            finished_at_ms: Set(None),
-            updated_at_ms: Set(now),
-            run_after_ms: Set(now),
-            dispatch_id: Set(Some(dispatch.dispatch_id.clone())),
-            lease_owner: Set(None),
-            lease_expires_at_ms: Set(None),
-            cancel_requested: Set(false),
-            event_seq: Set(0),
+        let row = job::Model {
+            id: id.0,
+            kind: new.kind.clone(),
+            status: JobStatus::Queued.as_str().into(),
+            params: serde_json::Value::Object(new.params).to_string(),
+            priority: priority,
+            timeout_ms: timeout.as_millis() as i64,
+            max_attempts: max_attempts as i32,
+            attempt: 0,
+            progress_percent: None,
+            progress_stage: None,
+            progress_message: None,
+            progress_updated_at_ms: None,
+            error: None,
+            created_at_ms: now,
+            started_at_ms: None,
+            finished_at_ms: None,
+            updated_at_ms: now,
+            run_after_ms: now,
+            dispatch_id: Some(dispatch.dispatch_id.clone()),
+            lease_owner: None,
+            lease_expires_at_ms: None,
+            cancel_requested: false,
+            event_seq: 0,
         };
 
         let mut tx = self.db.begin().await?;
-        tx.execute(&job::Entity::insert(row).into_query()).await?;
+        let active: job::ActiveModel = row.clone().into();
+        tx.execute(&job::Entity::insert(active).into_query())
+            .await?;
+        let mut inputs = Vec::with_capacity(uploads.len());
         for (name, upload_row) in &uploads {
             let attached = tx
                 .execute(
@@ -294,18 +297,20 @@ impl Services {
                 )
                 .with_field(format!("inputs.{name}")));
             }
+            let input = job_input::Model {
+                job_id: id.0,
+                name: name.clone(),
+                upload_id: upload_row.id,
+                size: upload_row.size,
+                sha256: upload_row.sha256.clone(),
+                blob_key: upload_row.blob_key.clone(),
+            };
             tx.execute(
-                &job_input::Entity::insert(job_input::ActiveModel {
-                    job_id: Set(id.0),
-                    name: Set(name.clone()),
-                    upload_id: Set(upload_row.id),
-                    size: Set(upload_row.size),
-                    sha256: Set(upload_row.sha256.clone()),
-                    blob_key: Set(upload_row.blob_key.clone()),
-                })
-                .into_query(),
+                &job_input::Entity::insert(job_input::ActiveModel::from(input.clone()))
+                    .into_query(),
             )
             .await?;
+            inputs.push(input);
         }
         tx.append_event(id.0, "queued", json!({"status": "queued", "attempt": 0}))
             .await?;
@@ -321,7 +326,16 @@ impl Services {
         queue::enqueue(&mut tx, &new.kind, &dispatch, priority, now).await?;
         tx.commit().await?;
         tracing::info!(job_id = %id, kind = %new.kind, "job queued");
-        self.get_job(id).await
+        // The job as created, not re-read: a worker may already have claimed it, and the answer
+        // to the request that queued it should say "queued".
+        Ok(JobView {
+            job: job::Model {
+                event_seq: 1,
+                ..row
+            },
+            inputs,
+            result_count: 0,
+        })
     }
 
     pub async fn get_job(&self, id: JobId) -> ServiceResult<JobView> {
