@@ -245,7 +245,7 @@ impl Services {
             kind: new.kind.clone(),
             status: JobStatus::Queued.as_str().into(),
             params: serde_json::Value::Object(new.params).to_string(),
-            priority: priority,
+            priority,
             timeout_ms: timeout.as_millis() as i64,
             max_attempts: max_attempts as i32,
             attempt: 0,
