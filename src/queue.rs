@@ -149,6 +149,25 @@ pub struct ConsumerSettings {
     pub poll_interval: Duration,
 }
 
+/// Builds one apalis worker over `$backend` and runs it until `$shutdown` fires. A macro rather
+/// than a generic function: apalis' worker bounds are long and differ per backend, and this is
+/// the only place they would be spelled out.
+macro_rules! run_worker {
+    ($backend:expr, $name:expr, $settings:expr, $on_dispatch:expr, $shutdown:expr) => {{
+        let stop = $shutdown.clone();
+        WorkerBuilder::new($name.clone())
+            .backend($backend)
+            .concurrency($settings.concurrency)
+            .data($on_dispatch.clone())
+            .build(deliver)
+            .run_until(async move {
+                stop.cancelled().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+    }};
+}
+
 /// Runs a supervised apalis worker for one kind until `shutdown` fires; in-flight deliveries are
 /// awaited before it returns.
 pub async fn run_consumer(
@@ -172,18 +191,7 @@ pub async fn run_consumer(
                 let backend = apalis_sqlite::SqliteStorage::<Dispatch>::new(pool)
                     .with_config(config)
                     .poll_with_interval(settings.poll_interval);
-                let worker = WorkerBuilder::new(name.clone())
-                    .backend(backend)
-                    .concurrency(settings.concurrency)
-                    .data(on_dispatch.clone())
-                    .build(deliver);
-                let stop = shutdown.clone();
-                worker
-                    .run_until(async move {
-                        stop.cancelled().await;
-                        Ok::<(), std::io::Error>(())
-                    })
-                    .await
+                run_worker!(backend, name, settings, on_dispatch, shutdown)
             }
             Pool::Postgres(pool) => {
                 let config = apalis_postgres::Config::default()
@@ -200,18 +208,7 @@ pub async fn run_consumer(
                 let backend = apalis_postgres::PostgresStorage::<Dispatch>::new(pool)
                     .with_config(config)
                     .with_pubsub();
-                let worker = WorkerBuilder::new(name.clone())
-                    .backend(backend)
-                    .concurrency(settings.concurrency)
-                    .data(on_dispatch.clone())
-                    .build(deliver);
-                let stop = shutdown.clone();
-                worker
-                    .run_until(async move {
-                        stop.cancelled().await;
-                        Ok::<(), std::io::Error>(())
-                    })
-                    .await
+                run_worker!(backend, name, settings, on_dispatch, shutdown)
             }
         };
         if shutdown.is_cancelled() {

@@ -382,44 +382,29 @@ impl Services {
                 .filter(guard)
         };
         let (status, touched) = match outcome {
-            Outcome::Succeeded => {
-                let n = tx
-                    .execute(
-                        &base(guard)
-                            .col_expr(job::Column::Status, Expr::value("succeeded"))
-                            .col_expr(job::Column::FinishedAtMs, Expr::value(now))
-                            .col_expr(job::Column::Error, Expr::value(Option::<String>::None))
-                            .into_query(),
-                    )
-                    .await?;
+            Outcome::Succeeded | Outcome::Canceled => {
+                let status = if matches!(outcome, Outcome::Succeeded) {
+                    JobStatus::Succeeded
+                } else {
+                    JobStatus::Canceled
+                };
+                let mut update = base(guard)
+                    .col_expr(job::Column::Status, Expr::value(status.as_str()))
+                    .col_expr(job::Column::FinishedAtMs, Expr::value(now));
+                if status == JobStatus::Succeeded {
+                    update =
+                        update.col_expr(job::Column::Error, Expr::value(Option::<String>::None));
+                }
+                let n = tx.execute(&update.into_query()).await?;
                 if n == 1 {
                     tx.append_event(
                         job.id,
-                        "succeeded",
-                        json!({"status": "succeeded", "attempt": attempt}),
+                        status.as_str(),
+                        json!({"status": status.as_str(), "attempt": attempt}),
                     )
                     .await?;
                 }
-                (JobStatus::Succeeded, n)
-            }
-            Outcome::Canceled => {
-                let n = tx
-                    .execute(
-                        &base(guard)
-                            .col_expr(job::Column::Status, Expr::value("canceled"))
-                            .col_expr(job::Column::FinishedAtMs, Expr::value(now))
-                            .into_query(),
-                    )
-                    .await?;
-                if n == 1 {
-                    tx.append_event(
-                        job.id,
-                        "canceled",
-                        json!({"status": "canceled", "attempt": attempt}),
-                    )
-                    .await?;
-                }
-                (JobStatus::Canceled, n)
+                (status, n)
             }
             Outcome::Requeue => {
                 let dispatch = Dispatch {

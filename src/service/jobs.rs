@@ -496,48 +496,31 @@ impl Services {
         }
 
         let mut tx = self.db.begin().await?;
-        tx.execute(
-            &result::Entity::delete_many()
+        for rows in [
+            result::Entity::delete_many()
                 .filter(result::Column::JobId.eq(id.0))
                 .into_query(),
-        )
-        .await?;
-        tx.execute(
-            &job_event::Entity::delete_many()
+            job_event::Entity::delete_many()
                 .filter(job_event::Column::JobId.eq(id.0))
                 .into_query(),
-        )
-        .await?;
-        tx.execute(
-            &job_log::Entity::delete_many()
+            job_log::Entity::delete_many()
                 .filter(job_log::Column::JobId.eq(id.0))
                 .into_query(),
-        )
-        .await?;
-        tx.execute(
-            &job_input::Entity::delete_many()
+            job_input::Entity::delete_many()
                 .filter(job_input::Column::JobId.eq(id.0))
                 .into_query(),
-        )
-        .await?;
-        tx.execute(
-            &upload::Entity::delete_many()
+            upload::Entity::delete_many()
                 .filter(upload::Column::JobId.eq(id.0))
                 .into_query(),
-        )
-        .await?;
-        tx.execute(
-            &idempotency_key::Entity::delete_many()
+            idempotency_key::Entity::delete_many()
                 .filter(idempotency_key::Column::JobId.eq(id.0))
                 .into_query(),
-        )
-        .await?;
-        tx.execute(
-            &job::Entity::delete_many()
+            job::Entity::delete_many()
                 .filter(job::Column::Id.eq(id.0))
                 .into_query(),
-        )
-        .await?;
+        ] {
+            tx.execute(&rows).await?;
+        }
         tx.commit().await?;
         tracing::info!(job_id = %id, "job deleted with its inputs and results");
         Ok(())
