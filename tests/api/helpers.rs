@@ -113,6 +113,9 @@ pub struct TestConfig {
     pub model_timeout: &'static str,
     /// A private S3 server instead of the shared one (for outage tests).
     pub s3_endpoint: Option<String>,
+    /// Where Ferry reaches PostgreSQL, if not directly (e.g. through a test's cuttable proxy);
+    /// the test itself still inspects the database directly.
+    pub pg_via: Option<String>,
 }
 
 impl Default for TestConfig {
@@ -125,6 +128,7 @@ impl Default for TestConfig {
             model_max_attempts: 3,
             model_timeout: "60s",
             s3_endpoint: None,
+            pg_via: None,
         }
     }
 }
@@ -169,6 +173,7 @@ impl TestApp {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/handlers/model.py");
         let backend = backend();
         let unique = uuid::Uuid::now_v7().simple().to_string();
+        let mut ferry_database_url = None;
         let (database_url, bucket, storage_toml, part_bytes) = match backend {
             Backend::Sqlite => (
                 format!("sqlite://{}", dir.path().join("data/ferry.db").display()),
@@ -186,6 +191,7 @@ impl TestApp {
                     .or_else(s3_endpoint)
                     .expect("checked by run_on");
                 create_bucket(&endpoint, &bucket).await;
+                ferry_database_url = cfg.pg_via.as_ref().map(|via| format!("{via}/{db_name}"));
                 (
                     format!("{}/{db_name}", pg_url()),
                     Some(bucket.clone()),
@@ -204,7 +210,7 @@ impl TestApp {
         let toml = format!(
             r#"
 data_dir = "{data}"
-database_url = "{database_url}"
+database_url = "{ferry_database_url}"
 {storage_toml}
 [limits]
 max_upload_bytes = {max_upload}
@@ -226,6 +232,7 @@ max_attempts = {attempts}
 concurrency = {concurrency}
 "#,
             data = dir.path().join("data").display(),
+            ferry_database_url = ferry_database_url.as_deref().unwrap_or(&database_url),
             max_upload = cfg.max_upload_bytes,
             upload_ttl = cfg.upload_ttl,
             lease_ttl = cfg.lease_ttl,

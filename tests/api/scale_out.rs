@@ -299,6 +299,154 @@ async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
     drop(moto);
 }
 
+/// A TCP proxy in front of PostgreSQL that the test can cut and restore: the database "goes
+/// away" for Ferry (open connections die, new ones are refused) without disturbing the shared
+/// server other tests use.
+struct DbProxy {
+    port: u16,
+    enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl DbProxy {
+    /// Runs on a thread of its own: the test's runtime blocks while it waits for `ferry serve`.
+    fn start(upstream: &'static str) -> DbProxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (on, conns) = (enabled.clone(), connections.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !on.load(Ordering::SeqCst) {
+                        continue; // dropped: refused
+                    }
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(task.abort_handle());
+                }
+            });
+        });
+        DbProxy {
+            port,
+            enabled,
+            connections,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.enabled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        for conn in self.connections.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.enabled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+async fn the_service_answers_503_while_the_database_is_away_and_recovers_losing_nothing() {
+    let proxy = DbProxy::start("127.0.0.1:5432");
+    let app = TestApp::spawn_with(TestConfig {
+        pg_via: Some(proxy.url()),
+        ..TestConfig::default()
+    })
+    .await;
+    let done = app.submit("model", bytes(100, 84), json!({})).await;
+    let done_id = done["id"].as_str().unwrap().to_owned();
+    app.wait_status(&done_id, "succeeded", WITHIN).await;
+    let gate = app.dir.path().join("gate");
+    let running = app
+        .submit("model", bytes(100, 85), json!({"gate": gate}))
+        .await;
+    let running_id = running["id"].as_str().unwrap().to_owned();
+    app.wait_status(&running_id, "running", WITHIN).await;
+    let queued = app.submit("noop", bytes(10, 86), json!({})).await;
+    let queued_id = queued["id"].as_str().unwrap().to_owned();
+    app.wait_status(&queued_id, "succeeded", WITHIN).await;
+
+    proxy.cut();
+    // The running job finishes while its worker cannot record it.
+    std::fs::write(&gate, "go").unwrap();
+    let client = reqwest::Client::new();
+    let res = client
+        .get(app.url(&format!("/v1/jobs/{done_id}")))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    assert_eq!(res.headers()["retry-after"], "5");
+    assert_problem(
+        status,
+        &res.json().await.unwrap(),
+        503,
+        "database_unavailable",
+    );
+    let res = client
+        .post(app.url("/v1/uploads"))
+        .body(bytes(1000, 87))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    assert_problem(
+        status,
+        &res.json().await.unwrap(),
+        503,
+        "database_unavailable",
+    );
+    let res = client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 503);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+    // Same process, no restart: everything comes back and nothing was lost.
+    let start = Instant::now();
+    loop {
+        let res = client.get(app.url("/readyz")).send().await.unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert!(start.elapsed() < WITHIN, "the service did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "recovered {:?} after the database came back",
+        start.elapsed()
+    );
+    assert_eq!(app.job(&done_id).await["status"], "succeeded");
+    let finished = app.wait_status(&running_id, "succeeded", WITHIN).await;
+    println!(
+        "the job running during the outage succeeded at attempt {}",
+        finished["attempt"]
+    );
+    let after = app.submit("noop", bytes(10, 88), json!({})).await;
+    app.wait_status(after["id"].as_str().unwrap(), "succeeded", WITHIN)
+        .await;
+    // The upload refused during the outage left no bytes behind.
+    let uploads = app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await;
+    assert_eq!(uploads as usize, app.blob_files("uploads").await.len());
+}
+
 type Chunk = Result<Vec<u8>, std::io::Error>;
 
 /// A body stream the test feeds chunk by chunk.
@@ -345,6 +493,15 @@ async fn scale_out_s3_outage() {
     run_on(
         Backend::PostgresS3,
         an_unreachable_s3_fails_uploads_cleanly_and_recovers(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scale_out_database_outage() {
+    run_on(
+        Backend::PostgresS3,
+        the_service_answers_503_while_the_database_is_away_and_recovers_losing_nothing(),
     )
     .await
 }
