@@ -243,11 +243,7 @@ async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
     );
     // Give the stopped attempt time to try (and fail) to write anything more.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        app.blob_files("").await.is_empty(),
-        "bytes left: {:?}",
-        app.blob_files("").await
-    );
+    app.wait_no_blobs("").await;
     assert_eq!(
         app.count_rows("SELECT COUNT(*) FROM ferry_results").await,
         0

@@ -460,6 +460,23 @@ concurrency = {concurrency}
         }
     }
 
+    /// Waits (up to 15 s: aborting a multipart upload is asynchronous) until nothing is stored
+    /// under `sub`, or panics listing what is left.
+    pub async fn wait_no_blobs(&self, sub: &str) {
+        let start = Instant::now();
+        loop {
+            let left = self.blob_files(sub).await;
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "bytes left behind: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The bytes of the only object under `sub`.
     pub async fn single_blob(&self, sub: &str) -> Vec<u8> {
         match self.backend {
