@@ -75,6 +75,9 @@ impl Application {
             blobs,
             settings: Arc::new(settings.clone()),
             kinds: Arc::new(registry.kind_defaults()),
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(
+                settings.limits.max_concurrent_uploads,
+            )),
         };
         let kinds: Vec<&str> = registry.handlers.keys().map(String::as_str).collect();
         let shutdown = CancellationToken::new();

@@ -268,8 +268,9 @@ impl Blobs {
                     return Err(BlobError::TooLarge { limit });
                 }
                 hasher.update(&chunk);
-                // Backpressure: at most two parts in flight besides the one being filled.
-                w.wait_for_capacity(2).await?;
+                // Backpressure: at most one part in flight besides the one being filled, so an
+                // upload holds at most two parts in memory.
+                w.wait_for_capacity(1).await?;
                 w.put(chunk);
             }
             Ok(())

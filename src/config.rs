@@ -50,6 +50,11 @@ pub struct Limits {
     pub upload_part_bytes: usize,
     /// Largest accepted JSON body.
     pub max_json_bytes: usize,
+    /// Uploads received at once by one process; more are refused with 503 until one finishes.
+    /// With `upload_part_bytes`, this bounds upload memory: at most
+    /// `max_concurrent_uploads × 2 × upload_part_bytes`, whatever the sizes and the number of
+    /// clients.
+    pub max_concurrent_uploads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +121,7 @@ impl Default for Limits {
             upload_ttl: Duration::from_secs(24 * 3600),
             upload_part_bytes: 8 << 20,
             max_json_bytes: 1 << 20,
+            max_concurrent_uploads: 16,
         }
     }
 }
@@ -195,6 +201,9 @@ impl Settings {
             if handler.concurrency == 0 || handler.max_attempts == 0 {
                 bail!("handler {kind:?}: `concurrency` and `max_attempts` must be at least 1");
             }
+        }
+        if self.limits.max_concurrent_uploads == 0 {
+            bail!("limits.max_concurrent_uploads must be at least 1");
         }
         if self.limits.upload_part_bytes < 64 << 10 {
             bail!("limits.upload_part_bytes must be at least 65536");

@@ -25,6 +25,8 @@ pub struct Services {
     pub blobs: Blobs,
     pub settings: Arc<Settings>,
     pub kinds: Arc<BTreeMap<String, KindDefaults>>,
+    /// Permits for uploads in progress (see `limits.max_concurrent_uploads`).
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The class of a failure, which the API turns into an HTTP status.

@@ -49,6 +49,17 @@ impl Services {
         E: std::fmt::Display,
     {
         self.check_declared_length(meta.declared_length)?;
+        // Held until this upload is stored or refused: bounds memory across all uploads.
+        let _slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::new(
+                ErrorClass::Unavailable,
+                "uploads_at_capacity",
+                format!(
+                    "this server is already receiving {} uploads; retry shortly",
+                    self.settings.limits.max_concurrent_uploads
+                ),
+            )
+        })?;
         let id = UploadId::new();
         let key = keys::upload(id.0);
         let stored = self

@@ -116,6 +116,7 @@ pub struct TestConfig {
     /// Where Ferry reaches PostgreSQL, if not directly (e.g. through a test's cuttable proxy);
     /// the test itself still inspects the database directly.
     pub pg_via: Option<String>,
+    pub max_concurrent_uploads: usize,
 }
 
 impl Default for TestConfig {
@@ -129,6 +130,7 @@ impl Default for TestConfig {
             model_timeout: "60s",
             s3_endpoint: None,
             pg_via: None,
+            max_concurrent_uploads: 16,
         }
     }
 }
@@ -216,6 +218,7 @@ database_url = "{ferry_database_url}"
 max_upload_bytes = {max_upload}
 upload_ttl = "{upload_ttl}"
 upload_part_bytes = {part_bytes}
+max_concurrent_uploads = {max_uploads}
 
 [queue]
 poll_interval = "20ms"
@@ -234,6 +237,7 @@ concurrency = {concurrency}
             data = dir.path().join("data").display(),
             ferry_database_url = ferry_database_url.as_deref().unwrap_or(&database_url),
             max_upload = cfg.max_upload_bytes,
+            max_uploads = cfg.max_concurrent_uploads,
             upload_ttl = cfg.upload_ttl,
             lease_ttl = cfg.lease_ttl,
             model = model.display(),

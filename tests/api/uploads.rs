@@ -179,6 +179,46 @@ async fn a_client_that_disconnects_midway_leaves_no_row_and_no_file() {
     app.upload(bytes(1000, 6)).await;
 }
 
+async fn uploads_beyond_the_concurrency_limit_are_refused_until_one_finishes() {
+    let app = TestApp::spawn_with(TestConfig {
+        max_concurrent_uploads: 1,
+        ..TestConfig::default()
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        slow,
+        "POST /v1/uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2000000\r\n\r\n"
+    )
+    .unwrap();
+    slow.write_all(&bytes(1_000_000, 11)).unwrap();
+    slow.flush().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let res = reqwest::Client::new()
+        .post(app.url("/v1/uploads"))
+        .body(bytes(1000, 12))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    let status = res.status().as_u16();
+    assert_problem(
+        status,
+        &res.json().await.unwrap(),
+        503,
+        "uploads_at_capacity",
+    );
+
+    slow.write_all(&bytes(1_000_000, 13)).unwrap();
+    let mut reply = [0u8; 64];
+    use std::io::Read;
+    let n = slow.read(&mut reply).unwrap();
+    assert!(String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 201"));
+    app.upload(bytes(1000, 14)).await;
+}
+
 async fn an_upload_can_be_deleted_unless_a_job_uses_it() {
     let app = TestApp::spawn().await;
     let up = app.upload(bytes(5000, 7)).await;
@@ -286,6 +326,7 @@ async fn a_one_gib_upload_keeps_server_memory_bounded() {
 }
 
 crate::matrix!(
+    uploads_beyond_the_concurrency_limit_are_refused_until_one_finishes,
     an_upload_is_stored_with_its_size_and_sha256,
     a_matching_repr_digest_is_accepted_and_a_wrong_one_rejected_leaving_nothing,
     an_oversized_upload_is_refused_before_or_while_reading,
