@@ -414,7 +414,7 @@ impl Services {
                 let n = tx
                     .execute(
                         &base(guard)
-                            .col_expr(job::Column::Status, Expr::value("queued"))
+                            .col_expr(job::Column::Status, Expr::value(JobStatus::Queued.as_str()))
                             .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).sub(1))
                             .col_expr(job::Column::RunAfterMs, Expr::value(now))
                             .col_expr(
@@ -448,7 +448,7 @@ impl Services {
                     let n = tx
                         .execute(
                             &base(guard.clone())
-                                .col_expr(job::Column::Status, Expr::value("queued"))
+                                .col_expr(job::Column::Status, Expr::value(JobStatus::Queued.as_str()))
                                 .col_expr(job::Column::Error, Expr::value(error_json.clone()))
                                 .col_expr(job::Column::RunAfterMs, Expr::value(run_after))
                                 .col_expr(
@@ -477,7 +477,7 @@ impl Services {
                 let n = tx
                     .execute(
                         &base(guard)
-                            .col_expr(job::Column::Status, Expr::value("failed"))
+                            .col_expr(job::Column::Status, Expr::value(JobStatus::Failed.as_str()))
                             .col_expr(job::Column::FinishedAtMs, Expr::value(now))
                             .col_expr(job::Column::Error, Expr::value(error_json))
                             .into_query(),
