@@ -161,7 +161,15 @@ impl Blobs {
         }
         let (store, prefix): (Box<dyn ObjectStore>, Path) = if matches!(url.scheme(), "s3" | "s3a")
         {
-            let mut builder = object_store::aws::AmazonS3Builder::new().with_url(spec);
+            // Completing a multi-GiB multipart upload can take a slow store well over object_store's
+            // default 30 s request timeout; connection failures still surface at once. Set before
+            // the configuration keys, which may adjust the client further (`aws_allow_http`).
+            let client = object_store::ClientOptions::new()
+                .with_timeout(std::time::Duration::from_secs(300))
+                .with_connect_timeout(std::time::Duration::from_secs(5));
+            let mut builder = object_store::aws::AmazonS3Builder::new()
+                .with_client_options(client)
+                .with_url(spec);
             for (key, value) in &config {
                 if let Ok(key) = key.parse() {
                     builder = builder.with_config(key, value);
@@ -278,14 +286,24 @@ impl Blobs {
         .await;
         let w = writer.0.take().expect("writer present until finished");
         match outcome {
-            Ok(()) => {
-                // A failed completion aborts: nothing half-visible is left.
-                w.finish().await?;
-                Ok(Stored {
+            Ok(()) => match w.finish().await {
+                Ok(_) => Ok(Stored {
                     size,
                     sha256: hasher.finalize().into(),
-                })
-            }
+                }),
+                Err(err) => {
+                    // The completion may still take effect on the server after our request gave
+                    // up (a slow CompleteMultipartUpload): delete the key too, so no object that
+                    // no row points to is left behind.
+                    tracing::error!(%key, error = %err, "completing a blob failed");
+                    if let Err(cleanup) = self.store.delete(key).await
+                        && !matches!(cleanup, object_store::Error::NotFound { .. })
+                    {
+                        tracing::warn!(%key, error = %cleanup, "deleting a failed blob failed");
+                    }
+                    Err(err.into())
+                }
+            },
             Err(err) => {
                 if let Err(abort_err) = w.abort().await {
                     tracing::warn!(%key, error = %abort_err, "aborting a partial blob failed");

@@ -15,7 +15,12 @@ use std::{sync::Arc, time::Duration};
 use apalis::prelude::{
     BackendExt, BoxDynError, Data, TaskBuilder, TaskId, WorkerBuilder, WorkerBuilderExt,
 };
-use futures_util::future::BoxFuture;
+use apalis_core::backend::ext::poll_strategy::{PollWith, StreamStrategy};
+use futures_util::{
+    StreamExt,
+    future::BoxFuture,
+    stream::{self, BoxStream},
+};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
@@ -141,6 +146,28 @@ pub async fn purge_finished(db: &Db, before_secs: i64) -> Result<u64, StorageErr
     }
 }
 
+/// How often an idle PostgreSQL consumer looks for work besides being notified.
+const PG_BACKSTOP_POLL: Duration = Duration::from_millis(250);
+
+/// Wakes a PostgreSQL consumer on every NOTIFY and every [`PG_BACKSTOP_POLL`]; ends when the
+/// LISTEN connection ends, so the supervisor rebuilds the consumer with a new one.
+fn notify_or_tick(
+    pool: sqlx::PgPool,
+    queue: String,
+) -> BoxStream<'static, Result<TaskId, apalis_postgres::Error>> {
+    let notified = apalis_postgres::Pubsub::new(pool, queue)
+        .map(Some)
+        .chain(stream::once(async { None }));
+    let ticks = stream::unfold(tokio::time::interval(PG_BACKSTOP_POLL), |mut every| async {
+        every.tick().await;
+        Some((Some(Ok(TaskId::from_string(String::new()))), every))
+    });
+    stream::select(notified, ticks)
+        .take_while(|wake| std::future::ready(wake.is_some()))
+        .filter_map(std::future::ready)
+        .boxed()
+}
+
 /// Settings of one consumer (one handler kind in one process).
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
@@ -202,12 +229,14 @@ pub async fn run_consumer(
                     // after 5 missed beats, not apalis' default of 10 × 30 s.
                     .heartbeat_interval(Duration::from_secs(2))
                     .missed_heartbeats(5);
-                // LISTEN/NOTIFY only: apalis' interval polling stalls on PostgreSQL. What NOTIFY
-                // can miss (a notification lost while reconnecting) is caught by heartbeats and,
-                // for good, by the reconciler.
-                let backend = apalis_postgres::PostgresStorage::<Dispatch>::new(pool)
-                    .with_config(config)
-                    .with_pubsub();
+                // LISTEN/NOTIFY, plus a tick of our own: apalis' interval polling stalls on
+                // PostgreSQL, and a notification that arrives while the worker is at capacity is
+                // spent without a fetch, leaving the job to the next heartbeat (measured: p90
+                // dispatch 0.7 s, p99 1.3 s without the tick).
+                let storage =
+                    apalis_postgres::PostgresStorage::<Dispatch>::new(pool).with_config(config);
+                let wake_ups = notify_or_tick(pool.clone(), queue_name(&settings.kind));
+                let backend = PollWith::new(storage, StreamStrategy::new(wake_ups));
                 run_worker!(backend, name, settings, on_dispatch, shutdown)
             }
         };
