@@ -84,6 +84,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Deletes a key whose single PUT was abandoned midway (see [`Blobs::put_stream`]).
+struct DeleteOnDrop(Option<(Arc<dyn ObjectStore>, Path)>);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if let Some((store, key)) = self.0.take()
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            handle.spawn(async move {
+                let _ = store.delete(&key).await;
+            });
+        }
+    }
+}
+
 /// What a completed write stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
@@ -259,23 +274,60 @@ impl Blobs {
         S: Stream<Item = Result<Bytes, E>>,
         E: std::fmt::Display,
     {
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut body = std::pin::pin!(body);
+        let mut accept = |chunk: Result<Bytes, E>| -> Result<Bytes, BlobError> {
+            let chunk = chunk.map_err(|e| BlobError::Source(e.to_string()))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(BlobError::TooLarge { limit });
+            }
+            hasher.update(&chunk);
+            Ok(chunk)
+        };
+
+        // A body that fits in one part is stored with a single PUT: one request instead of a
+        // multipart upload's three (most job parameters and small inputs).
+        let mut head: Vec<Bytes> = Vec::new();
+        let mut head_len = 0usize;
+        let overflow = loop {
+            match body.next().await {
+                None => {
+                    let payload: object_store::PutPayload = head.into_iter().collect();
+                    // If this request is dropped mid-PUT, the object may still land: delete it.
+                    let mut guard = DeleteOnDrop(Some((self.store.clone(), key.clone())));
+                    self.store.put(key, payload).await?;
+                    guard.0 = None; // stored: keep it
+                    return Ok(Stored {
+                        size,
+                        sha256: hasher.finalize().into(),
+                    });
+                }
+                Some(chunk) => {
+                    let chunk = accept(chunk)?;
+                    if head_len + chunk.len() > self.part_bytes {
+                        break chunk;
+                    }
+                    head_len += chunk.len();
+                    head.push(chunk);
+                }
+            }
+        };
+
         let upload = self.store.put_multipart(key).await?;
         let mut writer = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(
             upload,
             self.part_bytes,
         )));
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut body = std::pin::pin!(body);
         let outcome: Result<(), BlobError> = async {
             let w = writer.0.as_mut().expect("writer present until finished");
+            for chunk in head.into_iter().chain(std::iter::once(overflow)) {
+                w.wait_for_capacity(1).await?;
+                w.put(chunk);
+            }
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| BlobError::Source(e.to_string()))?;
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(BlobError::TooLarge { limit });
-                }
-                hasher.update(&chunk);
+                let chunk = accept(chunk)?;
                 // Backpressure: at most one part in flight besides the one being filled, so an
                 // upload holds at most two parts in memory.
                 w.wait_for_capacity(1).await?;
