@@ -542,3 +542,48 @@ mod tests {
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
+
+#[cfg(test)]
+mod url_tests {
+    use super::*;
+
+    fn options(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn object_storage_urls_of_every_supported_kind_open() {
+        // Opening builds a client only; no request is made.
+        for (url, opts) in [
+            (
+                "s3://bucket/prefix",
+                options(&[
+                    ("aws_endpoint", "http://127.0.0.1:1"),
+                    ("aws_region", "us-east-1"),
+                ]),
+            ),
+            (
+                "az://container/prefix",
+                options(&[
+                    ("azure_storage_account_name", "devstoreaccount1"),
+                    ("azure_storage_use_emulator", "true"),
+                ]),
+            ),
+            (
+                "gs://bucket/prefix",
+                options(&[("google_bearer_token", "test-token")]),
+            ),
+        ] {
+            let opened = Blobs::open(url, 8 << 20, &opts);
+            assert!(opened.is_ok(), "{url}: {:?}", opened.err());
+        }
+        assert!(
+            Blobs::open("s3://bucket", 1 << 20, &Default::default()).is_err(),
+            "S3 parts must be ≥ 5 MiB"
+        );
+        assert!(Blobs::open("ftp://host/x", 8 << 20, &Default::default()).is_err());
+    }
+}

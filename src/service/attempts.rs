@@ -448,7 +448,10 @@ impl Services {
                     let n = tx
                         .execute(
                             &base(guard.clone())
-                                .col_expr(job::Column::Status, Expr::value(JobStatus::Queued.as_str()))
+                                .col_expr(
+                                    job::Column::Status,
+                                    Expr::value(JobStatus::Queued.as_str()),
+                                )
                                 .col_expr(job::Column::Error, Expr::value(error_json.clone()))
                                 .col_expr(job::Column::RunAfterMs, Expr::value(run_after))
                                 .col_expr(
