@@ -94,6 +94,9 @@ pub struct HandlerSettings {
     pub concurrency: usize,
     /// Extra environment variables for the command.
     pub env: BTreeMap<String, String>,
+    /// Directory the command runs in, so relative paths in `command` work; default: the
+    /// directory of the configuration file (or the current directory without one).
+    pub working_dir: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -147,6 +150,7 @@ impl Default for HandlerSettings {
             max_attempts: 3,
             concurrency: 1,
             env: BTreeMap::new(),
+            working_dir: None,
         }
     }
 }
@@ -166,6 +170,23 @@ impl Settings {
         }
         figment = figment.merge(Env::prefixed("FERRY_").ignore(&["CONFIG"]).split("__"));
         let mut settings: Settings = figment.extract().context("invalid configuration")?;
+        // Relative handler paths are relative to the configuration file, like any config file's.
+        let config_dir = match &cli.config {
+            Some(path) => path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(".")),
+            None => PathBuf::from("."),
+        };
+        for handler in settings.handlers.values_mut() {
+            let dir = match handler.working_dir.take() {
+                Some(dir) if dir.is_relative() => config_dir.join(dir),
+                Some(dir) => dir,
+                None => config_dir.clone(),
+            };
+            handler.working_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
+        }
         let common = cli.command.common();
         if let Some(dir) = &common.data_dir {
             settings.data_dir = dir.clone();

@@ -27,6 +27,8 @@ const STDERR_TAIL_LINES: usize = 20;
 pub struct CommandHandler {
     pub program: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Where the command runs (relative paths in `program` resolve from here).
+    pub working_dir: Option<std::path::PathBuf>,
 }
 
 /// One protocol message: a JSON object on its own stdout line.
@@ -81,7 +83,7 @@ impl Handler for CommandHandler {
             .env("FERRY_INPUT_DIR", &input_dir)
             .env("FERRY_OUTPUT_DIR", &ctx.output_dir)
             .env("FERRY_PARAMS", ctx.params.to_string())
-            .current_dir(&ctx.work_dir)
+            .current_dir(self.working_dir.as_deref().unwrap_or(&ctx.work_dir))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

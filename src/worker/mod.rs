@@ -68,6 +68,7 @@ impl Registry {
                     handler: Arc::new(command::CommandHandler {
                         program: handler.command.clone(),
                         env: handler.env.clone(),
+                        working_dir: handler.working_dir.clone(),
                     }),
                     settings: handler.clone(),
                 },

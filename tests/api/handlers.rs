@@ -251,7 +251,21 @@ async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
     assert_eq!(app.count_rows("SELECT COUNT(*) FROM ferry_jobs").await, 0);
 }
 
+async fn a_command_with_a_relative_path_runs_from_the_configuration_folder() {
+    let app = TestApp::spawn_with(TestConfig {
+        relative_model: true,
+        ..TestConfig::default()
+    })
+    .await;
+    let job = app.submit("model", bytes(100, 47), json!({})).await;
+    let done = app
+        .wait_status(job["id"].as_str().unwrap(), "succeeded", WITHIN)
+        .await;
+    assert_eq!(done["result_count"], 2);
+}
+
 crate::matrix!(
+    a_command_with_a_relative_path_runs_from_the_configuration_folder,
     an_intermediate_result_is_visible_while_the_job_still_runs,
     canceling_a_running_command_kills_it_and_keeps_published_results,
     a_command_that_ignores_sigterm_is_killed_after_the_grace_period,

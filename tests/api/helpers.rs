@@ -117,6 +117,8 @@ pub struct TestConfig {
     /// the test itself still inspects the database directly.
     pub pg_via: Option<String>,
     pub max_concurrent_uploads: usize,
+    /// Configure the model as `python3 model.py`, relative to the configuration file's folder.
+    pub relative_model: bool,
 }
 
 impl Default for TestConfig {
@@ -131,6 +133,7 @@ impl Default for TestConfig {
             s3_endpoint: None,
             pg_via: None,
             max_concurrent_uploads: 16,
+            relative_model: false,
         }
     }
 }
@@ -172,7 +175,11 @@ impl TestApp {
             .tempdir()
             .expect("temp dir");
         let config_path = dir.path().join("ferry.toml");
-        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/handlers/model.py");
+        let mut model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/handlers/model.py");
+        if cfg.relative_model {
+            std::fs::copy(&model, dir.path().join("model.py")).expect("copy model");
+            model = PathBuf::from("model.py");
+        }
         let backend = backend();
         let unique = uuid::Uuid::now_v7().simple().to_string();
         let mut ferry_database_url = None;
