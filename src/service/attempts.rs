@@ -392,8 +392,11 @@ impl Services {
                     .col_expr(job::Column::Status, Expr::value(status.as_str()))
                     .col_expr(job::Column::FinishedAtMs, Expr::value(now));
                 if status == JobStatus::Succeeded {
-                    update =
-                        update.col_expr(job::Column::Error, Expr::value(Option::<String>::None));
+                    // A finished job is 100 % done, whatever the handler last reported.
+                    update = update
+                        .col_expr(job::Column::Error, Expr::value(Option::<String>::None))
+                        .col_expr(job::Column::ProgressPercent, Expr::value(100.0f64))
+                        .col_expr(job::Column::ProgressUpdatedAtMs, Expr::value(now));
                 }
                 let n = tx.execute(&update.into_query()).await?;
                 if n == 1 {
