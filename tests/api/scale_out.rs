@@ -264,12 +264,18 @@ async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
         })
     };
     for i in 0..8 {
-        tx.send(Ok(bytes(2 << 20, i))).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), tx.send(Ok(bytes(2 << 20, i))))
+            .await
+            .expect("the server reads the body while S3 is up")
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(moto);
     for i in 0..8 {
-        if tx.send(Ok(bytes(2 << 20, 100 + i))).await.is_err() {
+        // Once the server has answered, nobody reads the body any more: stop sending then.
+        let sent =
+            tokio::time::timeout(Duration::from_secs(2), tx.send(Ok(bytes(2 << 20, 100 + i))));
+        if !matches!(sent.await, Ok(Ok(()))) {
             break;
         }
     }
