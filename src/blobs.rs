@@ -436,16 +436,6 @@ impl Blobs {
             .map_err(BlobError::from_store)
     }
 
-    /// Reads a whole object into memory (small objects only: tests and tools).
-    pub async fn read_all(&self, key: &str) -> Result<Bytes, BlobError> {
-        let chunks: Vec<Bytes> = self
-            .get(&Path::from(key), None)
-            .await?
-            .try_collect()
-            .await?;
-        Ok(chunks.concat().into())
-    }
-
     /// Checks that the store answers (readiness probe).
     pub async fn ping(&self) -> Result<(), BlobError> {
         let probe = Path::from(format!("readyz/{}", Uuid::now_v7().simple()));

@@ -170,6 +170,10 @@ impl Settings {
         }
         figment = figment.merge(Env::prefixed("FERRY_").ignore(&["CONFIG"]).split("__"));
         let mut settings: Settings = figment.extract().context("invalid configuration")?;
+        // Folders are made absolute once: handlers run in their own working directory and get
+        // their input and output folders by environment variable.
+        settings.data_dir = absolute(settings.data_dir);
+        settings.work_dir = settings.work_dir.map(absolute);
         // Relative handler paths are relative to the configuration file, like any config file's.
         let config_dir = match &cli.config {
             Some(path) => path
@@ -185,7 +189,7 @@ impl Settings {
                 Some(dir) => dir,
                 None => config_dir.clone(),
             };
-            handler.working_dir = Some(std::path::absolute(&dir).unwrap_or(dir));
+            handler.working_dir = Some(absolute(dir));
         }
         let common = cli.command.common();
         if let Some(dir) = &common.data_dir {
@@ -249,4 +253,8 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("work"))
     }
+}
+
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
 }

@@ -103,10 +103,11 @@ pub async fn create(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let key = idempotency_key(&req)?;
-    if query.kind.is_some() {
-        create_from_file(services, req, query, body, key).await
-    } else {
+    let created = async {
+        let key = idempotency_key(&req)?;
+        if query.kind.is_some() {
+            return create_from_file(services, req, query, body, key).await;
+        }
         if query.input.is_some()
             || query.params.is_some()
             || query.priority.is_some()
@@ -120,6 +121,9 @@ pub async fn create(
         }
         create_from_json(services, req, body, key).await
     }
+    .await;
+    // Either form carries a body that an error may leave unread.
+    Ok(created.unwrap_or_else(super::uploads::closing))
 }
 
 async fn create_from_json(
@@ -290,7 +294,6 @@ async fn create_from_file(
         }
     };
     let meta = upload_meta(&req)?;
-    services.check_declared_length(meta.declared_length)?;
     let fp = fingerprint(&[
         "file",
         &kind,
@@ -304,7 +307,7 @@ async fn create_from_file(
         &meta.expected_sha256.map(hex::encode).unwrap_or_default(),
     ]);
     let services_ref: &Services = &services;
-    let outcome = with_idempotency(services_ref, key.as_deref(), &fp, || async {
+    with_idempotency(services_ref, key.as_deref(), &fp, || async {
         let upload = services_ref.create_upload(body, meta).await?;
         let new = NewJob {
             kind,
@@ -324,9 +327,7 @@ async fn create_from_file(
             }
         }
     })
-    .await;
-    // The body may not have been read to its end: see `closing`.
-    Ok(outcome.unwrap_or_else(super::uploads::closing))
+    .await
 }
 
 pub async fn get(

@@ -35,13 +35,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Registers every route; `openapi.yaml` describes exactly these (see [`ROUTES`]).
 pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
-        let json_limit = services.settings.limits.max_json_bytes;
         cfg.app_data(web::Data::new(services))
-            .app_data(
-                web::JsonConfig::default()
-                    .limit(json_limit)
-                    .error_handler(problem::json_error),
-            )
             .app_data(web::QueryConfig::default().error_handler(problem::query_error))
             .app_data(web::PathConfig::default().error_handler(problem::path_error));
         let resource = |path: &str| {

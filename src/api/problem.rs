@@ -86,10 +86,6 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             res.insert_header((header::RETRY_AFTER, "5"));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The client may still be sending a large body: do not keep the connection.
-            res.insert_header((header::CONNECTION, "close"));
-        }
         res.json(&self.problem)
     }
 }
@@ -112,33 +108,6 @@ impl From<ServiceError> for ApiError {
         }
         api
     }
-}
-
-/// For actix's JSON body errors.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    use actix_web::error::JsonPayloadError as E;
-    let api = match &err {
-        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the JSON body is too large",
-        ),
-        E::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the job as application/json, or the raw file with ?kind=… in the URL",
-        ),
-        E::Deserialize(e) => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            format!("the JSON body does not match the expected shape: {e}"),
-        ),
-        other => ApiError::bad_request(
-            "invalid_body",
-            format!("cannot read the JSON body: {other}"),
-        ),
-    };
-    api.into()
 }
 
 /// For actix's query-string errors.

@@ -35,8 +35,9 @@ pub(crate) fn upload_meta(req: &HttpRequest) -> Result<UploadMeta, ApiError> {
     })
 }
 
-/// An error answered before the request body was read to its end: close the connection, or
-/// the client could send its next request on a connection the server is about to drop.
+/// The answer to a request that carries a body, when it is an error: the body may not have been
+/// read to its end, so close the connection, or the client could send its next request on a
+/// connection the server is about to drop. Every handler that takes a payload ends with this.
 pub(crate) fn closing(err: ApiError) -> HttpResponse {
     use actix_web::ResponseError;
     let mut res = err.error_response();
@@ -62,17 +63,17 @@ pub async fn create(
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let meta = upload_meta(&req)?;
-    services.check_declared_length(meta.declared_length)?;
-    let row = match services.create_upload(body, meta).await {
-        Ok(row) => row,
-        Err(err) => return Ok(closing(ApiError::from(err))),
-    };
-    let out = UploadOut::from(&row);
-    Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/v1/uploads/{}", out.id)))
-        .insert_header(("Repr-Digest", digest_header::header_value(&row.sha256)))
-        .json(out))
+    let created = async {
+        let meta = upload_meta(&req)?;
+        let row = services.create_upload(body, meta).await?;
+        let out = UploadOut::from(&row);
+        Ok(HttpResponse::Created()
+            .insert_header((header::LOCATION, format!("/v1/uploads/{}", out.id)))
+            .insert_header(("Repr-Digest", digest_header::header_value(&row.sha256)))
+            .json(out))
+    }
+    .await;
+    Ok(created.unwrap_or_else(closing))
 }
 
 pub async fn get(

@@ -394,17 +394,8 @@ impl Services {
     /// Cancels a queued job at once; asks the worker of a running job to stop it (within about a
     /// second), keeping the results it already published.
     pub async fn cancel_job(&self, id: JobId) -> ServiceResult<JobView> {
-        let current = self.get_job(id).await?.job;
-        let status = JobStatus::parse(&current.status).unwrap_or(JobStatus::Failed);
-        if status.is_finished() {
-            return Err(ServiceError::conflict(
-                "job_finished",
-                format!(
-                    "job {id} already finished as {}; nothing to cancel",
-                    status.as_str()
-                ),
-            ));
-        }
+        // The conditional updates decide (a job may finish at any moment); the job is read once,
+        // afterwards, for the answer.
         let now = now_ms();
         let mut tx = self.db.begin().await?;
         let canceled_now = tx
@@ -422,9 +413,10 @@ impl Services {
                     .into_query(),
             )
             .await?;
-        if canceled_now == 1 {
+        let requested = if canceled_now == 1 {
             tx.append_event(id.0, "canceled", json!({"status": "canceled"}))
                 .await?;
+            0
         } else {
             let requested = tx
                 .execute(
@@ -441,25 +433,22 @@ impl Services {
                 tx.append_event(id.0, "cancel_requested", json!({"status": "running"}))
                     .await?;
             }
-        }
+            requested
+        };
         tx.commit().await?;
         let after = self.get_job(id).await?;
-        if canceled_now == 0
-            && after.job.status != JobStatus::Running.as_str()
-            && after.job.status != JobStatus::Queued.as_str()
-            && !after.job.cancel_requested
-        {
-            // It finished on its own between our read and our update.
+        let status = JobStatus::parse(&after.job.status).unwrap_or(JobStatus::Failed);
+        if canceled_now == 0 && requested == 0 && status.is_finished() {
             return Err(ServiceError::conflict(
                 "job_finished",
                 format!(
                     "job {id} already finished as {}; nothing to cancel",
-                    after.job.status
+                    status.as_str()
                 ),
             ));
         }
         tracing::info!(job_id = %id, "cancel requested");
-        self.get_job(id).await
+        Ok(after)
     }
 
     /// Hard deletion: the job, its events, logs, results and its inputs' bytes. A running job's

@@ -27,7 +27,7 @@ pub struct UploadMeta {
 
 impl Services {
     /// Fails fast, before any byte is read, when the declared length is over the limit.
-    pub fn check_declared_length(&self, declared: Option<u64>) -> ServiceResult<()> {
+    fn check_declared_length(&self, declared: Option<u64>) -> ServiceResult<()> {
         let limit = self.settings.limits.max_upload_bytes;
         match declared {
             Some(len) if len > limit => Err(ServiceError::new(

@@ -212,15 +212,7 @@ impl Db {
     }
 
     pub async fn ping(&self) -> Result<(), StorageError> {
-        match &self.pool {
-            Pool::Sqlite(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-            Pool::Postgres(pool) => {
-                sqlx::query("SELECT 1").execute(pool).await?;
-            }
-        }
-        Ok(())
+        Ok(self.orm.ping().await?)
     }
 
     /// Starts a write transaction.

@@ -66,11 +66,11 @@ pub(crate) async fn run_dispatch(
             return;
         };
         tracing::info!(kind = %claimed.job.kind, "attempt started");
-        // Absolute: handlers run in their own working directory and get these paths by env.
-        let work_root = services.settings.work_dir();
-        let work_root = std::path::absolute(&work_root).unwrap_or(work_root);
-        let work_dir =
-            work_root.join(format!("{}-{}", claimed.job.id.simple(), claimed.lease.attempt));
+        // Absolute (see `Settings::load`): handlers get these paths by environment variable.
+        let work_dir = services
+            .settings
+            .work_dir()
+            .join(format!("{}-{}", claimed.job.id.simple(), claimed.lease.attempt));
         let output_dir = work_dir.join("outputs");
         if let Err(err) = tokio::fs::create_dir_all(&output_dir).await {
             let failure = failure("workspace", &format!("cannot create {}: {err}", output_dir.display()), true, claimed.lease.attempt);

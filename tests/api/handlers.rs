@@ -233,14 +233,12 @@ async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
     assert_eq!(res.status(), 204);
     let (status, _) = app.get_json(&format!("/v1/jobs/{id}")).await;
     assert_eq!(status, 404);
-    let start = std::time::Instant::now();
-    while process_alive(pid) && start.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        !process_alive(pid),
-        "the deleted job's process {pid} is still running"
-    );
+    wait_process_gone(
+        pid,
+        Duration::from_secs(10),
+        "the deleted job's process is still running",
+    )
+    .await;
     // Give the stopped attempt time to try (and fail) to write anything more.
     tokio::time::sleep(Duration::from_millis(500)).await;
     app.wait_no_blobs("").await;

@@ -499,11 +499,15 @@ concurrency = {concurrency}
             Backend::PostgresS3 => {
                 let keys = self.blobs().list(Some(sub)).await.expect("list");
                 assert_eq!(keys.len(), 1, "{keys:?}");
-                self.blobs()
-                    .read_all(&keys[0])
-                    .await
-                    .expect("read")
-                    .to_vec()
+                let chunks: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(
+                    self.blobs()
+                        .get(&object_store::path::Path::from(keys[0].as_str()), None)
+                        .await
+                        .expect("read"),
+                )
+                .await
+                .expect("read");
+                chunks.concat()
             }
         }
     }
@@ -746,6 +750,15 @@ pub fn process_alive(pid: i32) -> bool {
             .next()
             .is_some_and(|rest| rest.trim_start().starts_with('Z')),
         Err(_) => false,
+    }
+}
+
+/// Waits up to `within` for a process to be gone, or panics with `why`.
+pub async fn wait_process_gone(pid: i32, within: Duration, why: &str) {
+    let start = Instant::now();
+    while process_alive(pid) {
+        assert!(start.elapsed() < within, "{why} (pid {pid})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -34,14 +34,12 @@ async fn a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2()
 
     app.kill9_worker(first);
     // The model dies with its worker instead of running on unsupervised.
-    let start = std::time::Instant::now();
-    while process_alive(model_pid) && start.elapsed() < Duration::from_secs(5) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(
-        !process_alive(model_pid),
-        "the model outlived its killed worker"
-    );
+    wait_process_gone(
+        model_pid,
+        Duration::from_secs(5),
+        "the model outlived its killed worker",
+    )
+    .await;
 
     std::fs::write(&gate, "go").unwrap();
     app.spawn_worker();
@@ -81,7 +79,7 @@ async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
         .submit("digest", bytes(30_000, 61), json!({"chunk_size": 4096}))
         .await;
     let finished_id = finished["id"].as_str().unwrap().to_owned();
-    app.wait_status(&finished_id, "succeeded", WITHIN).await;
+    let finished_before = app.wait_status(&finished_id, "succeeded", WITHIN).await;
     let report_before = app
         .client
         .get(app.url(&format!("/v1/jobs/{finished_id}/results/report.json")))
@@ -122,11 +120,17 @@ async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
         let done = app.wait_status(id, "succeeded", WITHIN).await;
         assert_eq!(done["attempt"], 1);
     }
+    // The job that had finished before the crash is exactly as it was.
     let finished_after = app.job(&finished_id).await;
     assert_eq!(finished_after["status"], "succeeded");
     assert_eq!(
         finished_after["finished_at"],
-        app.job(&finished_id).await["finished_at"]
+        finished_before["finished_at"]
+    );
+    assert_eq!(finished_after["attempt"], finished_before["attempt"]);
+    assert_eq!(
+        finished_after["result_count"],
+        finished_before["result_count"]
     );
     let report_after = app
         .client
