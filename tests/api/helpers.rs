@@ -602,6 +602,28 @@ concurrency = {concurrency}
         }
     }
 
+    /// Starts a POST by hand and sends only `first` of its `content_length` body bytes, leaving
+    /// the request in flight (the caller sends the rest, or drops the connection).
+    pub fn partial_post(
+        &self,
+        path: &str,
+        extra_headers: &str,
+        content_length: usize,
+        first: &[u8],
+    ) -> std::net::TcpStream {
+        use std::io::Write;
+        let addr = self.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+        write!(
+            stream,
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{extra_headers}Content-Length: {content_length}\r\n\r\n"
+        )
+        .expect("send head");
+        stream.write_all(first).expect("send body");
+        stream.flush().expect("flush");
+        stream
+    }
+
     pub async fn upload(&self, body: impl Into<reqwest::Body>) -> Value {
         let res = self
             .client

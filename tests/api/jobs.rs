@@ -273,15 +273,12 @@ async fn an_idempotency_key_replays_the_same_job_and_rejects_a_different_body() 
 async fn a_key_whose_request_is_still_uploading_is_in_flight() {
     use std::io::Write;
     let app = TestApp::spawn().await;
-    let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/jobs?kind=noop HTTP/1.1\r\nHost: {addr}\r\nIdempotency-Key: scan-7\r\nContent-Length: 2000000\r\n\r\n"
-    )
-    .unwrap();
-    slow.write_all(&bytes(1_000_000, 15)).unwrap();
-    slow.flush().unwrap();
+    let mut slow = app.partial_post(
+        "/v1/jobs?kind=noop",
+        "Idempotency-Key: scan-7\r\n",
+        2_000_000,
+        &bytes(1_000_000, 15),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The same request again while the first is still sending its body.
     let res = app

@@ -158,15 +158,12 @@ async fn an_oversized_upload_is_refused_before_or_while_reading() {
 
 async fn a_client_that_disconnects_midway_leaves_no_row_and_no_file() {
     let app = TestApp::spawn().await;
-    let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        stream,
-        "POST /v1/uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/octet-stream\r\nContent-Length: 50000000\r\n\r\n"
-    )
-    .unwrap();
-    stream.write_all(&bytes(5 << 20, 5)).unwrap();
-    stream.flush().unwrap();
+    let stream = app.partial_post(
+        "/v1/uploads",
+        "Content-Type: application/octet-stream\r\n",
+        50_000_000,
+        &bytes(5 << 20, 5),
+    );
     // Let the server write some parts, then vanish.
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(stream);
@@ -185,15 +182,7 @@ async fn uploads_beyond_the_concurrency_limit_are_refused_until_one_finishes() {
         ..TestConfig::default()
     })
     .await;
-    let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
-    write!(
-        slow,
-        "POST /v1/uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 2000000\r\n\r\n"
-    )
-    .unwrap();
-    slow.write_all(&bytes(1_000_000, 11)).unwrap();
-    slow.flush().unwrap();
+    let mut slow = app.partial_post("/v1/uploads", "", 2_000_000, &bytes(1_000_000, 11));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let res = reqwest::Client::new()
