@@ -250,45 +250,60 @@ async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
     .await;
     app.upload(bytes(1000, 82)).await;
 
-    // A long upload, with S3 gone from under it midway.
-    let (tx, rx) = futures_channel_stream();
-    let upload = {
-        let client = app.client.clone();
-        let url = app.url("/v1/uploads");
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .body(reqwest::Body::wrap_stream(rx))
-                .send()
-                .await
-        })
-    };
-    for i in 0..8 {
-        tokio::time::timeout(Duration::from_secs(30), tx.send(Ok(bytes(2 << 20, i))))
-            .await
-            .expect("the server reads the body while S3 is up")
-            .unwrap();
-    }
+    // A long upload, with S3 gone from under it midway. Sent by hand on a raw connection, so the
+    // test reads the server's answer whether or not the client is still writing its body.
+    let mut conn = app.partial_post("/v1/uploads", "", 64 << 20, &bytes(16 << 20, 1));
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(moto);
-    for i in 0..8 {
-        // Once the server has answered, nobody reads the body any more: stop sending then.
-        let sent =
-            tokio::time::timeout(Duration::from_secs(2), tx.send(Ok(bytes(2 << 20, 100 + i))));
-        if !matches!(sent.await, Ok(Ok(()))) {
-            break;
+    let mut reader = conn.try_clone().unwrap();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for i in 0..24 {
+            if conn.write_all(&bytes(2 << 20, 100 + i)).is_err() {
+                break; // the server answered and closed: expected
+            }
         }
-    }
-    drop(tx);
-    let res = upload
-        .await
-        .unwrap()
-        .expect("an answer, not a dropped connection");
-    let status = res.status().as_u16();
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    });
+    let (status, head, body) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        reader
+            .set_read_timeout(Some(Duration::from_secs(90)))
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 8192];
+        let header_end = loop {
+            let n = reader
+                .read(&mut chunk)
+                .expect("an answer, not a dropped connection");
+            assert!(n > 0, "connection closed without an answer");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        while buf.len() < header_end + length {
+            let n = reader.read(&mut chunk).expect("body");
+            assert!(n > 0, "connection closed mid-answer");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let status: u16 = head[9..12].parse().expect("status code");
+        (status, head, buf[header_end..header_end + length].to_vec())
+    })
+    .await
+    .unwrap();
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
     assert_problem(
         status,
-        &res.json().await.unwrap(),
+        &serde_json::from_slice(&body).unwrap(),
         503,
         "blob_store_unavailable",
     );
@@ -458,20 +473,6 @@ async fn the_service_answers_503_while_the_database_is_away_and_recovers_losing_
     // The upload refused during the outage left no bytes behind.
     let uploads = app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await;
     assert_eq!(uploads as usize, app.blob_files("uploads").await.len());
-}
-
-type Chunk = Result<Vec<u8>, std::io::Error>;
-
-/// A body stream the test feeds chunk by chunk.
-fn futures_channel_stream() -> (
-    tokio::sync::mpsc::Sender<Chunk>,
-    impl futures_util::Stream<Item = Chunk>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    (tx, stream)
 }
 
 #[tokio::test]
