@@ -11,7 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api,
-    blobs::Blobs,
     cli::{Cli, Command},
     config::Settings,
     service::Services,
@@ -62,23 +61,8 @@ impl Application {
                 settings.work_dir().display()
             )
         })?;
-        let db = Db::connect(&settings.database_url()).await?;
-        db.migrate().await?;
-        let blobs = Blobs::open(
-            &settings.blob_store(),
-            settings.limits.upload_part_bytes,
-            &settings.blob_options,
-        )?;
         let registry = Arc::new(registry);
-        let services = Services {
-            db,
-            blobs,
-            settings: Arc::new(settings.clone()),
-            kinds: Arc::new(registry.kind_defaults()),
-            upload_slots: Arc::new(tokio::sync::Semaphore::new(
-                settings.limits.max_concurrent_uploads,
-            )),
-        };
+        let services = Services::open(settings.clone(), registry.kind_defaults()).await?;
         let kinds: Vec<&str> = registry.handlers.keys().map(String::as_str).collect();
         let shutdown = CancellationToken::new();
 

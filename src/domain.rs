@@ -1,15 +1,27 @@
-//! Domain vocabulary shared by every layer: job statuses, failures, and the validation rules for
-//! names that reach the file system or URLs. Depends on nothing else in the crate.
+//! Domain vocabulary shared by every layer: job statuses, event kinds, failures, and the
+//! validation rules for names that reach the file system or URLs. Depends on nothing else in the
+//! crate (the sea-orm derives only say how statuses and kinds are stored as text).
 
+use sea_orm::{DeriveActiveEnum, EnumIter, sea_query::StringLen};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a job is in its life. Stored as text in `ferry_jobs.status`; the legal moves between
+/// statuses are `service::lifecycle`'s to decide.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, EnumIter, DeriveActiveEnum,
+)]
 #[serde(rename_all = "snake_case")]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(16))")]
 pub enum JobStatus {
+    #[sea_orm(string_value = "queued")]
     Queued,
+    #[sea_orm(string_value = "running")]
     Running,
+    #[sea_orm(string_value = "succeeded")]
     Succeeded,
+    #[sea_orm(string_value = "failed")]
     Failed,
+    #[sea_orm(string_value = "canceled")]
     Canceled,
 }
 
@@ -42,6 +54,44 @@ impl JobStatus {
             JobStatus::Succeeded | JobStatus::Failed | JobStatus::Canceled
         )
     }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an entry of a job's event log records. Stored as text in `ferry_job_events.kind`; the
+/// payload of each kind is `service::lifecycle::JobEvent`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, EnumIter, DeriveActiveEnum,
+)]
+#[serde(rename_all = "snake_case")]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::N(32))")]
+pub enum EventKind {
+    #[sea_orm(string_value = "queued")]
+    Queued,
+    #[sea_orm(string_value = "started")]
+    Started,
+    #[sea_orm(string_value = "progress")]
+    Progress,
+    #[sea_orm(string_value = "result")]
+    Result,
+    #[sea_orm(string_value = "cancel_requested")]
+    CancelRequested,
+    #[sea_orm(string_value = "canceled")]
+    Canceled,
+    #[sea_orm(string_value = "retry_scheduled")]
+    RetryScheduled,
+    #[sea_orm(string_value = "requeued")]
+    Requeued,
+    #[sea_orm(string_value = "redispatched")]
+    Redispatched,
+    #[sea_orm(string_value = "succeeded")]
+    Succeeded,
+    #[sea_orm(string_value = "failed")]
+    Failed,
 }
 
 /// Why an attempt failed, as stored on the job and shown to clients (an RFC 9457 problem with

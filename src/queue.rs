@@ -47,27 +47,27 @@ pub fn queue_name(kind: &str) -> String {
     format!("ferry.jobs.{kind}")
 }
 
-pub fn new_dispatch_id() -> String {
-    Ulid::new().to_string()
+/// A new dispatch id whose ULID time is `order_ms` (the job's creation time): apalis breaks ties
+/// between tasks due in the same second by id, so jobs then run in creation order to the
+/// millisecond, and a job dispatched again keeps its place.
+pub fn new_dispatch_id(order_ms: i64) -> String {
+    Ulid::from_parts(order_ms.max(0) as u64, rand::random::<u128>()).to_string()
 }
 
-/// Enqueues a dispatch in `tx`; it becomes visible to workers when `tx` commits.
+/// Enqueues a dispatch in `tx`; it becomes visible to workers when `tx` commits. apalis runs due
+/// tasks by priority, then `run_at`: `order_ms` (a past time, in practice the job's creation
+/// time) becomes `run_at`, so the dispatch is due at once and sorts with its job's peers. Delays
+/// are Ferry's business, not apalis': see `service::lifecycle`.
 pub async fn enqueue(
     tx: &mut Tx,
     kind: &str,
     dispatch: &Dispatch,
     priority: i32,
-    run_after_ms: i64,
+    order_ms: i64,
 ) -> Result<(), StorageError> {
     let args = serde_json::to_vec(dispatch).map_err(|e| StorageError::Queue(e.to_string()))?;
-    // apalis schedules in whole seconds: round a future time up so a backoff is never shortened,
-    // and "now" down so an immediate dispatch is not held back until the next second.
-    let run_after_ms = run_after_ms.max(0) as u64;
-    let run_at_secs = if run_after_ms as i64 <= crate::time::now_ms() {
-        run_after_ms / 1000
-    } else {
-        run_after_ms.div_ceil(1000)
-    };
+    // apalis schedules in whole seconds; round down so the task is due at once.
+    let run_at_secs = (order_ms.max(0) as u64) / 1000;
     let task = TaskBuilder::new(args)
         .task_id(TaskId::from_string(dispatch.dispatch_id.clone()))
         .max_attempts(1)
@@ -87,37 +87,45 @@ pub async fn enqueue(
     }
 }
 
-/// Queued jobs (due since `due_before_ms`) whose current dispatch apalis no longer holds as
-/// pending or in progress: lost to a crash between apalis' bookkeeping and ours. The reconciler
-/// gives them a fresh dispatch. Reads apalis' task table (`Jobs` on SQLite, `apalis.jobs` on
-/// PostgreSQL: id, status), one of the two places Ferry touches apalis' schema.
-pub async fn lost_dispatches(
+/// Queued jobs that are due but not in the queue, most urgent first: those waiting out a retry
+/// backoff that ended by `now_ms` (no dispatch yet), and those whose dispatch apalis no longer
+/// holds as pending or in progress although they were due by `lost_before_ms` (lost to a crash
+/// between apalis' bookkeeping and ours). The reconciler dispatches them. Reads apalis' task
+/// table (`Jobs` on SQLite, `apalis.jobs` on PostgreSQL: id, status), one of the two places
+/// Ferry touches apalis' schema.
+pub async fn due_undispatched(
     db: &Db,
-    due_before_ms: i64,
+    now_ms: i64,
+    lost_before_ms: i64,
     limit: i64,
 ) -> Result<Vec<Uuid>, StorageError> {
-    match db.pool() {
-        Pool::Sqlite(pool) => Ok(sqlx::query_scalar(
-            "SELECT j.id FROM ferry_jobs j LEFT JOIN Jobs a ON a.id = j.dispatch_id \
-             WHERE j.status = 'queued' AND j.run_after_ms < ?1 \
-             AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')) \
-             LIMIT ?2",
-        )
-        .bind(due_before_ms)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?),
-        Pool::Postgres(pool) => Ok(sqlx::query_scalar(
-            "SELECT j.id FROM ferry_jobs j LEFT JOIN apalis.jobs a ON a.id = j.dispatch_id \
-             WHERE j.status = 'queued' AND j.run_after_ms < $1 \
-             AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')) \
-             LIMIT $2",
-        )
-        .bind(due_before_ms)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?),
+    let (apalis_jobs, [now, lost, max]) = match db.pool() {
+        Pool::Sqlite(_) => ("Jobs", ["?1", "?2", "?3"]),
+        Pool::Postgres(_) => ("apalis.jobs", ["$1", "$2", "$3"]),
+    };
+    let sql = format!(
+        "SELECT j.id FROM ferry_jobs j LEFT JOIN {apalis_jobs} a ON a.id = j.dispatch_id \
+         WHERE j.status = 'queued' AND ( \
+         (j.dispatch_id IS NULL AND j.run_after_ms <= {now}) \
+         OR (j.dispatch_id IS NOT NULL AND j.run_after_ms < {lost} \
+             AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')))) \
+         ORDER BY j.priority DESC, j.created_at_ms ASC LIMIT {max}"
+    );
+    // One query, bound for either database (sqlx's `Any` driver would not take our pools).
+    macro_rules! fetch {
+        ($pool:expr) => {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(now_ms)
+                .bind(lost_before_ms)
+                .bind(limit)
+                .fetch_all($pool)
+                .await?
+        };
     }
+    Ok(match db.pool() {
+        Pool::Sqlite(pool) => fetch!(pool),
+        Pool::Postgres(pool) => fetch!(pool),
+    })
 }
 
 /// Deletes apalis' records of deliveries finished before `before_secs` (Unix seconds), which

@@ -4,19 +4,21 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, http::header, web};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{
     problem::ApiError,
-    uploads::upload_meta,
+    uploads::{closing, upload_meta},
     wire::{EventList, EventOut, JobIn, JobList, JobOut, LogLineOut, LogList, TimeoutIn},
 };
 use crate::{
     domain::JobStatus,
-    ids::{JobId, UploadId},
+    ids::JobId,
     service::{
         Services,
-        jobs::{JobFilter, JobView, NewJob, Reservation},
+        jobs::{
+            DEFAULT_INPUT_NAME, Idempotency, IdempotencyKey, JobFilter, JobRequest, JobView,
+            Submitted,
+        },
     },
     time::parse_rfc3339,
 };
@@ -37,13 +39,27 @@ pub(crate) fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
 fn job_response(status: StatusCode, view: &JobView) -> HttpResponse {
     let out = JobOut::from(view);
     let mut res = HttpResponse::build(status);
-    if !JobStatus::parse(&out.status).is_some_and(JobStatus::is_finished) {
+    if !view.job.status.is_finished() {
         res.insert_header((header::RETRY_AFTER, POLL_AFTER_SECS));
     }
     if status == StatusCode::ACCEPTED {
         res.insert_header((header::LOCATION, out.links.self_.clone()));
     }
     res.json(out)
+}
+
+fn submitted_response(submitted: Submitted) -> HttpResponse {
+    match submitted {
+        Submitted::Created(view) => job_response(StatusCode::ACCEPTED, &view),
+        Submitted::Replayed(view) => {
+            let mut res = job_response(StatusCode::ACCEPTED, &view);
+            res.headers_mut().insert(
+                header::HeaderName::from_static("idempotent-replayed"),
+                header::HeaderValue::from_static("true"),
+            );
+            res
+        }
+    }
 }
 
 /// Query parameters of the one-request form: `POST /v1/jobs?kind=K[&input=NAME]` + raw body.
@@ -59,41 +75,34 @@ pub struct CreateQuery {
     pub max_attempts: Option<u32>,
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
-    match req.headers().get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.trim_matches('"').to_owned()))
-            .map_err(|_| {
-                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
-            }),
+impl CreateQuery {
+    fn is_empty(&self) -> bool {
+        self.kind.is_none()
+            && self.input.is_none()
+            && self.params.is_none()
+            && self.priority.is_none()
+            && self.timeout.is_none()
+            && self.max_attempts.is_none()
     }
 }
 
-fn fingerprint(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value.to_str().map_err(|_| {
+        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+    })?;
+    Ok(Some(IdempotencyKey::parse(text.trim_matches('"'))?))
 }
 
-/// Sorts object keys recursively so equal JSON documents fingerprint equally.
-fn canonical_json(v: &serde_json::Value) -> String {
-    fn sort(v: &serde_json::Value) -> serde_json::Value {
-        match v {
-            serde_json::Value::Object(m) => {
-                let sorted: std::collections::BTreeMap<_, _> =
-                    m.iter().map(|(k, v)| (k.clone(), sort(v))).collect();
-                serde_json::Value::Object(sorted.into_iter().collect())
-            }
-            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    sort(v).to_string()
+fn invalid_field(field: &str, msg: String) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_field",
+        msg.clone(),
+    )
+    .with_field(field, msg)
 }
 
 pub async fn create(
@@ -103,35 +112,23 @@ pub async fn create(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let query = query.into_inner();
-    let created = async {
-        let key = idempotency_key(&req)?;
-        if query.kind.is_some() {
-            return create_from_file(services, req, query, body, key).await;
+    let submitted = async {
+        if query.is_empty() {
+            create_from_json(&services, &req, body).await
+        } else {
+            create_from_file(&services, &req, query, body).await
         }
-        if query.input.is_some()
-            || query.params.is_some()
-            || query.priority.is_some()
-            || query.timeout.is_some()
-            || query.max_attempts.is_some()
-        {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "query parameters are only for the one-request form, which needs ?kind=…",
-            ));
-        }
-        create_from_json(services, req, body, key).await
     }
     .await;
     // Either form carries a body that an error may leave unread.
-    Ok(created.unwrap_or_else(super::uploads::closing))
+    Ok(submitted.map_or_else(closing, submitted_response))
 }
 
 async fn create_from_json(
-    services: web::Data<Services>,
-    req: HttpRequest,
+    services: &Services,
+    req: &HttpRequest,
     mut body: web::Payload,
-    key: Option<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Submitted, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -147,6 +144,7 @@ async fn create_from_json(
             "send the job as application/json, or the raw file with ?kind=… in the URL",
         ));
     }
+    let key = idempotency_key(req)?;
     let limit = services.settings.limits.max_json_bytes;
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
@@ -164,104 +162,57 @@ async fn create_from_json(
         }
         bytes.extend_from_slice(&chunk);
     }
-    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    let fp = fingerprint(&["json", &canonical_json(&value)]);
-    let job_in: JobIn = serde_json::from_value(value).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            format!("the job request does not match the expected shape: {e}"),
-        )
-    })?;
+    let job_in: JobIn = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+        })
+        .and_then(|value| {
+            serde_json::from_value(value).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("the job request does not match the expected shape: {e}"),
+                )
+            })
+        })?;
     let timeout = match &job_in.timeout {
         None => None,
-        Some(t) => Some(t.to_duration().map_err(|msg| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_field",
-                msg.clone(),
-            )
-            .with_field("timeout", msg)
-        })?),
+        Some(t) => Some(
+            t.to_duration()
+                .map_err(|msg| invalid_field("timeout", msg))?,
+        ),
     };
-    let new = NewJob {
+    let spec = services.job_spec(JobRequest {
         kind: job_in.kind,
-        inputs: job_in.inputs,
         params: job_in.params.unwrap_or_default(),
         priority: job_in.priority,
         timeout,
         max_attempts: job_in.max_attempts,
-    };
-    with_idempotency(&services, key.as_deref(), &fp, || {
-        services.create_job(new, key.as_deref())
-    })
-    .await
+    })?;
+    let idempotency = key.map(|key| {
+        let inputs = serde_json::to_string(&job_in.inputs).unwrap_or_default();
+        Idempotency::new(key, &["json", &spec.canonical(), &inputs])
+    });
+    Ok(services
+        .submit_job(spec, job_in.inputs, idempotency)
+        .await?)
 }
 
-/// Runs `create` under an idempotency key: replays an earlier result, or reserves the key and
-/// releases it again if `create` fails.
-async fn with_idempotency<F, Fut>(
-    services: &Services,
-    key: Option<&str>,
-    fp: &str,
-    create: F,
-) -> Result<HttpResponse, ApiError>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Result<JobView, crate::service::ServiceError>>,
-{
-    if let Some(key) = key
-        && let Reservation::Replay(view) = services.reserve_idempotency_key(key, fp).await?
-    {
-        let mut res = job_response(StatusCode::ACCEPTED, &view);
-        res.headers_mut().insert(
-            header::HeaderName::from_static("idempotent-replayed"),
-            header::HeaderValue::from_static("true"),
-        );
-        return Ok(res);
-    }
-    match create().await {
-        Ok(view) => Ok(job_response(StatusCode::ACCEPTED, &view)),
-        Err(err) => {
-            if let Some(key) = key {
-                services.release_idempotency_key(key).await;
-            }
-            Err(err.into())
-        }
-    }
-}
-
+/// The one-request form. The whole request — kind, limits, input name, params, idempotency —
+/// is checked before one byte of the (possibly multi-GiB) body is read.
 async fn create_from_file(
-    services: web::Data<Services>,
-    req: HttpRequest,
+    services: &Services,
+    req: &HttpRequest,
     query: CreateQuery,
     body: web::Payload,
-    key: Option<String>,
-) -> Result<HttpResponse, ApiError> {
-    let kind = query.kind.clone().unwrap_or_default();
-    if !services.kinds.contains_key(&kind) {
-        let known: Vec<&str> = services.kinds.keys().map(String::as_str).collect();
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_kind",
-            format!(
-                "no handler serves kind {kind:?}; known kinds: {}",
-                known.join(", ")
-            ),
-        )
-        .with_field("kind", "unknown kind"));
-    }
-    let input = query.input.clone().unwrap_or_else(|| "input".to_owned());
-    crate::domain::validate_input_name(&input).map_err(|msg| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            format!("input name {msg}"),
-        )
-        .with_field("input", msg)
-    })?;
+) -> Result<Submitted, ApiError> {
+    let key = idempotency_key(req)?;
+    let Some(kind) = query.kind else {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "query parameters are only for the one-request form, which needs ?kind=…",
+        ));
+    };
     let params = match &query.params {
         None => serde_json::Map::new(),
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
@@ -276,58 +227,39 @@ async fn create_from_file(
             }
         },
     };
-    let timeout = match &query.timeout {
+    let timeout = match query.timeout {
         None => None,
         Some(t) => {
             let parsed = match t.parse::<u64>() {
                 Ok(secs) => TimeoutIn::Seconds(secs),
-                Err(_) => TimeoutIn::Text(t.clone()),
+                Err(_) => TimeoutIn::Text(t),
             };
-            Some(parsed.to_duration().map_err(|msg| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_field",
-                    msg.clone(),
-                )
-                .with_field("timeout", msg)
-            })?)
+            Some(
+                parsed
+                    .to_duration()
+                    .map_err(|msg| invalid_field("timeout", msg))?,
+            )
         }
     };
-    let meta = upload_meta(&req)?;
-    let fp = fingerprint(&[
-        "file",
-        &kind,
-        &input,
-        &canonical_json(&serde_json::Value::Object(params.clone())),
-        &format!(
-            "{:?}/{:?}/{:?}",
-            query.priority, timeout, query.max_attempts
-        ),
-        &format!("{:?}", meta.declared_length),
-        &meta.expected_sha256.map(hex::encode).unwrap_or_default(),
-    ]);
-    let services_ref: &Services = &services;
-    with_idempotency(services_ref, key.as_deref(), &fp, || async {
-        let upload = services_ref.create_upload(body, meta).await?;
-        let new = NewJob {
-            kind,
-            inputs: [(input, UploadId(upload.id).to_string())]
-                .into_iter()
-                .collect(),
-            params,
-            priority: query.priority,
-            timeout,
-            max_attempts: query.max_attempts,
-        };
-        match services_ref.create_job(new, key.as_deref()).await {
-            Ok(view) => Ok(view),
-            Err(err) => {
-                let _ = services_ref.delete_upload(UploadId(upload.id)).await;
-                Err(err)
-            }
-        }
-    })
-    .await
+    let spec = services.job_spec(JobRequest {
+        kind,
+        params,
+        priority: query.priority,
+        timeout,
+        max_attempts: query.max_attempts,
+    })?;
+    let input = query.input.unwrap_or_else(|| DEFAULT_INPUT_NAME.to_owned());
+    crate::domain::validate_input_name(&input)
+        .map_err(|msg| invalid_field("input", format!("input name {msg}")))?;
+    let meta = upload_meta(req)?;
+    let idempotency = key.map(|key| {
+        let length = format!("{:?}", meta.declared_length);
+        let digest = meta.expected_sha256.map(hex::encode).unwrap_or_default();
+        Idempotency::new(key, &["file", &spec.canonical(), &input, &length, &digest])
+    });
+    Ok(services
+        .submit_job_with_body(spec, input, body, meta, idempotency)
+        .await?)
 }
 
 pub async fn get(
@@ -419,7 +351,7 @@ pub async fn cancel(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let view = services.cancel_job(parse_job_id(&id)?).await?;
-    let status = if view.job.status == JobStatus::Canceled.as_str() {
+    let status = if view.job.status == JobStatus::Canceled {
         StatusCode::OK
     } else {
         StatusCode::ACCEPTED

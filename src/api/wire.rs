@@ -1,16 +1,17 @@
-//! Wire types: exactly what `openapi.yaml` describes. Built from rows, never stored.
+//! Wire types: exactly what `openapi.yaml` describes. Built from rows, never stored; they
+//! deserialize too, so tests and clients written in Rust can read the API's answers with them.
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    domain::JobFailure,
+    domain::{EventKind, JobFailure, JobStatus},
     ids::{JobId, UploadId},
     service::jobs::JobView,
     storage::entities::{job_event, job_log, result, upload},
     time::{now_ms, to_rfc3339},
 };
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UploadOut {
     pub id: String,
     pub size: i64,
@@ -36,7 +37,7 @@ impl From<&upload::Model> for UploadOut {
 }
 
 /// A job creation request (JSON form).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobIn {
     pub kind: String,
@@ -50,7 +51,7 @@ pub struct JobIn {
     pub max_attempts: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum TimeoutIn {
     Seconds(u64),
@@ -67,7 +68,7 @@ impl TimeoutIn {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProgressOut {
     pub percent: Option<f64>,
     pub stage: Option<String>,
@@ -75,7 +76,7 @@ pub struct ProgressOut {
     pub updated_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobErrorOut {
     #[serde(rename = "type")]
     pub type_: String,
@@ -86,7 +87,7 @@ pub struct JobErrorOut {
     pub attempt: i32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputOut {
     pub name: String,
     pub upload_id: String,
@@ -94,7 +95,7 @@ pub struct InputOut {
     pub sha256: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobLinks {
     #[serde(rename = "self")]
     pub self_: String,
@@ -104,11 +105,11 @@ pub struct JobLinks {
     pub cancel: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobOut {
     pub id: String,
     pub kind: String,
-    pub status: String,
+    pub status: JobStatus,
     pub cancel_requested: bool,
     pub progress: Option<ProgressOut>,
     pub attempt: i32,
@@ -148,7 +149,7 @@ impl From<&JobView> for JobOut {
         Self {
             id: id.clone(),
             kind: j.kind.clone(),
-            status: j.status.clone(),
+            status: j.status,
             cancel_requested: j.cancel_requested,
             progress: j.progress_updated_at_ms.map(|at| ProgressOut {
                 percent: j.progress_percent,
@@ -165,7 +166,7 @@ impl From<&JobView> for JobOut {
             started_at: j.started_at_ms.map(to_rfc3339),
             finished_at: j.finished_at_ms.map(to_rfc3339),
             updated_at: to_rfc3339(j.updated_at_ms),
-            retry_at: (j.status == "queued" && j.attempt > 0 && j.run_after_ms > now_ms())
+            retry_at: (j.status == JobStatus::Queued && j.attempt > 0 && j.run_after_ms > now_ms())
                 .then(|| to_rfc3339(j.run_after_ms)),
             error,
             inputs: v
@@ -190,14 +191,14 @@ impl From<&JobView> for JobOut {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobList {
     pub items: Vec<JobOut>,
     /// Pass as `next` to get the following page; null on the last page.
     pub next: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultOut {
     pub name: String,
     pub size: i64,
@@ -225,15 +226,15 @@ impl From<&result::Model> for ResultOut {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultList {
     pub items: Vec<ResultOut>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventOut {
     pub seq: i64,
-    pub kind: String,
+    pub kind: EventKind,
     pub data: serde_json::Value,
     pub created_at: String,
 }
@@ -242,19 +243,19 @@ impl From<&job_event::Model> for EventOut {
     fn from(e: &job_event::Model) -> Self {
         Self {
             seq: e.seq,
-            kind: e.kind.clone(),
+            kind: e.kind,
             data: serde_json::from_str(&e.data).unwrap_or_default(),
             created_at: to_rfc3339(e.created_at_ms),
         }
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventList {
     pub items: Vec<EventOut>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLineOut {
     pub attempt: i32,
     pub line: String,
@@ -271,19 +272,19 @@ impl From<&job_log::Model> for LogLineOut {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogList {
     pub items: Vec<LogLineOut>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
-    pub status: &'static str,
+    pub status: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Readiness {
-    pub status: &'static str,
-    pub database: &'static str,
-    pub blob_store: &'static str,
+    pub status: String,
+    pub database: String,
+    pub blob_store: String,
 }

@@ -9,35 +9,28 @@
 use std::time::Duration;
 
 use rand::Rng;
-use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
-    sea_query::{Expr, ExprTrait, Func},
-};
-use serde_json::json;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set};
 use uuid::Uuid;
 
-use super::{ServiceError, ServiceResult, Services};
+use super::{
+    ServiceError, ServiceResult, Services,
+    lifecycle::{self, Applied, Dispatchable, Holder, PublishedResult, Transition},
+};
 use crate::{
     blobs::keys,
     domain::{JobFailure, JobStatus, validate_result_name},
-    queue::{self, Dispatch},
+    queue::Dispatch,
     storage::{
         StorageError,
         entities::{job, job_input, job_log, result},
     },
-    time::{now_ms, to_rfc3339},
+    time::now_ms,
 };
+
+pub use super::lifecycle::Lease;
 
 /// Log lines kept per job.
 const LOG_TAIL_LINES: u64 = 1000;
-
-/// Proof that this worker runs this attempt.
-#[derive(Clone, Debug)]
-pub struct Lease {
-    pub job_id: Uuid,
-    pub owner: String,
-    pub attempt: i32,
-}
 
 #[derive(Clone, Debug)]
 pub struct ClaimedJob {
@@ -75,14 +68,6 @@ pub enum PublishError {
     Service(#[from] ServiceError),
 }
 
-fn lease_guard(lease: &Lease) -> sea_orm::sea_query::Condition {
-    sea_orm::sea_query::Condition::all()
-        .add(job::Column::Id.eq(lease.job_id))
-        .add(job::Column::Status.eq(JobStatus::Running.as_str()))
-        .add(job::Column::LeaseOwner.eq(lease.owner.as_str()))
-        .add(job::Column::Attempt.eq(lease.attempt))
-}
-
 impl Services {
     fn lease_ttl_ms(&self) -> i64 {
         self.settings.queue.lease_ttl.as_millis() as i64
@@ -96,56 +81,14 @@ impl Services {
         owner: &str,
     ) -> ServiceResult<Option<ClaimedJob>> {
         let now = now_ms();
-        let mut tx = self.db.begin().await?;
-        let claimed = tx
-            .execute(
-                &job::Entity::update_many()
-                    .col_expr(
-                        job::Column::Status,
-                        Expr::value(JobStatus::Running.as_str()),
-                    )
-                    .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).add(1))
-                    .col_expr(job::Column::LeaseOwner, Expr::value(owner))
-                    .col_expr(
-                        job::Column::LeaseExpiresAtMs,
-                        Expr::value(now + self.lease_ttl_ms()),
-                    )
-                    .col_expr(
-                        job::Column::StartedAtMs,
-                        Expr::from(Func::coalesce([
-                            Expr::col(job::Column::StartedAtMs),
-                            Expr::value(now),
-                        ])),
-                    )
-                    .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
-                    .filter(job::Column::Id.eq(dispatch.job_id))
-                    .filter(job::Column::Status.eq(JobStatus::Queued.as_str()))
-                    .filter(job::Column::DispatchId.eq(dispatch.dispatch_id.as_str()))
-                    .filter(job::Column::CancelRequested.eq(false))
-                    .into_query(),
-            )
-            .await?;
-        if claimed == 0 {
+        let claim = Transition::Claim {
+            owner: owner.to_owned(),
+            lease_until_ms: now + self.lease_ttl_ms(),
+        };
+        let holder = Holder::Dispatch(Some(&dispatch.dispatch_id));
+        let Some(applied) = self.transition(dispatch.job_id, holder, claim, now).await? else {
             return Ok(None);
-        }
-        let attempt = tx
-            .fetch_i64(
-                &job::Entity::find()
-                    .select_only()
-                    // BIGINT so one decoder fits both SQLite and PostgreSQL (INT4 there).
-                    .column_as(Expr::col(job::Column::Attempt).cast_as("BIGINT"), "attempt")
-                    .filter(job::Column::Id.eq(dispatch.job_id))
-                    .into_query(),
-            )
-            .await?
-            .unwrap_or(1) as i32;
-        tx.append_event(
-            dispatch.job_id,
-            "started",
-            json!({"status": "running", "attempt": attempt}),
-        )
-        .await?;
-        tx.commit().await?;
+        };
         let Some(job) = job::Entity::find_by_id(dispatch.job_id)
             .one(&self.db.orm)
             .await?
@@ -160,7 +103,7 @@ impl Services {
             lease: Lease {
                 job_id: job.id,
                 owner: owner.to_owned(),
-                attempt,
+                attempt: applied.attempt.unwrap_or(job.attempt),
             },
             job,
             inputs,
@@ -169,21 +112,22 @@ impl Services {
 
     /// Renews the lease (when `renew`) and reports whether a cancel was asked for.
     pub async fn heartbeat(&self, lease: &Lease, renew: bool) -> ServiceResult<LeaseState> {
+        let now = now_ms();
         if renew {
-            let renewed = job::Entity::update_many()
-                .col_expr(
-                    job::Column::LeaseExpiresAtMs,
-                    Expr::value(now_ms() + self.lease_ttl_ms()),
-                )
-                .filter(lease_guard(lease))
-                .exec(&self.db.orm)
-                .await?;
-            if renewed.rows_affected == 0 {
+            let lease_until_ms = now + self.lease_ttl_ms();
+            let renewed = Transition::Renew { lease_until_ms };
+            if self
+                .transition(lease.job_id, Holder::Lease(lease), renewed, now)
+                .await?
+                .is_none()
+            {
                 return Ok(LeaseState::Lost);
             }
         }
-        let row = job::Entity::find()
-            .filter(lease_guard(lease))
+        let row = job::Entity::find_by_id(lease.job_id)
+            .filter(job::Column::Status.eq(JobStatus::Running))
+            .filter(job::Column::LeaseOwner.eq(lease.owner.as_str()))
+            .filter(job::Column::Attempt.eq(lease.attempt))
             .one(&self.db.orm)
             .await?;
         Ok(match row {
@@ -202,34 +146,21 @@ impl Services {
         message: Option<String>,
     ) -> ServiceResult<LeaseState> {
         let now = now_ms();
-        let mut tx = self.db.begin().await?;
-        let updated = tx
-            .execute(
-                &job::Entity::update_many()
-                    .col_expr(job::Column::ProgressPercent, Expr::value(percent))
-                    .col_expr(job::Column::ProgressStage, Expr::value(stage.clone()))
-                    .col_expr(job::Column::ProgressMessage, Expr::value(message.clone()))
-                    .col_expr(job::Column::ProgressUpdatedAtMs, Expr::value(now))
-                    .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
-                    .col_expr(
-                        job::Column::LeaseExpiresAtMs,
-                        Expr::value(now + self.lease_ttl_ms()),
-                    )
-                    .filter(lease_guard(lease))
-                    .into_query(),
-            )
-            .await?;
-        if updated == 0 {
-            return Ok(LeaseState::Lost);
-        }
-        tx.append_event(
-            lease.job_id,
-            "progress",
-            json!({"percent": percent, "stage": stage, "message": message, "attempt": lease.attempt}),
+        let progress = Transition::Progress {
+            percent,
+            stage,
+            message,
+            lease_until_ms: now + self.lease_ttl_ms(),
+        };
+        Ok(
+            match self
+                .transition(lease.job_id, Holder::Lease(lease), progress, now)
+                .await?
+            {
+                Some(_) => LeaseState::Held,
+                None => LeaseState::Lost,
+            },
         )
-        .await?;
-        tx.commit().await?;
-        Ok(LeaseState::Held)
     }
 
     /// Appends handler log lines.
@@ -288,17 +219,21 @@ impl Services {
             blob_key: key.to_string(),
             created_at_ms: now,
         };
+        let published = PublishedResult {
+            name: name.to_owned(),
+            is_final,
+            size: row.size,
+            sha256: row.sha256.clone(),
+            content_type: content_type.to_owned(),
+        };
         let recorded: Result<bool, StorageError> = async {
             let mut tx = self.db.begin().await?;
-            let held = tx
-                .execute(
-                    &job::Entity::update_many()
-                        .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
-                        .filter(lease_guard(lease))
-                        .into_query(),
-                )
-                .await?;
-            if held == 0 {
+            let holder = Holder::Lease(lease);
+            let publish = Transition::Publish(published);
+            if lifecycle::apply(&mut tx, lease.job_id, holder, publish, now)
+                .await?
+                .is_none()
+            {
                 return Ok(false);
             }
             tx.execute(
@@ -311,15 +246,6 @@ impl Services {
             let active: result::ActiveModel = row.clone().into();
             tx.execute(&result::Entity::insert(active).into_query())
                 .await?;
-            tx.append_event(
-                lease.job_id,
-                "result",
-                json!({
-                    "name": name, "final": is_final, "size": stored.size,
-                    "sha256": row.sha256, "content_type": content_type, "attempt": lease.attempt,
-                }),
-            )
-            .await?;
             tx.commit().await?;
             Ok(true)
         }
@@ -354,154 +280,68 @@ impl Services {
         outcome: Outcome,
     ) -> ServiceResult<Option<JobStatus>> {
         let status = self
-            .settle(job, lease_guard(lease), lease.attempt, outcome)
+            .settle(job, Holder::Lease(lease), lease.attempt, outcome, now_ms())
             .await?;
         self.trim_logs(lease.job_id).await;
         Ok(status)
     }
 
-    /// Settles a running attempt matched by `guard`: the shared end of a worker's attempt and of
-    /// a lease the reconciler found expired.
+    /// Settles a running attempt for `holder`: the shared end of a worker's attempt and of a
+    /// lease the reconciler found expired. An outcome that a pending cancel forbids (a retry, a
+    /// requeue) falls back to its final form.
     pub(crate) async fn settle(
         &self,
         job: &job::Model,
-        guard: sea_orm::sea_query::Condition,
+        holder: Holder<'_>,
         attempt: i32,
         outcome: Outcome,
+        now: i64,
     ) -> ServiceResult<Option<JobStatus>> {
-        let now = now_ms();
+        let choices = match outcome {
+            Outcome::Succeeded => vec![Transition::Succeed],
+            Outcome::Canceled => vec![Transition::FinishCanceled],
+            Outcome::Requeue => vec![
+                Transition::Requeue(Dispatchable::from(job)),
+                Transition::FinishCanceled,
+            ],
+            Outcome::Failed(failure) if failure.retryable && attempt < job.max_attempts => vec![
+                Transition::Retry {
+                    failure: failure.clone(),
+                    run_after_ms: now + self.backoff(attempt).as_millis() as i64,
+                },
+                Transition::Fail(failure),
+            ],
+            Outcome::Failed(failure) => vec![Transition::Fail(failure)],
+        };
         let mut tx = self.db.begin().await?;
-        let base = |guard: sea_orm::sea_query::Condition| {
-            job::Entity::update_many()
-                .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-                .col_expr(
-                    job::Column::LeaseExpiresAtMs,
-                    Expr::value(Option::<i64>::None),
-                )
-                .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
-                .filter(guard)
-        };
-        let (status, touched) = match outcome {
-            Outcome::Succeeded | Outcome::Canceled => {
-                let status = if matches!(outcome, Outcome::Succeeded) {
-                    JobStatus::Succeeded
-                } else {
-                    JobStatus::Canceled
-                };
-                let mut update = base(guard)
-                    .col_expr(job::Column::Status, Expr::value(status.as_str()))
-                    .col_expr(job::Column::FinishedAtMs, Expr::value(now));
-                if status == JobStatus::Succeeded {
-                    // A finished job is 100 % done, whatever the handler last reported.
-                    update = update
-                        .col_expr(job::Column::Error, Expr::value(Option::<String>::None))
-                        .col_expr(job::Column::ProgressPercent, Expr::value(100.0f64))
-                        .col_expr(job::Column::ProgressUpdatedAtMs, Expr::value(now));
+        for choice in choices {
+            if let Some(Applied { status, .. }) =
+                lifecycle::apply(&mut tx, job.id, holder, choice, now).await?
+            {
+                tx.commit().await?;
+                if status == JobStatus::Queued {
+                    tracing::info!(job_id = %crate::ids::JobId(job.id), attempt, "attempt ended; job queued again");
                 }
-                let n = tx.execute(&update.into_query()).await?;
-                if n == 1 {
-                    tx.append_event(
-                        job.id,
-                        status.as_str(),
-                        json!({"status": status.as_str(), "attempt": attempt}),
-                    )
-                    .await?;
-                }
-                (status, n)
+                return Ok(Some(status));
             }
-            Outcome::Requeue => {
-                let dispatch = Dispatch {
-                    job_id: job.id,
-                    dispatch_id: queue::new_dispatch_id(),
-                };
-                let n = tx
-                    .execute(
-                        &base(guard)
-                            .col_expr(job::Column::Status, Expr::value(JobStatus::Queued.as_str()))
-                            .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).sub(1))
-                            .col_expr(job::Column::RunAfterMs, Expr::value(now))
-                            .col_expr(
-                                job::Column::DispatchId,
-                                Expr::value(dispatch.dispatch_id.as_str()),
-                            )
-                            .filter(job::Column::CancelRequested.eq(false))
-                            .into_query(),
-                    )
-                    .await?;
-                if n == 1 {
-                    tx.append_event(
-                        job.id,
-                        "requeued",
-                        json!({"status": "queued", "attempt": attempt, "reason": "worker_shutdown"}),
-                    )
-                    .await?;
-                    queue::enqueue(&mut tx, &job.kind, &dispatch, job.priority, now).await?;
-                }
-                (JobStatus::Queued, n)
-            }
-            Outcome::Failed(failure) => {
-                let error_json = serde_json::to_string(&failure).unwrap_or_default();
-                let retry = failure.retryable && attempt < job.max_attempts;
-                if retry {
-                    let run_after = now + self.backoff(attempt).as_millis() as i64;
-                    let dispatch = Dispatch {
-                        job_id: job.id,
-                        dispatch_id: queue::new_dispatch_id(),
-                    };
-                    let n = tx
-                        .execute(
-                            &base(guard.clone())
-                                .col_expr(
-                                    job::Column::Status,
-                                    Expr::value(JobStatus::Queued.as_str()),
-                                )
-                                .col_expr(job::Column::Error, Expr::value(error_json.clone()))
-                                .col_expr(job::Column::RunAfterMs, Expr::value(run_after))
-                                .col_expr(
-                                    job::Column::DispatchId,
-                                    Expr::value(dispatch.dispatch_id.as_str()),
-                                )
-                                .filter(job::Column::CancelRequested.eq(false))
-                                .into_query(),
-                        )
-                        .await?;
-                    if n == 1 {
-                        tx.append_event(
-                            job.id,
-                            "retry_scheduled",
-                            json!({"status": "queued", "attempt": attempt, "error": failure, "retry_at": to_rfc3339(run_after)}),
-                        )
-                        .await?;
-                        queue::enqueue(&mut tx, &job.kind, &dispatch, job.priority, run_after)
-                            .await?;
-                        tx.commit().await?;
-                        tracing::warn!(job_id = %crate::ids::JobId(job.id), attempt, code = %failure.code, "attempt failed; retry scheduled");
-                        return Ok(Some(JobStatus::Queued));
-                    }
-                    // A cancel arrived meanwhile: fall through to a final failure below.
-                }
-                let n = tx
-                    .execute(
-                        &base(guard)
-                            .col_expr(job::Column::Status, Expr::value(JobStatus::Failed.as_str()))
-                            .col_expr(job::Column::FinishedAtMs, Expr::value(now))
-                            .col_expr(job::Column::Error, Expr::value(error_json))
-                            .into_query(),
-                    )
-                    .await?;
-                if n == 1 {
-                    tx.append_event(
-                        job.id,
-                        "failed",
-                        json!({"status": "failed", "attempt": attempt, "error": failure}),
-                    )
-                    .await?;
-                }
-                (JobStatus::Failed, n)
-            }
-        };
-        tx.commit().await?;
-        Ok((touched == 1).then_some(status))
+        }
+        Ok(None)
+    }
+
+    /// Runs one transition in its own transaction (see [`lifecycle::apply`]).
+    pub async fn transition(
+        &self,
+        job_id: Uuid,
+        holder: Holder<'_>,
+        transition: Transition,
+        now: i64,
+    ) -> ServiceResult<Option<Applied>> {
+        let mut tx = self.db.begin().await?;
+        let applied = lifecycle::apply(&mut tx, job_id, holder, transition, now).await?;
+        if applied.is_some() {
+            tx.commit().await?;
+        }
+        Ok(applied)
     }
 
     /// Exponential backoff with jitter: base × 2^(attempt-1), capped, then scaled by 0.75–1.25.

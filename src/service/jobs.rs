@@ -3,20 +3,25 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use bytes::Bytes;
+use futures_util::Stream;
 use sea_orm::{
-    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
-    Set,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
     sea_query::{Expr, OnConflict},
 };
-use serde_json::json;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{ErrorClass, ServiceError, ServiceResult, Services};
+use super::{
+    ErrorClass, ServiceError, ServiceResult, Services,
+    lifecycle::{self, Dispatchable, Holder, JobEvent, Transition},
+    uploads::UploadMeta,
+};
 use crate::{
     blobs::keys,
     domain::{JobStatus, validate_input_name},
     ids::{JobId, UploadId},
-    queue::{self, Dispatch},
+    queue,
     storage::entities::{idempotency_key, job, job_event, job_input, job_log, result, upload},
     time::now_ms,
 };
@@ -27,16 +32,44 @@ const IDEMPOTENCY_IN_FLIGHT_STALE_MS: i64 = 15 * 60 * 1000;
 
 pub const MAX_PRIORITY: i32 = 100;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// The input name of the one-request form when the client gives none.
+pub const DEFAULT_INPUT_NAME: &str = "input";
 
-#[derive(Clone, Debug)]
-pub struct NewJob {
+/// A job request as the client wrote it, before any check.
+#[derive(Clone, Debug, Default)]
+pub struct JobRequest {
     pub kind: String,
-    /// Input name → upload id, as the client wrote it.
-    pub inputs: BTreeMap<String, String>,
     pub params: serde_json::Map<String, serde_json::Value>,
     pub priority: Option<i32>,
     pub timeout: Option<Duration>,
     pub max_attempts: Option<u32>,
+}
+
+/// A checked job request: the kind is served, every limit is in range and the kind's defaults
+/// are filled in. Made by [`Services::job_spec`] before any byte of an input is read, so a bad
+/// request costs the client nothing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    pub kind: String,
+    pub params: serde_json::Map<String, serde_json::Value>,
+    pub priority: i32,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+}
+
+/// An `Idempotency-Key` header with the fingerprint of the request it came with.
+#[derive(Clone, Debug)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// The answer to a job submission.
+#[derive(Clone, Debug)]
+pub enum Submitted {
+    Created(JobView),
+    /// The `Idempotency-Key` already created this job.
+    Replayed(JobView),
 }
 
 /// A job with what the API shows alongside it.
@@ -59,11 +92,73 @@ pub struct JobFilter {
 }
 
 /// Outcome of presenting an `Idempotency-Key`.
-pub enum Reservation {
+enum Reservation {
     /// The key is ours: go ahead and create the job.
     Reserved,
     /// The key already created this job: replay it.
     Replay(Box<JobView>),
+}
+
+/// A checked `Idempotency-Key` header value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(key: &str) -> ServiceResult<Self> {
+        if key.is_empty() || key.len() > 255 {
+            return Err(ServiceError::new(
+                ErrorClass::BadRequest,
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 characters",
+            ));
+        }
+        Ok(Self(key.to_owned()))
+    }
+}
+
+impl Idempotency {
+    /// `key` with a fingerprint of everything that makes the request what it is (`parts`, in
+    /// order): the same key with a different request is refused.
+    pub fn new(key: IdempotencyKey, parts: &[&str]) -> Self {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update(p.as_bytes());
+            h.update([0]);
+        }
+        Self {
+            key: key.0,
+            fingerprint: hex::encode(h.finalize()),
+        }
+    }
+}
+
+impl JobSpec {
+    /// The spec in a canonical text form, for idempotency fingerprints.
+    pub fn canonical(&self) -> String {
+        format!(
+            "{}\0{}\0{}\0{}\0{}",
+            self.kind,
+            canonical_json(&serde_json::Value::Object(self.params.clone())),
+            self.priority,
+            self.timeout.as_millis(),
+            self.max_attempts
+        )
+    }
+}
+
+/// Sorts object keys recursively so equal JSON documents fingerprint equally.
+fn canonical_json(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: BTreeMap<_, _> = m.iter().map(|(k, v)| (k.clone(), sort(v))).collect();
+                serde_json::Value::Object(sorted.into_iter().collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
 }
 
 impl Services {
@@ -74,19 +169,126 @@ impl Services {
         )
     }
 
-    /// Claims `key` for a request with `fingerprint`, or says what to replay.
-    pub async fn reserve_idempotency_key(
-        &self,
-        key: &str,
-        fingerprint: &str,
-    ) -> ServiceResult<Reservation> {
-        if key.is_empty() || key.len() > 255 {
-            return Err(ServiceError::new(
-                ErrorClass::BadRequest,
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1-255 characters",
+    /// Checks a job request against the kind it names and fills in that kind's defaults.
+    pub fn job_spec(&self, request: JobRequest) -> ServiceResult<JobSpec> {
+        let defaults = self.kinds.get(&request.kind).ok_or_else(|| {
+            let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
+            ServiceError::new(
+                ErrorClass::Unprocessable,
+                "unknown_kind",
+                format!(
+                    "no handler serves kind {:?}; known kinds: {}",
+                    request.kind,
+                    known.join(", ")
+                ),
+            )
+            .with_field("kind")
+        })?;
+        let priority = request.priority.unwrap_or(0);
+        if !(0..=MAX_PRIORITY).contains(&priority) {
+            return Err(ServiceError::invalid(
+                "priority",
+                format!("priority must be between 0 and {MAX_PRIORITY} (higher runs first)"),
             ));
         }
+        let max_attempts = request.max_attempts.unwrap_or(defaults.max_attempts);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return Err(ServiceError::invalid(
+                "max_attempts",
+                format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+            ));
+        }
+        let timeout = request.timeout.unwrap_or(defaults.timeout);
+        if timeout.is_zero() || timeout > defaults.timeout {
+            return Err(ServiceError::invalid(
+                "timeout",
+                format!(
+                    "timeout must be positive and at most {} for kind {:?}",
+                    humantime::format_duration(defaults.timeout),
+                    request.kind
+                ),
+            ));
+        }
+        Ok(JobSpec {
+            kind: request.kind,
+            params: request.params,
+            priority,
+            timeout,
+            max_attempts,
+        })
+    }
+
+    /// Creates a job on uploads made earlier (`inputs`: input name → upload id as the client
+    /// wrote it), or replays the job an idempotency key created.
+    pub async fn submit_job(
+        &self,
+        spec: JobSpec,
+        inputs: BTreeMap<String, String>,
+        idempotency: Option<Idempotency>,
+    ) -> ServiceResult<Submitted> {
+        self.idempotently(idempotency, |key| self.create_job(spec, inputs, key))
+            .await
+    }
+
+    /// The one-request form: streams `body` into an upload, then creates a job with it as input
+    /// `input` (checked here, before the body is read). A job that cannot be created takes its
+    /// upload with it.
+    pub async fn submit_job_with_body<S, E>(
+        &self,
+        spec: JobSpec,
+        input: String,
+        body: S,
+        meta: UploadMeta,
+        idempotency: Option<Idempotency>,
+    ) -> ServiceResult<Submitted>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: std::fmt::Display,
+    {
+        validate_input_name(&input)
+            .map_err(|msg| ServiceError::invalid("input", format!("input name {msg}")))?;
+        self.idempotently(idempotency, |key| async move {
+            let upload = self.create_upload(body, meta).await?;
+            let inputs = [(input, UploadId(upload.id).to_string())].into();
+            let created = self.create_job(spec, inputs, key).await;
+            if created.is_err() {
+                let _ = self.delete_upload(UploadId(upload.id)).await;
+            }
+            created
+        })
+        .await
+    }
+
+    /// Runs `create` under an idempotency key: replays what the key created before, or reserves
+    /// the key (handing it to `create`, which records it with the job) and releases it again if
+    /// `create` fails, so the client can retry with it.
+    async fn idempotently<F, Fut>(
+        &self,
+        idempotency: Option<Idempotency>,
+        create: F,
+    ) -> ServiceResult<Submitted>
+    where
+        F: FnOnce(Option<String>) -> Fut,
+        Fut: std::future::Future<Output = ServiceResult<JobView>>,
+    {
+        let Some(idempotency) = idempotency else {
+            return create(None).await.map(Submitted::Created);
+        };
+        if let Reservation::Replay(view) = self.reserve_idempotency_key(&idempotency).await? {
+            return Ok(Submitted::Replayed(*view));
+        }
+        match create(Some(idempotency.key.clone())).await {
+            Ok(view) => Ok(Submitted::Created(view)),
+            Err(err) => {
+                self.release_idempotency_key(&idempotency.key).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Claims the key for this request, or says what to replay.
+    async fn reserve_idempotency_key(&self, idem: &Idempotency) -> ServiceResult<Reservation> {
+        let (key, fingerprint) = (idem.key.as_str(), idem.fingerprint.as_str());
         let now = now_ms();
         let inserted = idempotency_key::Entity::insert(idempotency_key::ActiveModel {
             key: Set(key.to_owned()),
@@ -143,8 +345,8 @@ impl Services {
         }
     }
 
-    /// Gives a reservation back after the request failed, so the client can retry with it.
-    pub async fn release_idempotency_key(&self, key: &str) {
+    /// Gives a reservation back after the request failed.
+    async fn release_idempotency_key(&self, key: &str) {
         let res = idempotency_key::Entity::delete_many()
             .filter(idempotency_key::Column::Key.eq(key))
             .filter(idempotency_key::Column::JobId.is_null())
@@ -155,59 +357,22 @@ impl Services {
         }
     }
 
-    /// Validates and creates a job: one transaction inserts the job, its inputs and its first
-    /// event, attaches its uploads, records the idempotency key and enqueues the dispatch.
-    pub async fn create_job(
+    /// Creates a job: one transaction inserts the job, its inputs and its first event, attaches
+    /// its uploads, records the idempotency key and enqueues the dispatch.
+    async fn create_job(
         &self,
-        new: NewJob,
-        idempotency_key: Option<&str>,
+        spec: JobSpec,
+        input_ids: BTreeMap<String, String>,
+        idempotency_key: Option<String>,
     ) -> ServiceResult<JobView> {
-        let defaults = self.kinds.get(&new.kind).ok_or_else(|| {
-            let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
-            ServiceError::new(
-                ErrorClass::Unprocessable,
-                "unknown_kind",
-                format!(
-                    "no handler serves kind {:?}; known kinds: {}",
-                    new.kind,
-                    known.join(", ")
-                ),
-            )
-            .with_field("kind")
-        })?;
-        let priority = new.priority.unwrap_or(0);
-        if !(0..=MAX_PRIORITY).contains(&priority) {
-            return Err(ServiceError::invalid(
-                "priority",
-                format!("priority must be between 0 and {MAX_PRIORITY} (higher runs first)"),
-            ));
-        }
-        let max_attempts = new.max_attempts.unwrap_or(defaults.max_attempts);
-        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
-            return Err(ServiceError::invalid(
-                "max_attempts",
-                format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
-            ));
-        }
-        let timeout = new.timeout.unwrap_or(defaults.timeout);
-        if timeout.is_zero() || timeout > defaults.timeout {
-            return Err(ServiceError::invalid(
-                "timeout",
-                format!(
-                    "timeout must be positive and at most {} for kind {:?}",
-                    humantime::format_duration(defaults.timeout),
-                    new.kind
-                ),
-            ));
-        }
-        if new.inputs.is_empty() {
+        if input_ids.is_empty() {
             return Err(ServiceError::invalid(
                 "inputs",
                 "a job needs at least one input: {\"NAME\": \"upl_…\"}",
             ));
         }
-        let mut uploads = Vec::with_capacity(new.inputs.len());
-        for (name, upload_text) in &new.inputs {
+        let mut uploads = Vec::with_capacity(input_ids.len());
+        for (name, upload_text) in &input_ids {
             let field = format!("inputs.{name}");
             validate_input_name(name)
                 .map_err(|msg| ServiceError::invalid(&field, format!("input name {msg}")))?;
@@ -236,18 +401,15 @@ impl Services {
 
         let id = JobId::new();
         let now = now_ms();
-        let dispatch = Dispatch {
-            job_id: id.0,
-            dispatch_id: queue::new_dispatch_id(),
-        };
+        let dispatch_id = queue::new_dispatch_id(now);
         let row = job::Model {
             id: id.0,
-            kind: new.kind.clone(),
-            status: JobStatus::Queued.as_str().into(),
-            params: serde_json::Value::Object(new.params).to_string(),
-            priority,
-            timeout_ms: timeout.as_millis() as i64,
-            max_attempts: max_attempts as i32,
+            kind: spec.kind.clone(),
+            status: JobStatus::Queued,
+            params: serde_json::Value::Object(spec.params).to_string(),
+            priority: spec.priority,
+            timeout_ms: spec.timeout.as_millis() as i64,
+            max_attempts: spec.max_attempts as i32,
             attempt: 0,
             progress_percent: None,
             progress_stage: None,
@@ -259,7 +421,7 @@ impl Services {
             finished_at_ms: None,
             updated_at_ms: now,
             run_after_ms: now,
-            dispatch_id: Some(dispatch.dispatch_id.clone()),
+            dispatch_id: Some(dispatch_id.clone()),
             lease_owner: None,
             lease_expires_at_ms: None,
             cancel_requested: false,
@@ -312,7 +474,8 @@ impl Services {
             .await?;
             inputs.push(input);
         }
-        tx.append_event(id.0, "queued", json!({"status": "queued", "attempt": 0}))
+        let created = JobEvent::Queued;
+        tx.append_event(id.0, created.kind(), created.data())
             .await?;
         if let Some(key) = idempotency_key {
             tx.execute(
@@ -323,9 +486,9 @@ impl Services {
             )
             .await?;
         }
-        queue::enqueue(&mut tx, &new.kind, &dispatch, priority, now).await?;
+        lifecycle::dispatch(&mut tx, &Dispatchable::from(&row), dispatch_id).await?;
         tx.commit().await?;
-        tracing::info!(job_id = %id, kind = %new.kind, "job queued");
+        tracing::info!(job_id = %id, kind = %row.kind, "job queued");
         // The job as created, not re-read: a worker may already have claimed it, and the answer
         // to the request that queued it should say "queued".
         Ok(JobView {
@@ -347,27 +510,51 @@ impl Services {
     }
 
     async fn view(&self, job: job::Model) -> ServiceResult<JobView> {
-        let inputs = job_input::Entity::find()
-            .filter(job_input::Column::JobId.eq(job.id))
+        Ok(self
+            .views(vec![job])
+            .await?
+            .pop()
+            .expect("one view per job"))
+    }
+
+    /// Jobs with their inputs and result counts: three queries, however many jobs.
+    async fn views(&self, jobs: Vec<job::Model>) -> ServiceResult<Vec<JobView>> {
+        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+        let mut inputs: BTreeMap<Uuid, Vec<job_input::Model>> = BTreeMap::new();
+        for input in job_input::Entity::find()
+            .filter(job_input::Column::JobId.is_in(ids.clone()))
             .order_by_asc(job_input::Column::Name)
             .all(&self.db.orm)
-            .await?;
-        let result_count = result::Entity::find()
-            .filter(result::Column::JobId.eq(job.id))
-            .count(&self.db.orm)
-            .await?;
-        Ok(JobView {
-            job,
-            inputs,
-            result_count,
-        })
+            .await?
+        {
+            inputs.entry(input.job_id).or_default().push(input);
+        }
+        let counts: BTreeMap<Uuid, i64> = result::Entity::find()
+            .select_only()
+            .column(result::Column::JobId)
+            .column_as(result::Column::Id.count(), "results")
+            .filter(result::Column::JobId.is_in(ids))
+            .group_by(result::Column::JobId)
+            .into_tuple::<(Uuid, i64)>()
+            .all(&self.db.orm)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(jobs
+            .into_iter()
+            .map(|job| JobView {
+                inputs: inputs.remove(&job.id).unwrap_or_default(),
+                result_count: counts.get(&job.id).copied().unwrap_or(0) as u64,
+                job,
+            })
+            .collect())
     }
 
     /// Newest first. Returns the page and whether more jobs follow it.
     pub async fn list_jobs(&self, filter: JobFilter) -> ServiceResult<(Vec<JobView>, bool)> {
         let mut query = job::Entity::find().order_by_desc(job::Column::Id);
         if let Some(status) = filter.status {
-            query = query.filter(job::Column::Status.eq(status.as_str()));
+            query = query.filter(job::Column::Status.eq(status));
         }
         if let Some(kind) = &filter.kind {
             query = query.filter(job::Column::Kind.eq(kind.as_str()));
@@ -384,66 +571,34 @@ impl Services {
         let mut rows = query.limit(filter.limit + 1).all(&self.db.orm).await?;
         let more = rows.len() as u64 > filter.limit;
         rows.truncate(filter.limit as usize);
-        let mut views = Vec::with_capacity(rows.len());
-        for row in rows {
-            views.push(self.view(row).await?);
-        }
-        Ok((views, more))
+        Ok((self.views(rows).await?, more))
     }
 
     /// Cancels a queued job at once; asks the worker of a running job to stop it (within about a
     /// second), keeping the results it already published.
     pub async fn cancel_job(&self, id: JobId) -> ServiceResult<JobView> {
-        // The conditional updates decide (a job may finish at any moment); the job is read once,
+        // The transitions decide (a job may finish at any moment); the job is read once,
         // afterwards, for the answer.
         let now = now_ms();
         let mut tx = self.db.begin().await?;
-        let canceled_now = tx
-            .execute(
-                &job::Entity::update_many()
-                    .col_expr(
-                        job::Column::Status,
-                        Expr::value(JobStatus::Canceled.as_str()),
-                    )
-                    .col_expr(job::Column::CancelRequested, Expr::value(true))
-                    .col_expr(job::Column::FinishedAtMs, Expr::value(now))
-                    .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
-                    .filter(job::Column::Id.eq(id.0))
-                    .filter(job::Column::Status.eq(JobStatus::Queued.as_str()))
-                    .into_query(),
-            )
-            .await?;
-        let requested = if canceled_now == 1 {
-            tx.append_event(id.0, "canceled", json!({"status": "canceled"}))
-                .await?;
-            0
-        } else {
-            let requested = tx
-                .execute(
-                    &job::Entity::update_many()
-                        .col_expr(job::Column::CancelRequested, Expr::value(true))
-                        .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
-                        .filter(job::Column::Id.eq(id.0))
-                        .filter(job::Column::Status.eq(JobStatus::Running.as_str()))
-                        .filter(job::Column::CancelRequested.eq(false))
-                        .into_query(),
-                )
-                .await?;
-            if requested == 1 {
-                tx.append_event(id.0, "cancel_requested", json!({"status": "running"}))
-                    .await?;
+        let mut changed = false;
+        for cancel in [Transition::CancelQueued, Transition::RequestCancel] {
+            if lifecycle::apply(&mut tx, id.0, Holder::Anyone, cancel, now)
+                .await?
+                .is_some()
+            {
+                changed = true;
+                break;
             }
-            requested
-        };
+        }
         tx.commit().await?;
         let after = self.get_job(id).await?;
-        let status = JobStatus::parse(&after.job.status).unwrap_or(JobStatus::Failed);
-        if canceled_now == 0 && requested == 0 && status.is_finished() {
+        if !changed && after.job.status.is_finished() {
             return Err(ServiceError::conflict(
                 "job_finished",
                 format!(
                     "job {id} already finished as {}; nothing to cancel",
-                    status.as_str()
+                    after.job.status
                 ),
             ));
         }
@@ -456,26 +611,10 @@ impl Services {
     /// bytes go, then the rows. Interrupted, it can simply be called again.
     pub async fn delete_job(&self, id: JobId) -> ServiceResult<()> {
         let current = self.get_job(id).await?;
-        let now = now_ms();
-        let mut tx = self.db.begin().await?;
-        tx.execute(
-            &job::Entity::update_many()
-                .col_expr(job::Column::CancelRequested, Expr::value(true))
-                .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
-                .col_expr(
-                    job::Column::Status,
-                    Expr::value(JobStatus::Canceled.as_str()),
-                )
-                .col_expr(job::Column::FinishedAtMs, Expr::value(now))
-                .filter(job::Column::Id.eq(id.0))
-                .filter(
-                    job::Column::Status
-                        .is_in([JobStatus::Queued.as_str(), JobStatus::Running.as_str()]),
-                )
-                .into_query(),
-        )
-        .await?;
-        tx.commit().await?;
+        // Revoked first (refused, harmlessly, for a finished job): its worker stops and can
+        // publish nothing more while the bytes go.
+        self.transition(id.0, Holder::Anyone, Transition::Revoke, now_ms())
+            .await?;
 
         self.blobs.delete_prefix(&keys::job_prefix(id.0)).await?;
         for input in &current.inputs {

@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod jobs;
+pub mod lifecycle;
 pub mod reconcile;
 pub mod results;
 pub mod uploads;
@@ -27,6 +28,32 @@ pub struct Services {
     pub kinds: Arc<BTreeMap<String, KindDefaults>>,
     /// Permits for uploads in progress (see `limits.max_concurrent_uploads`).
     pub upload_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Services {
+    /// Opens the database (migrating it) and the blob store that `settings` name, for handlers
+    /// of `kinds`.
+    pub async fn open(
+        settings: Settings,
+        kinds: BTreeMap<String, KindDefaults>,
+    ) -> anyhow::Result<Services> {
+        let db = Db::connect(&settings.database_url()).await?;
+        db.migrate().await?;
+        let blobs = Blobs::open(
+            &settings.blob_store(),
+            settings.limits.upload_part_bytes,
+            &settings.blob_options,
+        )?;
+        Ok(Services {
+            db,
+            blobs,
+            upload_slots: Arc::new(tokio::sync::Semaphore::new(
+                settings.limits.max_concurrent_uploads,
+            )),
+            settings: Arc::new(settings),
+            kinds: Arc::new(kinds),
+        })
+    }
 }
 
 /// The class of a failure, which the API turns into an HTTP status.

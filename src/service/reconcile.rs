@@ -3,18 +3,25 @@
 //!
 //! - Running jobs whose lease expired (worker killed, machine gone, handler hung past its lease)
 //!   get a failed attempt (`lease_expired`, retryable), or end `canceled` if a cancel was asked.
-//! - Queued jobs whose dispatch apalis no longer holds get a fresh dispatch.
+//! - Queued jobs that are due but not in the queue get a dispatch: retries whose backoff ended,
+//!   and jobs whose dispatch apalis lost in a crash.
 //! - Unattached uploads past `expires_at` are deleted, bytes first.
 //! - Idempotency keys older than a day, and apalis' records of deliveries finished an hour ago,
 //!   are deleted.
 
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait, sea_query::Expr};
-use serde_json::json;
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
+    sea_query::{Expr, Func},
+};
 
-use super::{ServiceResult, Services, attempts::Outcome};
+use super::{
+    ServiceResult, Services,
+    attempts::Outcome,
+    lifecycle::{Dispatchable, Holder, Lease, Transition},
+};
 use crate::{
     domain::{JobFailure, JobStatus},
-    queue::{self, Dispatch},
+    queue,
     storage::entities::{idempotency_key, job, upload},
     time::now_ms,
 };
@@ -30,29 +37,35 @@ const FINISHED_DELIVERY_TTL_SECS: i64 = 3600;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Repairs {
     pub expired_leases: usize,
-    pub redispatched: usize,
+    /// Jobs handed to the queue: retries whose backoff ended, and lost dispatches.
+    pub dispatched: usize,
     pub expired_uploads: usize,
     pub purged_deliveries: u64,
 }
 
 impl Services {
     pub async fn reconcile_once(&self) -> ServiceResult<Repairs> {
+        self.reconcile_at(now_ms()).await
+    }
+
+    /// One pass as if the time were `now` (tests step time with it; see `tests/api/lifecycle.rs`).
+    pub async fn reconcile_at(&self, now: i64) -> ServiceResult<Repairs> {
         let mut repairs = Repairs::default();
-        let now = now_ms();
 
         let expired = job::Entity::find()
-            .filter(job::Column::Status.eq(JobStatus::Running.as_str()))
+            .filter(job::Column::Status.eq(JobStatus::Running))
             .filter(job::Column::LeaseExpiresAtMs.lt(now))
             .filter(job::Column::LeaseOwner.is_not_null())
             .limit(BATCH)
             .all(&self.db.orm)
             .await?;
         for row in expired {
-            let guard = sea_orm::sea_query::Condition::all()
-                .add(job::Column::Id.eq(row.id))
-                .add(job::Column::Status.eq(JobStatus::Running.as_str()))
-                .add(job::Column::LeaseOwner.eq(row.lease_owner.clone()))
-                .add(job::Column::LeaseExpiresAtMs.eq(row.lease_expires_at_ms));
+            let lease = Lease {
+                job_id: row.id,
+                owner: row.lease_owner.clone().unwrap_or_default(),
+                attempt: row.attempt,
+            };
+            let holder = Holder::ExpiredLease(&lease, row.lease_expires_at_ms.unwrap_or_default());
             let outcome = if row.cancel_requested {
                 Outcome::Canceled
             } else {
@@ -69,7 +82,7 @@ impl Services {
                 })
             };
             if self
-                .settle(&row, guard, row.attempt, outcome)
+                .settle(&row, holder, row.attempt, outcome, now)
                 .await?
                 .is_some()
             {
@@ -78,37 +91,24 @@ impl Services {
             }
         }
 
-        for job_id in
-            queue::lost_dispatches(&self.db, now - LOST_DISPATCH_GRACE_MS, BATCH as i64).await?
-        {
+        let due =
+            queue::due_undispatched(&self.db, now, now - LOST_DISPATCH_GRACE_MS, BATCH as i64)
+                .await?;
+        for job_id in due {
             let Some(row) = job::Entity::find_by_id(job_id).one(&self.db.orm).await? else {
                 continue;
             };
-            let dispatch = Dispatch {
-                job_id,
-                dispatch_id: queue::new_dispatch_id(),
-            };
-            let mut tx = self.db.begin().await?;
-            let n = tx
-                .execute(
-                    &job::Entity::update_many()
-                        .col_expr(
-                            job::Column::DispatchId,
-                            Expr::value(dispatch.dispatch_id.as_str()),
-                        )
-                        .filter(job::Column::Id.eq(job_id))
-                        .filter(job::Column::Status.eq(JobStatus::Queued.as_str()))
-                        .filter(job::Column::DispatchId.eq(row.dispatch_id.clone()))
-                        .into_query(),
-                )
-                .await?;
-            if n == 1 {
-                tx.append_event(job_id, "redispatched", json!({"status": "queued"}))
-                    .await?;
-                queue::enqueue(&mut tx, &row.kind, &dispatch, row.priority, now).await?;
-                tx.commit().await?;
-                tracing::warn!(job_id = %crate::ids::JobId(job_id), "dispatch lost; job dispatched again");
-                repairs.redispatched += 1;
+            let holder = Holder::Dispatch(row.dispatch_id.as_deref());
+            let redispatch = Transition::Redispatch(Dispatchable::from(&row));
+            if self
+                .transition(job_id, holder, redispatch, now)
+                .await?
+                .is_some()
+            {
+                if row.dispatch_id.is_some() {
+                    tracing::warn!(job_id = %crate::ids::JobId(job_id), "dispatch lost; job dispatched again");
+                }
+                repairs.dispatched += 1;
             }
         }
 
@@ -132,5 +132,22 @@ impl Services {
             .await?;
 
         Ok(repairs)
+    }
+
+    /// When the earliest job waiting out a retry backoff becomes due, if any: the reconciler
+    /// wakes up then rather than at its next regular pass.
+    pub async fn next_retry_due_ms(&self) -> ServiceResult<Option<i64>> {
+        let due: Option<Option<i64>> = job::Entity::find()
+            .select_only()
+            .column_as(
+                Expr::from(Func::min(Expr::col(job::Column::RunAfterMs))),
+                "due",
+            )
+            .filter(job::Column::Status.eq(JobStatus::Queued))
+            .filter(job::Column::DispatchId.is_null())
+            .into_tuple()
+            .one(&self.db.orm)
+            .await?;
+        Ok(due.flatten())
     }
 }

@@ -277,7 +277,7 @@ impl Tx {
     pub async fn append_event(
         &mut self,
         job_id: Uuid,
-        kind: &str,
+        kind: crate::domain::EventKind,
         data: serde_json::Value,
     ) -> Result<i64, StorageError> {
         let jobs = Alias::new("ferry_jobs");
@@ -313,7 +313,7 @@ impl Tx {
                 .values_panic([
                     job_id.into(),
                     seq.into(),
-                    kind.into(),
+                    sea_orm::ActiveEnum::to_value(&kind).into(),
                     data.to_string().into(),
                     now_ms().into(),
                 ]),

@@ -22,7 +22,7 @@ use crate::{
     queue::Dispatch,
     service::{
         Services,
-        attempts::{LeaseState, Outcome},
+        attempts::{ClaimedJob, LeaseState, Outcome},
     },
 };
 
@@ -56,138 +56,201 @@ pub(crate) async fn run_dispatch(
             return;
         }
     };
-    let span = tracing::info_span!("job", job_id = %JobId(claimed.job.id), attempt = claimed.lease.attempt);
-    async move {
-        let Some(handler) = registry.handlers.get(&claimed.job.kind).cloned() else {
-            // Consumers exist only for registered kinds: unreachable unless the config changed
-            // under a running queue. Retry elsewhere.
-            let failure = failure("no_handler", "no handler for this kind on this worker", true, claimed.lease.attempt);
-            let _ = services.finish_attempt(&claimed.lease, &claimed.job, Outcome::Failed(failure)).await;
-            return;
-        };
-        tracing::info!(kind = %claimed.job.kind, "attempt started");
-        // Absolute (see `Settings::load`): handlers get these paths by environment variable.
-        let work_dir = services
+    let span = tracing::info_span!(
+        "job",
+        job_id = %JobId(claimed.job.id),
+        attempt = claimed.lease.attempt
+    );
+    run_claimed(services, registry, shutdown, claimed)
+        .instrument(span)
+        .await
+}
+
+/// Prepares, supervises and settles one claimed attempt.
+async fn run_claimed(
+    services: Services,
+    registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    claimed: ClaimedJob,
+) {
+    let attempt = claimed.lease.attempt;
+    let outcome = match prepare(&services, &registry, &claimed).await {
+        Err(failure) => Some(Outcome::Failed(failure)),
+        Ok((handler, ctx)) => {
+            tracing::info!(kind = %claimed.job.kind, "attempt started");
+            let timeout = Duration::from_millis(claimed.job.timeout_ms.max(0) as u64);
+            let (stop, joined) = supervise(&services, handler, &ctx, timeout, &shutdown).await;
+            let outcome = decide(&ctx, stop, joined, timeout, attempt).await;
+            if let Err(err) = tokio::fs::remove_dir_all(&ctx.work_dir).await {
+                tracing::warn!(dir = %ctx.work_dir.display(), error = %err, "could not remove the work folder");
+            }
+            outcome
+        }
+    };
+    let Some(outcome) = outcome else {
+        tracing::warn!("lease lost; attempt abandoned without an outcome");
+        return;
+    };
+    match services
+        .finish_attempt(&claimed.lease, &claimed.job, outcome)
+        .await
+    {
+        Ok(Some(status)) => tracing::info!(status = status.as_str(), "attempt settled"),
+        Ok(None) => tracing::warn!("attempt outcome dropped: the lease was lost"),
+        // The lease will expire and the reconciler settles the attempt.
+        Err(err) => tracing::error!(error = %err, "recording the attempt's outcome failed"),
+    }
+}
+
+/// Finds the handler and makes the attempt's private work folder.
+async fn prepare(
+    services: &Services,
+    registry: &Registry,
+    claimed: &ClaimedJob,
+) -> Result<(Arc<dyn super::Handler>, Arc<JobContext>), JobFailure> {
+    let attempt = claimed.lease.attempt;
+    let Some(handler) = registry.handlers.get(&claimed.job.kind).cloned() else {
+        // Consumers exist only for registered kinds: unreachable unless the config changed
+        // under a running queue. Retry elsewhere.
+        let detail = "no handler for this kind on this worker";
+        return Err(failure("no_handler", detail, true, attempt));
+    };
+    // Absolute (see `Settings::load`): handlers get these paths by environment variable.
+    let work_dir =
+        services
             .settings
             .work_dir()
-            .join(format!("{}-{}", claimed.job.id.simple(), claimed.lease.attempt));
-        let output_dir = work_dir.join("outputs");
-        if let Err(err) = tokio::fs::create_dir_all(&output_dir).await {
-            let failure = failure("workspace", &format!("cannot create {}: {err}", output_dir.display()), true, claimed.lease.attempt);
-            let _ = services.finish_attempt(&claimed.lease, &claimed.job, Outcome::Failed(failure)).await;
-            return;
-        }
-        let cancel = CancellationToken::new();
-        let ctx = Arc::new(JobContext {
-            job_id: JobId(claimed.job.id),
-            kind: claimed.job.kind.clone(),
-            attempt: claimed.lease.attempt,
-            params: serde_json::from_str(&claimed.job.params).unwrap_or(serde_json::json!({})),
-            inputs: claimed.inputs.clone(),
-            work_dir: work_dir.clone(),
-            output_dir: output_dir.clone(),
-            cancel: cancel.clone(),
-            kill_grace: services.settings.queue.kill_grace,
-            services: services.clone(),
-            lease: claimed.lease.clone(),
-            pending: Arc::new(Mutex::new(Pending::default())),
-            published: Mutex::new(HashSet::new()),
-        });
+            .join(format!("{}-{}", claimed.job.id.simple(), attempt));
+    let output_dir = work_dir.join("outputs");
+    if let Err(err) = tokio::fs::create_dir_all(&output_dir).await {
+        let detail = format!("cannot create {}: {err}", output_dir.display());
+        return Err(failure("workspace", &detail, true, attempt));
+    }
+    let ctx = Arc::new(JobContext {
+        job_id: JobId(claimed.job.id),
+        kind: claimed.job.kind.clone(),
+        attempt,
+        params: serde_json::from_str(&claimed.job.params).unwrap_or(serde_json::json!({})),
+        inputs: claimed.inputs.clone(),
+        work_dir,
+        output_dir,
+        cancel: CancellationToken::new(),
+        kill_grace: services.settings.queue.kill_grace,
+        services: services.clone(),
+        lease: claimed.lease.clone(),
+        pending: Arc::new(Mutex::new(Pending::default())),
+        published: Mutex::new(HashSet::new()),
+    });
+    Ok((handler.handler, ctx))
+}
 
-        let mut task = tokio::spawn({
-            let ctx = ctx.clone();
-            async move { handler.handler.run(&ctx).await }
-        });
-        let timeout = Duration::from_millis(claimed.job.timeout_ms.max(0) as u64);
-        let deadline = Instant::now() + timeout;
-        let lease_ttl = services.settings.queue.lease_ttl;
-        let mut last_renew = Instant::now();
-        let mut last_check = Instant::now();
-        let mut stop: Option<StopReason> = None;
-        let mut hard_deadline: Option<Instant> = None;
-        let mut tick = tokio::time::interval(FLUSH_EVERY);
-        let joined = loop {
-            tokio::select! {
-                res = &mut task => break Some(res),
-                _ = tick.tick() => {}
+type Joined = Option<Result<Result<(), HandlerError>, tokio::task::JoinError>>;
+
+/// Runs the handler while keeping the lease, flushing progress and logs, and watching for a
+/// cancel request, the timeout and shutdown; on any of those, cancels the handler and, if it
+/// ignores that, abandons it. Returns why it was stopped (if it was) and how it ended (`None`:
+/// abandoned).
+async fn supervise(
+    services: &Services,
+    handler: Arc<dyn super::Handler>,
+    ctx: &Arc<JobContext>,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> (Option<StopReason>, Joined) {
+    let mut task = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { handler.run(&ctx).await }
+    });
+    let deadline = Instant::now() + timeout;
+    let lease_ttl = services.settings.queue.lease_ttl;
+    let mut last_renew = Instant::now();
+    let mut last_check = Instant::now();
+    let mut stop: Option<StopReason> = None;
+    let mut hard_deadline: Option<Instant> = None;
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let joined = loop {
+        tokio::select! {
+            res = &mut task => break Some(res),
+            _ = tick.tick() => {}
+        }
+        if flush(ctx).await == LeaseState::Lost && stop.is_none() {
+            stop = Some(StopReason::LeaseLost);
+        }
+        if stop.is_none() && last_check.elapsed() >= CANCEL_CHECK_EVERY {
+            let renew = last_renew.elapsed() >= lease_ttl / 3;
+            match services.heartbeat(&ctx.lease, renew).await {
+                Ok(LeaseState::Held) => {}
+                Ok(LeaseState::CancelRequested) => stop = Some(StopReason::Canceled),
+                Ok(LeaseState::Lost) => stop = Some(StopReason::LeaseLost),
+                // A database hiccup: keep going; the lease has slack until it expires.
+                Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
             }
-            if flush(&ctx).await == LeaseState::Lost && stop.is_none() {
-                stop = Some(StopReason::LeaseLost);
+            if renew {
+                last_renew = Instant::now();
             }
-            if stop.is_none() && last_check.elapsed() >= CANCEL_CHECK_EVERY {
-                let renew = last_renew.elapsed() >= lease_ttl / 3;
-                match services.heartbeat(&ctx.lease, renew).await {
-                    Ok(LeaseState::Held) => {}
-                    Ok(LeaseState::CancelRequested) => stop = Some(StopReason::Canceled),
-                    Ok(LeaseState::Lost) => stop = Some(StopReason::LeaseLost),
-                    // A database hiccup: keep going; the lease has slack until it expires.
-                    Err(err) => tracing::warn!(error = %err, "heartbeat failed"),
-                }
-                if renew {
-                    last_renew = Instant::now();
-                }
-                last_check = Instant::now();
-            }
-            if stop.is_none() && Instant::now() >= deadline {
-                stop = Some(StopReason::TimedOut);
-            }
-            if stop.is_none() && shutdown.is_cancelled() {
-                stop = Some(StopReason::Shutdown);
-            }
-            if let Some(reason) = stop {
-                if hard_deadline.is_none() {
+            last_check = Instant::now();
+        }
+        if stop.is_none() && Instant::now() >= deadline {
+            stop = Some(StopReason::TimedOut);
+        }
+        if stop.is_none() && shutdown.is_cancelled() {
+            stop = Some(StopReason::Shutdown);
+        }
+        if let Some(reason) = stop {
+            match hard_deadline {
+                None => {
                     tracing::info!(?reason, "stopping the handler");
-                    cancel.cancel();
+                    ctx.cancel.cancel();
                     hard_deadline = Some(Instant::now() + ctx.kill_grace + Duration::from_secs(5));
-                } else if hard_deadline.is_some_and(|d| Instant::now() >= d) {
+                }
+                Some(limit) if Instant::now() >= limit => {
                     tracing::warn!("handler ignored cancellation; abandoning it");
                     task.abort();
                     break None;
                 }
+                Some(_) => {}
             }
-        };
-        flush(&ctx).await;
+        }
+    };
+    flush(ctx).await;
+    (stop, joined)
+}
 
-        let attempt = claimed.lease.attempt;
-        let outcome = match (stop, joined) {
-            (Some(StopReason::LeaseLost), _) => None,
-            (Some(StopReason::Canceled), _) => Some(Outcome::Canceled),
-            (Some(StopReason::TimedOut), _) => Some(Outcome::Failed(failure(
+/// The attempt's outcome from why it stopped and how the handler ended; `None` when the lease
+/// was lost (someone else settles it). A success publishes the leftover outputs first.
+async fn decide(
+    ctx: &JobContext,
+    stop: Option<StopReason>,
+    joined: Joined,
+    timeout: Duration,
+    attempt: i32,
+) -> Option<Outcome> {
+    let failed = |code: &str, detail: &str, retryable: bool| {
+        Some(Outcome::Failed(failure(code, detail, retryable, attempt)))
+    };
+    match (stop, joined) {
+        (Some(StopReason::LeaseLost), _) | (None, None) => None,
+        (Some(StopReason::Canceled), _) => Some(Outcome::Canceled),
+        (Some(StopReason::TimedOut), _) => {
+            let limit = humantime::format_duration(timeout);
+            failed(
                 "timeout",
-                &format!("the attempt exceeded its timeout of {}", humantime::format_duration(timeout)),
+                &format!("the attempt exceeded its timeout of {limit}"),
                 true,
-                attempt,
-            ))),
-            (Some(StopReason::Shutdown), _) => Some(Outcome::Requeue),
-            (None, Some(Ok(Ok(())))) => Some(match publish_leftovers(&ctx).await {
-                Ok(()) => Outcome::Succeeded,
-                Err(err) => Outcome::Failed(failure(&err.code, &err.message, err.retryable, attempt)),
-            }),
-            (None, Some(Ok(Err(err)))) => Some(Outcome::Failed(failure(&err.code, &err.message, err.retryable, attempt))),
-            (None, Some(Err(join_err))) => Some(Outcome::Failed(failure(
-                "handler_panicked",
-                &format!("the handler panicked: {join_err}"),
-                true,
-                attempt,
-            ))),
-            (None, None) => None,
-        };
-        if let Some(outcome) = outcome {
-            match services.finish_attempt(&claimed.lease, &claimed.job, outcome).await {
-                Ok(Some(status)) => tracing::info!(status = status.as_str(), "attempt settled"),
-                Ok(None) => tracing::warn!("attempt outcome dropped: the lease was lost"),
-                // The lease will expire and the reconciler settles the attempt.
-                Err(err) => tracing::error!(error = %err, "recording the attempt's outcome failed"),
-            }
-        } else {
-            tracing::warn!("lease lost; attempt abandoned without an outcome");
+            )
         }
-        if let Err(err) = tokio::fs::remove_dir_all(&work_dir).await {
-            tracing::warn!(dir = %work_dir.display(), error = %err, "could not remove the work folder");
-        }
+        (Some(StopReason::Shutdown), _) => Some(Outcome::Requeue),
+        (None, Some(Ok(Ok(())))) => match publish_leftovers(ctx).await {
+            Ok(()) => Some(Outcome::Succeeded),
+            Err(err) => failed(&err.code, &err.message, err.retryable),
+        },
+        (None, Some(Ok(Err(err)))) => failed(&err.code, &err.message, err.retryable),
+        (None, Some(Err(join_err))) => failed(
+            "handler_panicked",
+            &format!("the handler panicked: {join_err}"),
+            true,
+        ),
     }
-    .instrument(span)
-    .await
 }
 
 fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailure {

@@ -166,8 +166,16 @@ async fn reconciler(services: Services, shutdown: CancellationToken) {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "reconciler pass failed"),
         }
+        // A retry due before the next regular pass is dispatched on time.
+        let pause = match services.next_retry_due_ms().await {
+            Ok(Some(due)) => {
+                let until_due = (due - crate::time::now_ms()).max(50) as u64;
+                every.min(std::time::Duration::from_millis(until_due))
+            }
+            _ => every,
+        };
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.cancelled() => return,
         }
     }

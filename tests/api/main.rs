@@ -7,6 +7,7 @@ mod errors;
 mod handlers;
 mod helpers;
 mod jobs;
+mod lifecycle;
 mod reliability;
 mod results;
 mod scale_out;

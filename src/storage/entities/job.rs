@@ -9,8 +9,7 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
     pub kind: String,
-    /// One of [`crate::domain::JobStatus`], as text.
-    pub status: String,
+    pub status: crate::domain::JobStatus,
     /// JSON object given at creation.
     pub params: String,
     pub priority: i32,

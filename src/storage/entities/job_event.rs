@@ -10,7 +10,7 @@ pub struct Model {
     pub job_id: Uuid,
     /// 1, 2, 3… per job, without gaps.
     pub seq: i64,
-    pub kind: String,
+    pub kind: crate::domain::EventKind,
     /// JSON object.
     pub data: String,
     pub created_at_ms: i64,

@@ -1,0 +1,499 @@
+//! The job lifecycle, in one place. Read this module whole to know:
+//!
+//! - which moves between statuses are legal: [`Transition::edge`];
+//! - who may make each move: a [`Holder`] — anyone (API requests), the job's current dispatch
+//!   (a worker claiming it), the lease holder (the worker running the attempt), or the
+//!   reconciler for a lease it saw expire;
+//! - what each move writes, and the [`JobEvent`] it appends to the job's public, ordered log;
+//! - [`apply`]: the one guarded conditional `UPDATE` every path goes through — claim, renew,
+//!   progress, publish, settle, retry, requeue, cancel, delete, redispatch. Creation is the only
+//!   write outside it (an `INSERT`, in `service::jobs`);
+//! - [`dispatch`]: the one place a job is handed to the queue.
+//!
+//! A transition's `WHERE` clause holds the legal source statuses and the holder's guard, so
+//! concurrent writers (two workers, a worker and the reconciler, an API request and a worker)
+//! cannot both win: zero rows touched means "refused", and nothing else is written. The event is
+//! appended in the same transaction as the change, so the log never disagrees with the job.
+//!
+//! Ordering: apalis runs due deliveries by priority, then `run_at`. Ferry enqueues every
+//! dispatch with `run_at` = the job's creation time and never a future time — a job waiting out
+//! a retry backoff is not in the queue at all until it is due (the reconciler dispatches it then).
+//! So interrupted or retried work keeps its place ahead of jobs created after it.
+
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
+    sea_query::{Condition, Expr, ExprTrait, Func},
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    domain::{EventKind, JobFailure, JobStatus},
+    queue::{self, Dispatch},
+    storage::{StorageError, Tx, entities::job},
+    time::to_rfc3339,
+};
+
+/// Proof that a worker runs an attempt of a job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub job_id: Uuid,
+    pub owner: String,
+    pub attempt: i32,
+}
+
+/// Who asks for a transition; becomes part of its guard.
+#[derive(Clone, Copy, Debug)]
+pub enum Holder<'a> {
+    /// An API request (cancel, delete): no guard beyond the source statuses.
+    Anyone,
+    /// The delivery of this dispatch (`None`: a job that has none yet, waiting out a backoff).
+    /// Any other delivery is stale.
+    Dispatch(Option<&'a str>),
+    /// The worker holding this lease.
+    Lease(&'a Lease),
+    /// The reconciler, for a lease it saw expire at `expires_at_ms`: only if nobody renewed it.
+    ExpiredLease(&'a Lease, i64),
+}
+
+impl Holder<'_> {
+    fn guard(&self, now_ms: i64) -> Condition {
+        let held = |lease: &Lease| {
+            Condition::all()
+                .add(job::Column::LeaseOwner.eq(lease.owner.as_str()))
+                .add(job::Column::Attempt.eq(lease.attempt))
+        };
+        match self {
+            Holder::Anyone => Condition::all(),
+            Holder::Dispatch(Some(id)) => Condition::all().add(job::Column::DispatchId.eq(*id)),
+            Holder::Dispatch(None) => Condition::all().add(job::Column::DispatchId.is_null()),
+            Holder::Lease(lease) => held(lease),
+            Holder::ExpiredLease(lease, expires_at_ms) => held(lease)
+                .add(job::Column::LeaseExpiresAtMs.eq(*expires_at_ms))
+                .add(job::Column::LeaseExpiresAtMs.lt(now_ms)),
+        }
+    }
+
+    fn attempt(&self) -> Option<i32> {
+        match self {
+            Holder::Lease(lease) | Holder::ExpiredLease(lease, _) => Some(lease.attempt),
+            Holder::Anyone | Holder::Dispatch(_) => None,
+        }
+    }
+}
+
+/// What the queue needs to know to dispatch a job.
+#[derive(Clone, Debug)]
+pub struct Dispatchable {
+    pub id: Uuid,
+    pub kind: String,
+    pub priority: i32,
+    pub created_at_ms: i64,
+}
+
+impl From<&job::Model> for Dispatchable {
+    fn from(job: &job::Model) -> Self {
+        Self {
+            id: job.id,
+            kind: job.kind.clone(),
+            priority: job.priority,
+            created_at_ms: job.created_at_ms,
+        }
+    }
+}
+
+/// A result as its `result` event describes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PublishedResult {
+    pub name: String,
+    pub is_final: bool,
+    pub size: i64,
+    pub sha256: String,
+    pub content_type: String,
+}
+
+/// Every change a job's row can undergo after creation.
+#[derive(Clone, Debug)]
+pub enum Transition {
+    /// A worker takes a queued job for its next attempt, under a lease.
+    Claim {
+        owner: String,
+        lease_until_ms: i64,
+    },
+    /// The lease holder extends its lease.
+    Renew {
+        lease_until_ms: i64,
+    },
+    /// The lease holder reports progress (which renews the lease too).
+    Progress {
+        percent: Option<f64>,
+        stage: Option<String>,
+        message: Option<String>,
+        lease_until_ms: i64,
+    },
+    /// The lease holder published a result; the caller writes the result row in the same
+    /// transaction, after this succeeds.
+    Publish(PublishedResult),
+    Succeed,
+    Fail(JobFailure),
+    /// A retryable failure with attempts left: queued again, and dispatched once
+    /// `run_after_ms` has passed. Refused if a cancel was asked for.
+    Retry {
+        failure: JobFailure,
+        run_after_ms: i64,
+    },
+    /// The worker is shutting down: queued again at once without counting the attempt (it was
+    /// not the job's fault), so a deploy does not use up retries. Refused if a cancel was asked.
+    Requeue(Dispatchable),
+    /// Canceling a queued job takes effect at once.
+    CancelQueued,
+    /// Canceling a running job asks its worker to stop (refused if already asked).
+    RequestCancel,
+    /// The attempt stopped because a cancel was asked for.
+    FinishCanceled,
+    /// Deletion: the job ends canceled and its lease is revoked, so its worker stops and can
+    /// publish nothing more.
+    Revoke,
+    /// The job is due but not in the queue (its backoff ended, or its dispatch was lost in a
+    /// crash): hand it to the queue under a new dispatch id.
+    Redispatch(Dispatchable),
+}
+
+impl Transition {
+    /// The legal moves: the statuses a transition may start from, and where it leads.
+    pub fn edge(&self) -> (&'static [JobStatus], JobStatus) {
+        use JobStatus::*;
+        match self {
+            Transition::Claim { .. } => (&[Queued], Running),
+            Transition::Renew { .. }
+            | Transition::Progress { .. }
+            | Transition::Publish(_)
+            | Transition::RequestCancel => (&[Running], Running),
+            Transition::Succeed => (&[Running], Succeeded),
+            Transition::Fail(_) => (&[Running], Failed),
+            Transition::Retry { .. } | Transition::Requeue(_) => (&[Running], Queued),
+            Transition::FinishCanceled => (&[Running], Canceled),
+            Transition::CancelQueued => (&[Queued], Canceled),
+            Transition::Revoke => (&[Queued, Running], Canceled),
+            Transition::Redispatch(_) => (&[Queued], Queued),
+        }
+    }
+
+    /// Transitions that a pending cancel request forbids.
+    fn needs_no_cancel_request(&self) -> bool {
+        matches!(
+            self,
+            Transition::Claim { .. }
+                | Transition::Retry { .. }
+                | Transition::Requeue(_)
+                | Transition::RequestCancel
+        )
+    }
+}
+
+/// An entry of a job's event log. [`JobEvent::data`] is the payload clients read (documented in
+/// `openapi.yaml` under `Event`); state changes carry the status they led to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobEvent {
+    Queued,
+    Started {
+        attempt: i32,
+    },
+    Progress {
+        percent: Option<f64>,
+        stage: Option<String>,
+        message: Option<String>,
+        attempt: i32,
+    },
+    Result {
+        result: PublishedResult,
+        attempt: i32,
+    },
+    CancelRequested,
+    /// `attempt` is the attempt that stopped, if one was running.
+    Canceled {
+        attempt: Option<i32>,
+    },
+    RetryScheduled {
+        attempt: i32,
+        error: JobFailure,
+        retry_at_ms: i64,
+    },
+    Requeued {
+        attempt: i32,
+    },
+    Redispatched,
+    Succeeded {
+        attempt: i32,
+    },
+    Failed {
+        attempt: i32,
+        error: JobFailure,
+    },
+}
+
+impl JobEvent {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            JobEvent::Queued => EventKind::Queued,
+            JobEvent::Started { .. } => EventKind::Started,
+            JobEvent::Progress { .. } => EventKind::Progress,
+            JobEvent::Result { .. } => EventKind::Result,
+            JobEvent::CancelRequested => EventKind::CancelRequested,
+            JobEvent::Canceled { .. } => EventKind::Canceled,
+            JobEvent::RetryScheduled { .. } => EventKind::RetryScheduled,
+            JobEvent::Requeued { .. } => EventKind::Requeued,
+            JobEvent::Redispatched => EventKind::Redispatched,
+            JobEvent::Succeeded { .. } => EventKind::Succeeded,
+            JobEvent::Failed { .. } => EventKind::Failed,
+        }
+    }
+
+    pub fn data(&self) -> serde_json::Value {
+        match self {
+            JobEvent::Queued => json!({"status": JobStatus::Queued, "attempt": 0}),
+            JobEvent::Started { attempt } => {
+                json!({"status": JobStatus::Running, "attempt": attempt})
+            }
+            JobEvent::Progress {
+                percent,
+                stage,
+                message,
+                attempt,
+            } => {
+                json!({"percent": percent, "stage": stage, "message": message, "attempt": attempt})
+            }
+            JobEvent::Result { result, attempt } => json!({
+                "name": result.name, "final": result.is_final, "size": result.size,
+                "sha256": result.sha256, "content_type": result.content_type, "attempt": attempt,
+            }),
+            JobEvent::CancelRequested => json!({"status": JobStatus::Running}),
+            JobEvent::Canceled { attempt: None } => json!({"status": JobStatus::Canceled}),
+            JobEvent::Canceled {
+                attempt: Some(attempt),
+            } => json!({"status": JobStatus::Canceled, "attempt": attempt}),
+            JobEvent::RetryScheduled {
+                attempt,
+                error,
+                retry_at_ms,
+            } => json!({
+                "status": JobStatus::Queued, "attempt": attempt, "error": error,
+                "retry_at": to_rfc3339(*retry_at_ms),
+            }),
+            JobEvent::Requeued { attempt } => json!({
+                "status": JobStatus::Queued, "attempt": attempt, "reason": "worker_shutdown",
+            }),
+            JobEvent::Redispatched => json!({"status": JobStatus::Queued}),
+            JobEvent::Succeeded { attempt } => {
+                json!({"status": JobStatus::Succeeded, "attempt": attempt})
+            }
+            JobEvent::Failed { attempt, error } => {
+                json!({"status": JobStatus::Failed, "attempt": attempt, "error": error})
+            }
+        }
+    }
+}
+
+/// A transition that took place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub status: JobStatus,
+    /// The attempt concerned: the new one for a claim, the lease holder's otherwise (`None` for
+    /// transitions made by anyone else).
+    pub attempt: Option<i32>,
+}
+
+/// Performs `transition` on job `job_id` for `holder`, in `tx`, at time `now_ms`: one
+/// conditional update, then the event and (for a requeue or redispatch) the queue entry.
+/// `None` when it is refused — the job is not in a source status, the holder's guard does not
+/// hold, or a cancel request forbids it; then nothing was written.
+pub async fn apply(
+    tx: &mut Tx,
+    job_id: Uuid,
+    holder: Holder<'_>,
+    transition: Transition,
+    now_ms: i64,
+) -> Result<Option<Applied>, StorageError> {
+    let (from, to) = transition.edge();
+    let mut update = job::Entity::update_many()
+        .filter(job::Column::Id.eq(job_id))
+        .filter(job::Column::Status.is_in(from.iter().copied()))
+        .filter(holder.guard(now_ms));
+    if transition.needs_no_cancel_request() {
+        update = update.filter(job::Column::CancelRequested.eq(false));
+    }
+    if from != [to] {
+        update = update.col_expr(job::Column::Status, Expr::value(to));
+    }
+    if !matches!(transition, Transition::Renew { .. }) {
+        update = update.col_expr(job::Column::UpdatedAtMs, Expr::value(now_ms));
+    }
+    if to != JobStatus::Running {
+        update = update
+            .col_expr(job::Column::LeaseOwner, Expr::value(Option::<String>::None))
+            .col_expr(
+                job::Column::LeaseExpiresAtMs,
+                Expr::value(Option::<i64>::None),
+            );
+    }
+    if to.is_finished() {
+        update = update.col_expr(job::Column::FinishedAtMs, Expr::value(now_ms));
+    }
+    let mut new_dispatch = None;
+    let attempt = holder.attempt();
+    let event = match &transition {
+        Transition::Claim {
+            owner,
+            lease_until_ms,
+        } => {
+            update = update
+                .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).add(1))
+                .col_expr(job::Column::LeaseOwner, Expr::value(owner.as_str()))
+                .col_expr(job::Column::LeaseExpiresAtMs, Expr::value(*lease_until_ms))
+                .col_expr(
+                    job::Column::StartedAtMs,
+                    Expr::from(Func::coalesce([
+                        Expr::col(job::Column::StartedAtMs),
+                        Expr::value(now_ms),
+                    ])),
+                );
+            None // Started: its attempt number is known only after the update.
+        }
+        Transition::Renew { lease_until_ms } => {
+            update = update.col_expr(job::Column::LeaseExpiresAtMs, Expr::value(*lease_until_ms));
+            None
+        }
+        Transition::Progress {
+            percent,
+            stage,
+            message,
+            lease_until_ms,
+        } => {
+            update = update
+                .col_expr(job::Column::ProgressPercent, Expr::value(*percent))
+                .col_expr(job::Column::ProgressStage, Expr::value(stage.clone()))
+                .col_expr(job::Column::ProgressMessage, Expr::value(message.clone()))
+                .col_expr(job::Column::ProgressUpdatedAtMs, Expr::value(now_ms))
+                .col_expr(job::Column::LeaseExpiresAtMs, Expr::value(*lease_until_ms));
+            Some(JobEvent::Progress {
+                percent: *percent,
+                stage: stage.clone(),
+                message: message.clone(),
+                attempt: attempt.unwrap_or_default(),
+            })
+        }
+        Transition::Publish(result) => Some(JobEvent::Result {
+            result: result.clone(),
+            attempt: attempt.unwrap_or_default(),
+        }),
+        Transition::Succeed => {
+            // A finished job is 100 % done, whatever the handler last reported.
+            update = update
+                .col_expr(job::Column::Error, Expr::value(Option::<String>::None))
+                .col_expr(job::Column::ProgressPercent, Expr::value(100.0f64))
+                .col_expr(job::Column::ProgressUpdatedAtMs, Expr::value(now_ms));
+            Some(JobEvent::Succeeded {
+                attempt: attempt.unwrap_or_default(),
+            })
+        }
+        Transition::Fail(failure) => {
+            update = update.col_expr(job::Column::Error, Expr::value(failure_json(failure)));
+            Some(JobEvent::Failed {
+                attempt: attempt.unwrap_or_default(),
+                error: failure.clone(),
+            })
+        }
+        Transition::Retry {
+            failure,
+            run_after_ms,
+        } => {
+            update = update
+                .col_expr(job::Column::Error, Expr::value(failure_json(failure)))
+                .col_expr(job::Column::RunAfterMs, Expr::value(*run_after_ms))
+                .col_expr(job::Column::DispatchId, Expr::value(Option::<String>::None));
+            Some(JobEvent::RetryScheduled {
+                attempt: attempt.unwrap_or_default(),
+                error: failure.clone(),
+                retry_at_ms: *run_after_ms,
+            })
+        }
+        Transition::Requeue(job) => {
+            let id = queue::new_dispatch_id(job.created_at_ms);
+            update = update
+                .col_expr(job::Column::Attempt, Expr::col(job::Column::Attempt).sub(1))
+                .col_expr(job::Column::RunAfterMs, Expr::value(now_ms))
+                .col_expr(job::Column::DispatchId, Expr::value(id.as_str()));
+            new_dispatch = Some((job, id));
+            Some(JobEvent::Requeued {
+                attempt: attempt.unwrap_or_default(),
+            })
+        }
+        Transition::CancelQueued => {
+            update = update.col_expr(job::Column::CancelRequested, Expr::value(true));
+            Some(JobEvent::Canceled { attempt: None })
+        }
+        Transition::RequestCancel => {
+            update = update.col_expr(job::Column::CancelRequested, Expr::value(true));
+            Some(JobEvent::CancelRequested)
+        }
+        Transition::FinishCanceled => Some(JobEvent::Canceled { attempt }),
+        Transition::Revoke => {
+            update = update.col_expr(job::Column::CancelRequested, Expr::value(true));
+            Some(JobEvent::Canceled { attempt: None })
+        }
+        Transition::Redispatch(job) => {
+            let id = queue::new_dispatch_id(job.created_at_ms);
+            update = update.col_expr(job::Column::DispatchId, Expr::value(id.as_str()));
+            new_dispatch = Some((job, id));
+            Some(JobEvent::Redispatched)
+        }
+    };
+    if tx.execute(&update.into_query()).await? == 0 {
+        return Ok(None);
+    }
+    let (attempt, event) = match transition {
+        Transition::Claim { .. } => {
+            let attempt = tx
+                .fetch_i64(
+                    &job::Entity::find()
+                        .select_only()
+                        // BIGINT so one decoder fits both SQLite and PostgreSQL (INT4 there).
+                        .column_as(Expr::col(job::Column::Attempt).cast_as("BIGINT"), "attempt")
+                        .filter(job::Column::Id.eq(job_id))
+                        .into_query(),
+                )
+                .await?
+                .unwrap_or_default() as i32;
+            (Some(attempt), Some(JobEvent::Started { attempt }))
+        }
+        _ => (attempt, event),
+    };
+    if let Some(event) = event {
+        tx.append_event(job_id, event.kind(), event.data()).await?;
+    }
+    if let Some((job, dispatch_id)) = new_dispatch {
+        dispatch(tx, job, dispatch_id).await?;
+    }
+    Ok(Some(Applied {
+        status: to,
+        attempt,
+    }))
+}
+
+/// Enqueues a dispatch of `job` in `tx`; it becomes visible to workers when `tx` commits. The
+/// dispatch sorts by the job's priority and creation time (see the module notes).
+pub async fn dispatch(
+    tx: &mut Tx,
+    job: &Dispatchable,
+    dispatch_id: String,
+) -> Result<(), StorageError> {
+    let dispatch = Dispatch {
+        job_id: job.id,
+        dispatch_id,
+    };
+    queue::enqueue(tx, &job.kind, &dispatch, job.priority, job.created_at_ms).await
+}
+
+fn failure_json(failure: &JobFailure) -> String {
+    serde_json::to_string(failure).unwrap_or_default()
+}
