@@ -21,8 +21,8 @@ The embedded configuration (SQLite + local folder) always; the scale-out one (Po
 too when given, like the test suite, a PostgreSQL server URL (--postgres or TEST_PG_URL) and an
 S3 endpoint (--s3-endpoint or TEST_S3_ENDPOINT). It starts no service. Each server under test
 gets a new database (`psql URL -c 'CREATE DATABASE …'`; the URL's database, default `postgres`,
-serves only for that) and bucket (an unsigned `PUT <endpoint>/<bucket>`, which moto accepts),
-both dropped when it stops. E.g.:
+serves only for that) and bucket (`PUT <endpoint>/<bucket>` with a dummy signature, which moto
+accepts), both dropped when it stops. E.g.:
 
     python3 -m moto.server -H 127.0.0.1 -p 9000 &
     python3 scripts/bench.py --bin target/release/ferry \\
@@ -58,8 +58,12 @@ from typing import Any, Callable, Iterator
 
 MIB, GIB, MB = 1 << 20, 1 << 30, 1_000_000
 CONCURRENT_UPLOADS = 4
+FINAL = ("succeeded", "failed", "canceled")
 STALL_TIMEOUT = 120  # seconds without any job finishing before the job measurement gives up
 Rows = list[tuple[str, str]]
+# For the bench's own S3 requests: moto checks no signature, but refuses anonymous deletes.
+DUMMY_SIGNATURE = ("AWS4-HMAC-SHA256 Credential=ferry-bench/20000101/us-east-1/s3/aws4_request, "
+                   "SignedHeaders=host, Signature=0")
 
 
 def log(msg: str) -> None:
@@ -151,6 +155,8 @@ class Server:
 
         threading.Thread(target=read_stdout, daemon=True).start()
         if not found.wait(60) or not self.port:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)  # for its exit code
             raise BenchError(f"server {self.name} reported no address (exit code {self.proc.poll()})")
         with contextlib.closing(Client(self)) as client:
             client.get("/readyz")
@@ -229,9 +235,9 @@ class ScaleOut:
         return res.stdout.strip()
 
     def s3(self, method: str, path: str) -> bytes:
-        """An unsigned request (moto does not check signatures)."""
         req = urllib.request.Request(self.s3_endpoint + path, method=method,
-                                     data=b"" if method == "PUT" else None)
+                                     data=b"" if method == "PUT" else None,
+                                     headers={"Authorization": DUMMY_SIGNATURE})
         try:
             with urllib.request.urlopen(req, timeout=60) as resp:
                 return resp.read()
@@ -242,7 +248,6 @@ class ScaleOut:
         """A new database and bucket: (their ferry.toml settings, what drops them)."""
         db = f"ferry_bench_{self.run_id}_{name.replace('-', '_')}"
         bucket = f"ferry-bench-{self.run_id}-{name}"
-
         drop_db = f'DROP DATABASE "{db}" WITH (FORCE)'
 
         def release() -> None:
@@ -265,8 +270,8 @@ class ScaleOut:
                 "[limits]\nupload_part_bytes = 8388608\n"), release
 
     def delete_bucket(self, bucket: str) -> None:
-        while keys := ET.fromstring(self.s3("GET", f"/{bucket}?list-type=2")).findall(
-                "{*}Contents/{*}Key"):
+        """Its objects, a listing (up to 1000) at a time, then the bucket itself."""
+        while keys := ET.fromstring(self.s3("GET", f"/{bucket}?list-type=2")).findall("{*}Contents/{*}Key"):
             for key in keys:
                 self.s3("DELETE", f"/{bucket}/{urllib.parse.quote(key.text or '')}")
         self.s3("DELETE", f"/{bucket}")
@@ -422,7 +427,7 @@ def wait_for_jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
     with contextlib.closing(client):
         while True:
             for _ in range(20):
-                if pointer == len(ids) or client.get(f"/v1/jobs/{ids[pointer]}")["status"] not in ("succeeded", "failed", "canceled"):
+                if pointer == len(ids) or client.get(f"/v1/jobs/{ids[pointer]}")["status"] not in FINAL:
                     break
                 pointer, last_progress = pointer + 1, time.monotonic()
             if not any(client.get(f"/v1/jobs?status={s}&limit=1")["items"] for s in ("queued", "running")):
@@ -512,7 +517,7 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="the ferry binary (a release build)")
-    ap.add_argument("--upload-gib", type=float, default=1.0, help="size of each upload (default 1)")
+    ap.add_argument("--upload-gib", type=float, default=1.0, help="size of each upload in GiB (default 1)")
     ap.add_argument("--jobs", type=int, default=1000, help="number of no-op jobs (default 1000)")
     ap.add_argument("--clients", type=int, default=8, help="threads submitting jobs (default 8)")
     ap.add_argument("--skip-uploads", action="store_true", help="skip dd and the uploads")
