@@ -6,6 +6,7 @@ mod contract;
 mod errors;
 mod handlers;
 mod helpers;
+mod job_requests;
 mod jobs;
 mod lifecycle;
 mod reliability;
