@@ -50,7 +50,7 @@ pub enum BlobError {
     #[error("the payload exceeds the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error("reading the payload failed: {0}")]
-    Source(String),
+    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("blob store error: {0}")]
     Store(#[from] object_store::Error),
     #[error("local file error: {0}")]
@@ -272,13 +272,13 @@ impl Blobs {
     ) -> Result<Stored, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut body = std::pin::pin!(body);
         let mut accept = |chunk: Result<Bytes, E>| -> Result<Bytes, BlobError> {
-            let chunk = chunk.map_err(|e| BlobError::Source(e.to_string()))?;
+            let chunk = chunk.map_err(|e| BlobError::Source(e.into()))?;
             size += chunk.len() as u64;
             if size > limit {
                 return Err(BlobError::TooLarge { limit });

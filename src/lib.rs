@@ -12,6 +12,7 @@ pub mod blobs;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod error_code;
 pub mod ids;
 pub mod queue;
 pub mod service;

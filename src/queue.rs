@@ -65,7 +65,7 @@ pub async fn enqueue(
     priority: i32,
     order_ms: i64,
 ) -> Result<(), StorageError> {
-    let args = serde_json::to_vec(dispatch).map_err(|e| StorageError::Queue(e.to_string()))?;
+    let args = serde_json::to_vec(dispatch).map_err(|e| StorageError::Queue(e.into()))?;
     // apalis schedules in whole seconds; round down so the task is due at once.
     let run_at_secs = (order_ms.max(0) as u64) / 1000;
     let task = TaskBuilder::new(args)
@@ -77,12 +77,12 @@ pub async fn enqueue(
     match tx {
         Tx::Sqlite(tx) => apalis_sqlite::queries::push_tasks(&mut **tx, &queue_name(kind), &[task])
             .await
-            .map_err(|e| StorageError::Queue(e.to_string())),
+            .map_err(|e| StorageError::Queue(e.into())),
         // The insert's NOTIFY fires when `tx` commits, waking listening workers at once.
         Tx::Postgres(tx) => {
             apalis_postgres::queries::push_tasks(&mut **tx, &queue_name(kind), vec![task])
                 .await
-                .map_err(|e| StorageError::Queue(e.to_string()))
+                .map_err(|e| StorageError::Queue(e.into()))
         }
     }
 }

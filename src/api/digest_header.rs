@@ -1,6 +1,7 @@
 //! RFC 9530 digest fields: `Repr-Digest` / `Content-Digest: sha-256=:BASE64:`. Only SHA-256 is
 //! checked; other algorithms in the dictionary are ignored, as the RFC allows.
 
+use crate::error_code::ErrorCode;
 use actix_web::http::header::HeaderMap;
 use base64::{Engine, engine::general_purpose::STANDARD};
 
@@ -46,8 +47,8 @@ pub fn header_value(sha256_hex: &str) -> String {
 }
 
 fn malformed(name: &str, why: &str) -> ApiError {
-    ApiError::bad_request(
-        "invalid_digest_header",
+    ApiError::new(
+        ErrorCode::InvalidDigestHeader,
         format!("the {name} header is malformed: {why}"),
     )
 }

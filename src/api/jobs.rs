@@ -12,6 +12,7 @@ use super::{
 };
 use crate::{
     domain::JobStatus,
+    error_code::ErrorCode,
     ids::JobId,
     service::{
         Services,
@@ -29,8 +30,7 @@ const POLL_AFTER_SECS: &str = "2";
 pub(crate) fn parse_job_id(text: &str) -> Result<JobId, ApiError> {
     JobId::parse(text).ok_or_else(|| {
         ApiError::new(
-            StatusCode::NOT_FOUND,
-            "job_not_found",
+            ErrorCode::JobNotFound,
             format!("{text:?} is not a job id (job_…)"),
         )
     })
@@ -91,18 +91,16 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError
         return Ok(None);
     };
     let text = value.to_str().map_err(|_| {
-        ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be ASCII")
+        ApiError::new(
+            ErrorCode::InvalidIdempotencyKey,
+            "Idempotency-Key must be ASCII",
+        )
     })?;
     Ok(Some(IdempotencyKey::parse(text.trim_matches('"'))?))
 }
 
 fn invalid_field(field: &str, msg: String) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_field",
-        msg.clone(),
-    )
-    .with_field(field, msg)
+    ApiError::new(ErrorCode::InvalidField, msg.clone()).with_field(field, msg)
 }
 
 pub async fn create(
@@ -139,8 +137,7 @@ async fn create_from_json(
         || mime.to_ascii_lowercase().ends_with("+json"))
     {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send the job as application/json, or the raw file with ?kind=… in the URL",
         ));
     }
@@ -149,12 +146,14 @@ async fn create_from_json(
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("body_incomplete", format!("cannot read the body: {e}"))
+            ApiError::new(
+                ErrorCode::BodyIncomplete,
+                format!("cannot read the body: {e}"),
+            )
         })?;
         if bytes.len() + chunk.len() > limit {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!(
                     "a JSON job request is limited to {limit} bytes; upload files via /v1/uploads"
                 ),
@@ -164,13 +163,15 @@ async fn create_from_json(
     }
     let job_in: JobIn = serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+            ApiError::new(
+                ErrorCode::InvalidJson,
+                format!("the body is not valid JSON: {e}"),
+            )
         })
         .and_then(|value| {
             serde_json::from_value(value).map_err(|e| {
                 ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_body",
+                    ErrorCode::InvalidBody,
                     format!("the job request does not match the expected shape: {e}"),
                 )
             })
@@ -208,8 +209,8 @@ async fn create_from_file(
 ) -> Result<Submitted, ApiError> {
     let key = idempotency_key(req)?;
     let Some(kind) = query.kind else {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            ErrorCode::InvalidQuery,
             "query parameters are only for the one-request form, which needs ?kind=…",
         ));
     };
@@ -219,8 +220,7 @@ async fn create_from_file(
             Ok(serde_json::Value::Object(map)) => map,
             _ => {
                 return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     "params must be a URL-encoded JSON object",
                 )
                 .with_field("params", "not a JSON object"));
@@ -287,7 +287,7 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
     let invalid = |field: &str, msg: String| {
-        ApiError::bad_request("invalid_query", msg.clone()).with_field(field, msg)
+        ApiError::new(ErrorCode::InvalidQuery, msg.clone()).with_field(field, msg)
     };
     let status = match &q.status {
         None => None,
@@ -388,7 +388,7 @@ pub async fn events(
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(
-            ApiError::bad_request("invalid_query", "limit must be between 1 and 1000")
+            ApiError::new(ErrorCode::InvalidQuery, "limit must be between 1 and 1000")
                 .with_field("limit", "out of range"),
         );
     }
@@ -414,7 +414,7 @@ pub async fn logs(
     let tail = query.tail.unwrap_or(100);
     if !(1..=1000).contains(&tail) {
         return Err(
-            ApiError::bad_request("invalid_query", "tail must be between 1 and 1000")
+            ApiError::new(ErrorCode::InvalidQuery, "tail must be between 1 and 1000")
                 .with_field("tail", "out of range"),
         );
     }

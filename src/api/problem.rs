@@ -7,7 +7,7 @@ use actix_web::{
 };
 use serde::Serialize;
 
-use crate::service::{ErrorClass, ServiceError};
+use crate::{error_code::ErrorCode, service::ServiceError};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -38,7 +38,8 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.status()).expect("a valid status");
         Self {
             status,
             problem: Box::new(Problem {
@@ -46,14 +47,10 @@ impl ApiError {
                 title: status.canonical_reason().unwrap_or("Error").to_owned(),
                 status: status.as_u16(),
                 detail: detail.into(),
-                code: code.to_owned(),
+                code: code.as_str().to_owned(),
                 errors: Vec::new(),
             }),
         }
-    }
-
-    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, detail)
     }
 
     pub fn with_field(mut self, field: &str, message: impl Into<String>) -> Self {
@@ -92,17 +89,7 @@ impl ResponseError for ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
-        let status = match err.class {
-            ErrorClass::BadRequest => StatusCode::BAD_REQUEST,
-            ErrorClass::NotFound => StatusCode::NOT_FOUND,
-            ErrorClass::Conflict => StatusCode::CONFLICT,
-            ErrorClass::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorClass::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorClass::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
-            ErrorClass::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorClass::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let mut api = ApiError::new(status, err.code, err.detail.clone());
+        let mut api = ApiError::new(err.code, err.detail.clone());
         if let Some(field) = &err.field {
             api = api.with_field(field, err.detail);
         }
@@ -115,23 +102,21 @@ pub fn query_error(
     err: actix_web::error::QueryPayloadError,
     _req: &HttpRequest,
 ) -> actix_web::Error {
-    ApiError::bad_request("invalid_query", format!("invalid query string: {err}")).into()
-}
-
-/// For actix's path errors.
-pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("invalid path: {err}"),
+        ErrorCode::InvalidQuery,
+        format!("invalid query string: {err}"),
     )
     .into()
 }
 
+/// For actix's path errors.
+pub fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::new(ErrorCode::NotFound, format!("invalid path: {err}")).into()
+}
+
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
+        ErrorCode::RouteNotFound,
         format!("no route {} {}; see openapi.yaml", req.method(), req.path()),
     )
     .error_response()
@@ -149,8 +134,7 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
         .map(|(method, _)| method.to_ascii_uppercase())
         .collect();
     let mut res = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!(
             "{} is not allowed on {}; allowed: {}",
             req.method(),

@@ -1,5 +1,6 @@
 //! `/v1/jobs/{id}/results`: the artifact list and streamed downloads with byte ranges.
 
+use crate::error_code::ErrorCode;
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, http::header, web};
 use futures_util::TryStreamExt;
 
@@ -87,8 +88,7 @@ pub async fn download(
         Ok(range) => range,
         Err(()) => {
             return Ok(ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
+                ErrorCode::RangeNotSatisfiable,
                 format!("the Range header {range_header:?} does not fit a {size}-byte result"),
             )
             .error_response_with_range(size));

@@ -4,6 +4,7 @@ use actix_web::{HttpRequest, HttpResponse, http::header, web};
 
 use super::{digest_header, problem::ApiError, wire::UploadOut};
 use crate::{
+    error_code::ErrorCode,
     ids::UploadId,
     service::{Services, uploads::UploadMeta},
 };
@@ -17,8 +18,8 @@ pub(crate) fn upload_meta(req: &HttpRequest) -> Result<UploadMeta, ApiError> {
                 .ok()
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid_content_length",
+                    ApiError::new(
+                        ErrorCode::InvalidContentLength,
                         "Content-Length is not a number",
                     )
                 })?,
@@ -51,8 +52,7 @@ pub(crate) fn closing(err: ApiError) -> HttpResponse {
 pub(crate) fn parse_upload_id(text: &str) -> Result<UploadId, ApiError> {
     UploadId::parse(text).ok_or_else(|| {
         ApiError::new(
-            actix_web::http::StatusCode::NOT_FOUND,
-            "upload_not_found",
+            ErrorCode::UploadNotFound,
             format!("{text:?} is not an upload id (upl_…)"),
         )
     })

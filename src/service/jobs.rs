@@ -13,13 +13,14 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ErrorClass, ServiceError, ServiceResult, Services,
+    ServiceError, ServiceResult, Services,
     lifecycle::{self, Dispatchable, Holder, JobEvent, Transition},
     uploads::UploadMeta,
 };
 use crate::{
     blobs::keys,
     domain::{JobStatus, validate_input_name},
+    error_code::ErrorCode,
     ids::{JobId, UploadId},
     queue,
     storage::entities::{idempotency_key, job, job_event, job_input, job_log, result, upload},
@@ -107,8 +108,7 @@ impl IdempotencyKey {
     pub fn parse(key: &str) -> ServiceResult<Self> {
         if key.is_empty() || key.len() > 255 {
             return Err(ServiceError::new(
-                ErrorClass::BadRequest,
-                "invalid_idempotency_key",
+                ErrorCode::InvalidIdempotencyKey,
                 "Idempotency-Key must be 1-255 characters",
             ));
         }
@@ -163,8 +163,8 @@ fn canonical_json(v: &serde_json::Value) -> String {
 
 impl Services {
     fn job_not_found(id: JobId) -> ServiceError {
-        ServiceError::not_found(
-            "job_not_found",
+        ServiceError::new(
+            ErrorCode::JobNotFound,
             format!("no job {id}: it never existed or was deleted"),
         )
     }
@@ -174,8 +174,7 @@ impl Services {
         let defaults = self.kinds.get(&request.kind).ok_or_else(|| {
             let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
             ServiceError::new(
-                ErrorClass::Unprocessable,
-                "unknown_kind",
+                ErrorCode::UnknownKind,
                 format!(
                     "no handler serves kind {:?}; known kinds: {}",
                     request.kind,
@@ -243,7 +242,7 @@ impl Services {
     ) -> ServiceResult<Submitted>
     where
         S: Stream<Item = Result<Bytes, E>>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         validate_input_name(&input)
             .map_err(|msg| ServiceError::invalid("input", format!("input name {msg}")))?;
@@ -310,15 +309,14 @@ impl Services {
             .one(&self.db.orm)
             .await?
             .ok_or_else(|| {
-                ServiceError::conflict(
-                    "idempotency_key_in_flight",
+                ServiceError::new(
+                    ErrorCode::IdempotencyKeyInFlight,
                     "a request with this Idempotency-Key just finished failing; retry",
                 )
             })?;
         if existing.fingerprint != fingerprint {
             return Err(ServiceError::new(
-                ErrorClass::Unprocessable,
-                "idempotency_key_reused",
+                ErrorCode::IdempotencyKeyReused,
                 "this Idempotency-Key was already used with a different request; use a new key \
                  for a new request",
             ));
@@ -383,15 +381,14 @@ impl Services {
                 )
             })?;
             let row = self.get_upload(upload_id).await.map_err(|e| {
-                if e.class == ErrorClass::NotFound {
+                if e.code == ErrorCode::UploadNotFound {
                     ServiceError::invalid(&field, e.detail)
                 } else {
                     e
                 }
             })?;
             if row.job_id.is_some() {
-                return Err(ServiceError::conflict(
-                    "upload_in_use",
+                return Err(ServiceError::new(ErrorCode::UploadInUse,
                     format!("upload {upload_id} is already the input of another job; upload it again for a new job"),
                 )
                 .with_field(field));
@@ -450,8 +447,8 @@ impl Services {
                 .await?;
             if attached != 1 {
                 // Dropping `tx` rolls everything back.
-                return Err(ServiceError::conflict(
-                    "upload_in_use",
+                return Err(ServiceError::new(
+                    ErrorCode::UploadInUse,
                     format!(
                         "upload {} was taken by another job or deleted meanwhile",
                         UploadId(upload_row.id)
@@ -594,8 +591,8 @@ impl Services {
         tx.commit().await?;
         let after = self.get_job(id).await?;
         if !changed && after.job.status.is_finished() {
-            return Err(ServiceError::conflict(
-                "job_finished",
+            return Err(ServiceError::new(
+                ErrorCode::JobFinished,
                 format!(
                     "job {id} already finished as {}; nothing to cancel",
                     after.job.status
@@ -686,8 +683,8 @@ impl Services {
 }
 
 fn in_flight() -> ServiceError {
-    ServiceError::conflict(
-        "idempotency_key_in_flight",
+    ServiceError::new(
+        ErrorCode::IdempotencyKeyInFlight,
         "a request with this Idempotency-Key is still being processed; retry when it has finished",
     )
 }

@@ -10,7 +10,9 @@ pub mod uploads;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use crate::{blobs::Blobs, config::Settings, storage::Db, storage::StorageError};
+use crate::{
+    blobs::Blobs, config::Settings, error_code::ErrorCode, storage::Db, storage::StorageError,
+};
 
 /// What the API knows about each kind of job, whether or not this process runs its workers.
 #[derive(Clone, Debug)]
@@ -56,38 +58,30 @@ impl Services {
     }
 }
 
-/// The class of a failure, which the API turns into an HTTP status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    BadRequest,
-    NotFound,
-    Conflict,
-    Unprocessable,
-    TooLarge,
-    RangeNotSatisfiable,
-    Unavailable,
-    Internal,
-}
-
+/// A failure with a stable [`ErrorCode`] (which decides the HTTP status), a message a person
+/// can act on, the request field at fault if any, and — for faults of the server — the cause,
+/// chained and logged, never shown to the client.
 #[derive(Debug, thiserror::Error)]
 #[error("{code}: {detail}")]
 pub struct ServiceError {
-    pub class: ErrorClass,
-    /// Stable, documented, machine-readable.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// For a person: what went wrong and what to do about it.
     pub detail: String,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
+    #[source]
+    pub source: Option<BoxError>,
 }
 
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl ServiceError {
-    pub fn new(class: ErrorClass, code: &'static str, detail: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         Self {
-            class,
             code,
             detail: detail.into(),
             field: None,
+            source: None,
         }
     }
 
@@ -96,26 +90,25 @@ impl ServiceError {
         self
     }
 
+    fn caused_by(mut self, source: impl Into<BoxError>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
     pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self::new(ErrorClass::Unprocessable, "invalid_field", detail).with_field(field)
+        Self::new(ErrorCode::InvalidField, detail).with_field(field)
     }
 
-    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(ErrorClass::NotFound, code, detail)
-    }
-
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(ErrorClass::Conflict, code, detail)
-    }
-
-    /// An infrastructure failure: the cause is logged here, the client gets an opaque message.
-    pub fn internal(context: &str, err: impl std::fmt::Display) -> Self {
+    /// An infrastructure failure: the cause is logged here and kept as the source; the client
+    /// gets an opaque message.
+    pub fn internal(context: &str, err: impl Into<BoxError>) -> Self {
+        let err = err.into();
         tracing::error!(error = %err, "{context}");
         Self::new(
-            ErrorClass::Internal,
-            "internal_error",
+            ErrorCode::InternalError,
             "an internal error occurred; it has been logged",
         )
+        .caused_by(err)
     }
 }
 
@@ -124,10 +117,10 @@ impl From<StorageError> for ServiceError {
         if err.is_unavailable() {
             tracing::warn!(error = %err, "database unavailable");
             return Self::new(
-                ErrorClass::Unavailable,
-                "database_unavailable",
+                ErrorCode::DatabaseUnavailable,
                 "the database is unreachable; retry shortly",
-            );
+            )
+            .caused_by(err);
         }
         Self::internal("database operation failed", err)
     }
@@ -142,27 +135,28 @@ impl From<sea_orm::DbErr> for ServiceError {
 impl From<crate::blobs::BlobError> for ServiceError {
     fn from(err: crate::blobs::BlobError) -> Self {
         use crate::blobs::BlobError;
-        match err {
-            BlobError::NotFound => Self::not_found("blob_missing", "the stored bytes are missing"),
-            BlobError::TooLarge { limit } => Self::new(
-                ErrorClass::TooLarge,
-                "payload_too_large",
+        let (code, detail) = match &err {
+            BlobError::NotFound => (
+                ErrorCode::BlobMissing,
+                "the stored bytes are missing".into(),
+            ),
+            BlobError::TooLarge { limit } => (
+                ErrorCode::PayloadTooLarge,
                 format!("the body exceeds the limit of {limit} bytes"),
             ),
-            BlobError::Source(msg) => Self::new(
-                ErrorClass::BadRequest,
-                "body_incomplete",
-                format!("the request body could not be read completely: {msg}"),
+            BlobError::Source(cause) => (
+                ErrorCode::BodyIncomplete,
+                format!("the request body could not be read completely: {cause}"),
             ),
             other => {
                 tracing::error!(error = %other, "blob store operation failed");
-                Self::new(
-                    ErrorClass::Unavailable,
-                    "blob_store_unavailable",
-                    "the blob store failed; retry shortly",
+                (
+                    ErrorCode::BlobStoreUnavailable,
+                    "the blob store failed; retry shortly".into(),
                 )
             }
-        }
+        };
+        Self::new(code, detail).caused_by(err)
     }
 }
 

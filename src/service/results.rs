@@ -8,7 +8,8 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::{ServiceError, ServiceResult, Services};
 use crate::{
-    blobs::BlobError, domain::validate_result_name, ids::JobId, storage::entities::result,
+    blobs::BlobError, domain::validate_result_name, error_code::ErrorCode, ids::JobId,
+    storage::entities::result,
 };
 
 impl Services {
@@ -32,8 +33,8 @@ impl Services {
             .one(&self.db.orm)
             .await?
             .ok_or_else(|| {
-                ServiceError::not_found(
-                    "result_not_found",
+                ServiceError::new(
+                    ErrorCode::ResultNotFound,
                     format!("job {job} has no result named {name:?} (yet)"),
                 )
             })

@@ -13,8 +13,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{ErrorClass, ServiceError, ServiceResult, Services};
-use crate::{blobs::keys, ids::UploadId, storage::entities::upload, time::now_ms};
+use super::{ServiceError, ServiceResult, Services};
+use crate::{
+    blobs::keys, error_code::ErrorCode, ids::UploadId, storage::entities::upload, time::now_ms,
+};
 
 /// What the client told us about an upload before sending it.
 #[derive(Clone, Debug, Default)]
@@ -31,8 +33,7 @@ impl Services {
         let limit = self.settings.limits.max_upload_bytes;
         match declared {
             Some(len) if len > limit => Err(ServiceError::new(
-                ErrorClass::TooLarge,
-                "payload_too_large",
+                ErrorCode::PayloadTooLarge,
                 format!("Content-Length {len} exceeds the upload limit of {limit} bytes"),
             )),
             _ => Ok(()),
@@ -46,14 +47,13 @@ impl Services {
     ) -> ServiceResult<upload::Model>
     where
         S: Stream<Item = Result<Bytes, E>>,
-        E: std::fmt::Display,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check_declared_length(meta.declared_length)?;
         // Held until this upload is stored or refused: bounds memory across all uploads.
         let _slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
             ServiceError::new(
-                ErrorClass::Unavailable,
-                "uploads_at_capacity",
+                ErrorCode::UploadsAtCapacity,
                 format!(
                     "this server is already receiving {} uploads; retry shortly",
                     self.settings.limits.max_concurrent_uploads
@@ -76,8 +76,7 @@ impl Services {
             && declared != stored.size
         {
             return reject(ServiceError::new(
-                ErrorClass::BadRequest,
-                "body_incomplete",
+                ErrorCode::BodyIncomplete,
                 format!(
                     "received {} bytes but Content-Length said {declared}",
                     stored.size
@@ -89,8 +88,7 @@ impl Services {
             && expected != stored.sha256
         {
             return reject(ServiceError::new(
-                ErrorClass::BadRequest,
-                "digest_mismatch",
+                ErrorCode::DigestMismatch,
                 format!(
                     "the body's SHA-256 is {} but the digest header says {}; the upload was \
                      discarded, send it again",
@@ -137,8 +135,8 @@ impl Services {
         // An expired upload is already gone as far as clients are concerned.
         let row = self.get_upload(id).await?;
         if let Some(job) = row.job_id {
-            return Err(ServiceError::conflict(
-                "upload_in_use",
+            return Err(ServiceError::new(
+                ErrorCode::UploadInUse,
                 format!(
                     "upload {id} is an input of job {}; delete the job to delete its inputs",
                     crate::ids::JobId(job)
@@ -152,8 +150,8 @@ impl Services {
             .exec(&self.db.orm)
             .await?;
         if marked.rows_affected == 0 {
-            return Err(ServiceError::conflict(
-                "upload_in_use",
+            return Err(ServiceError::new(
+                ErrorCode::UploadInUse,
                 format!("upload {id} was just attached to a job; delete the job instead"),
             ));
         }
@@ -175,8 +173,8 @@ impl Services {
 }
 
 fn upload_not_found(id: UploadId) -> ServiceError {
-    ServiceError::not_found(
-        "upload_not_found",
+    ServiceError::new(
+        ErrorCode::UploadNotFound,
         format!("no upload {id}: it never existed, expired or was deleted"),
     )
 }

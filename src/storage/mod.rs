@@ -43,7 +43,7 @@ pub enum StorageError {
     #[error("database error: {0}")]
     Orm(#[from] sea_orm::DbErr),
     #[error("queue error: {0}")]
-    Queue(String),
+    Queue(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StorageError {

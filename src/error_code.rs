@@ -1,0 +1,120 @@
+//! Every problem code Ferry answers with, and its HTTP status: the one table of them. A client
+//! branches on `code`, so codes are stable; `openapi.yaml` lists, per operation, the codes it
+//! may return (`x-problem-codes`), and a unit test below checks that the spec names exactly the
+//! codes of this table. Depends on nothing else in the crate.
+
+use std::fmt;
+
+macro_rules! error_codes {
+    ($($variant:ident = ($code:literal, $status:literal): $doc:literal,)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The stable, documented code.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status a problem with this code is sent with.
+            pub fn status(self) -> u16 {
+                match self {
+                    $(ErrorCode::$variant => $status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    InvalidQuery = ("invalid_query", 400): "A query parameter is unknown or out of range.",
+    InvalidJson = ("invalid_json", 400): "The body is not JSON.",
+    BodyIncomplete = ("body_incomplete", 400): "The body ended before its declared length.",
+    DigestMismatch = ("digest_mismatch", 400): "The body's SHA-256 differs from its digest header.",
+    InvalidDigestHeader = ("invalid_digest_header", 400): "A digest header cannot be parsed.",
+    InvalidContentLength = ("invalid_content_length", 400): "Content-Length is not a number.",
+    InvalidIdempotencyKey = ("invalid_idempotency_key", 400): "Idempotency-Key is empty, too long or not ASCII.",
+    NotFound = ("not_found", 404): "The path cannot be parsed.",
+    RouteNotFound = ("route_not_found", 404): "No such route.",
+    JobNotFound = ("job_not_found", 404): "No such job (or it was deleted).",
+    UploadNotFound = ("upload_not_found", 404): "No such upload (or it expired or was deleted).",
+    ResultNotFound = ("result_not_found", 404): "The job has no result of that name (yet).",
+    BlobMissing = ("blob_missing", 404): "The stored bytes are missing.",
+    MethodNotAllowed = ("method_not_allowed", 405): "The route exists, not with this method.",
+    UploadInUse = ("upload_in_use", 409): "The upload is, or just became, the input of a job.",
+    JobFinished = ("job_finished", 409): "The job already finished.",
+    IdempotencyKeyInFlight = ("idempotency_key_in_flight", 409): "A request with this key is still running.",
+    PayloadTooLarge = ("payload_too_large", 413): "The body is over the configured limit.",
+    UnsupportedMediaType = ("unsupported_media_type", 415): "The body's media type is not accepted here.",
+    RangeNotSatisfiable = ("range_not_satisfiable", 416): "The Range does not fit the result.",
+    InvalidField = ("invalid_field", 422): "A field of the request is invalid (see `errors`).",
+    InvalidBody = ("invalid_body", 422): "The JSON body does not have the expected shape.",
+    UnknownKind = ("unknown_kind", 422): "No handler serves this kind.",
+    IdempotencyKeyReused = ("idempotency_key_reused", 422): "The key was used with a different request.",
+    InternalError = ("internal_error", 500): "A server fault; logged with its cause.",
+    DatabaseUnavailable = ("database_unavailable", 503): "The database cannot be reached; retry.",
+    BlobStoreUnavailable = ("blob_store_unavailable", 503): "The blob store failed; retry.",
+    UploadsAtCapacity = ("uploads_at_capacity", 503): "Too many uploads at once; retry.",
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::ErrorCode;
+
+    fn spec_codes(v: &serde_json::Value, out: &mut BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "x-problem-codes" {
+                        for code in value.as_array().expect("x-problem-codes is a list") {
+                            out.insert(code.as_str().expect("a code").to_owned());
+                        }
+                    } else {
+                        spec_codes(value, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|i| spec_codes(i, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_spec_names_exactly_the_codes_of_the_table() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml"))
+            .expect("openapi.yaml");
+        let spec: serde_json::Value = serde_norway::from_str(&text).expect("YAML");
+        let mut in_spec = BTreeSet::new();
+        spec_codes(&spec, &mut in_spec);
+        let in_table: BTreeSet<String> = ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect();
+        assert_eq!(in_spec, in_table, "openapi.yaml and ErrorCode disagree");
+    }
+
+    #[test]
+    fn codes_are_unique_and_statuses_are_errors() {
+        let unique: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(unique.len(), ErrorCode::ALL.len());
+        assert!(
+            ErrorCode::ALL
+                .iter()
+                .all(|c| (400..600).contains(&c.status()))
+        );
+    }
+}
