@@ -121,7 +121,8 @@ pub fn validate_kind(kind: &str) -> Result<(), &'static str> {
         Ok(())
     } else {
         Err(
-            "must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a letter or digit",
+            "must be 1-64 characters of letters, digits, '-', '_' or '.', starting with a \
+             letter or digit",
         )
     }
 }

@@ -320,7 +320,8 @@ impl Services {
             {
                 tx.commit().await?;
                 if status == JobStatus::Queued {
-                    tracing::info!(job_id = %crate::ids::JobId(job.id), attempt, "attempt ended; job queued again");
+                    let job_id = crate::ids::JobId(job.id);
+                    tracing::info!(%job_id, attempt, "attempt ended; job queued again");
                 }
                 return Ok(Some(status));
             }

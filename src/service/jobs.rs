@@ -388,10 +388,11 @@ impl Services {
                 }
             })?;
             if row.job_id.is_some() {
-                return Err(ServiceError::new(ErrorCode::UploadInUse,
-                    format!("upload {upload_id} is already the input of another job; upload it again for a new job"),
-                )
-                .with_field(field));
+                let detail = format!(
+                    "upload {upload_id} is already the input of another job; upload it again \
+                     for a new job"
+                );
+                return Err(ServiceError::new(ErrorCode::UploadInUse, detail).with_field(field));
             }
             uploads.push((name.clone(), row));
         }

@@ -86,7 +86,8 @@ impl Services {
                 .await?
                 .is_some()
             {
-                tracing::warn!(job_id = %crate::ids::JobId(row.id), attempt = row.attempt, "lease expired; attempt settled");
+                let (job_id, attempt) = (crate::ids::JobId(row.id), row.attempt);
+                tracing::warn!(%job_id, attempt, "lease expired; attempt settled");
                 repairs.expired_leases += 1;
             }
         }
@@ -106,7 +107,8 @@ impl Services {
                 .is_some()
             {
                 if row.dispatch_id.is_some() {
-                    tracing::warn!(job_id = %crate::ids::JobId(job_id), "dispatch lost; job dispatched again");
+                    let job_id = crate::ids::JobId(job_id);
+                    tracing::warn!(%job_id, "dispatch lost; job dispatched again");
                 }
                 repairs.dispatched += 1;
             }

@@ -52,7 +52,8 @@ pub(crate) async fn run_dispatch(
         }
         Err(err) => {
             // The reconciler re-dispatches the job if this delivery is lost.
-            tracing::error!(job_id = %JobId(dispatch.job_id), error = %err, "claiming a job failed");
+            let job_id = JobId(dispatch.job_id);
+            tracing::error!(%job_id, error = %err, "claiming a job failed");
             return;
         }
     };
@@ -82,7 +83,8 @@ async fn run_claimed(
             let (stop, joined) = supervise(&services, handler, &ctx, timeout, &shutdown).await;
             let outcome = decide(&ctx, stop, joined, timeout, attempt).await;
             if let Err(err) = tokio::fs::remove_dir_all(&ctx.work_dir).await {
-                tracing::warn!(dir = %ctx.work_dir.display(), error = %err, "could not remove the work folder");
+                let dir = ctx.work_dir.display();
+                tracing::warn!(%dir, error = %err, "could not remove the work folder");
             }
             outcome
         }
