@@ -39,7 +39,7 @@ error_codes! {
     DigestMismatch = ("digest_mismatch", 400): "SHA-256 differs from the digest header.",
     InvalidDigestHeader = ("invalid_digest_header", 400): "A digest header cannot be parsed.",
     InvalidContentLength = ("invalid_content_length", 400): "Content-Length is not a number.",
-    InvalidIdempotencyKey = ("invalid_idempotency_key", 400): "Idempotency-Key is empty, long or not ASCII.",
+    InvalidIdempotencyKey = ("invalid_idempotency_key", 400): "Empty, too long or not ASCII.",
     NotFound = ("not_found", 404): "The path cannot be parsed.",
     RouteNotFound = ("route_not_found", 404): "No such route.",
     JobNotFound = ("job_not_found", 404): "No such job (or it was deleted).",
