@@ -9,6 +9,7 @@ mod helpers;
 mod job_requests;
 mod jobs;
 mod lifecycle;
+mod queue_order;
 mod reliability;
 mod results;
 mod scale_out;
