@@ -11,17 +11,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api,
-    cli::{Cli, Command},
+    cli::Command,
     config::Settings,
     service::Services,
     storage::Db,
     worker::{self, Registry},
 };
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(&cli)?;
+/// Runs `command` with `settings` (loaded by the caller, which sets up logging from them first).
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     let registry = Registry::from_settings(&settings);
-    match cli.command {
+    match command {
         Command::Migrate { .. } => {
             let db = Db::connect(&settings.database_url()).await?;
             db.migrate().await?;

@@ -11,7 +11,7 @@
 //! configured the way their SDKs are: `AWS_*` / `GOOGLE_*` / `AZURE_*` environment variables
 //! (`AWS_ENDPOINT_URL` for S3-compatible servers), overridden by `blob_options` in `ferry.toml`.
 
-use std::{ops::Range, path::PathBuf, sync::Arc};
+use std::{collections::BTreeMap, ops::Range, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -127,83 +127,16 @@ impl Blobs {
     pub fn open(
         spec: &str,
         part_bytes: usize,
-        options: &std::collections::BTreeMap<String, String>,
+        options: &BTreeMap<String, String>,
     ) -> anyhow::Result<Blobs> {
-        let local = match spec.strip_prefix("file://") {
-            Some(path) => Some(PathBuf::from(path)),
-            None if spec.contains("://") => None,
-            None => Some(PathBuf::from(spec)),
-        };
-        if let Some(dir) = local {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create blob folder {}", dir.display()))?;
-            let store = LocalFileSystem::new_with_prefix(&dir)
-                .with_context(|| format!("cannot open blob folder {}", dir.display()))?
-                .with_fsync(true)
-                .with_automatic_cleanup(true);
-            return Ok(Blobs {
-                store: Arc::new(store),
-                part_bytes,
-                local_root: Some(dir),
-            });
+        if let Some(dir) = local_folder(spec) {
+            return open_local(dir, part_bytes);
         }
         let url =
             url::Url::parse(spec).with_context(|| format!("invalid blob_store URL {spec:?}"))?;
-        if matches!(url.scheme(), "s3" | "s3a") && part_bytes < 5 << 20 {
-            anyhow::bail!(
-                "limits.upload_part_bytes must be at least 5 MiB for S3 (its minimum part size)"
-            );
-        }
-        let mut config: std::collections::BTreeMap<String, String> = std::env::vars()
-            .filter(|(k, _)| {
-                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
-            })
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect();
-        config.extend(
-            options
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
-        );
-        // An S3-compatible server on plain HTTP (a local MinIO, moto…) needs HTTP allowed.
-        let endpoint = ["aws_endpoint_url", "aws_endpoint", "endpoint"]
-            .iter()
-            .find_map(|k| config.get(*k).cloned());
-        if endpoint.is_some_and(|e| e.starts_with("http://")) {
-            config
-                .entry("aws_allow_http".into())
-                .or_insert_with(|| "true".into());
-        }
-        let (store, prefix): (Box<dyn ObjectStore>, Path) = if matches!(url.scheme(), "s3" | "s3a")
-        {
-            // Completing a multi-GiB multipart upload can take a slow store well over object_store's
-            // default 30 s request timeout; connection failures still surface at once. Set before
-            // the configuration keys, which may adjust the client further (`aws_allow_http`).
-            let client = object_store::ClientOptions::new()
-                .with_timeout(std::time::Duration::from_secs(300))
-                .with_connect_timeout(std::time::Duration::from_secs(5));
-            let mut builder = object_store::aws::AmazonS3Builder::new()
-                .with_client_options(client)
-                .with_url(spec);
-            for (key, value) in &config {
-                if let Ok(key) = key.parse() {
-                    builder = builder.with_config(key, value);
-                }
-            }
-            // Ride out blips, but give up soon enough to answer the client with a clear 503
-            // instead of holding its request for object_store's default three minutes.
-            let retry = object_store::RetryConfig {
-                max_retries: 4,
-                retry_timeout: std::time::Duration::from_secs(20),
-                ..Default::default()
-            };
-            let store = builder
-                .with_retry(retry)
-                .build()
-                .with_context(|| format!("cannot configure blob store {spec:?}"))?;
-            let prefix = Path::parse(url.path().trim_start_matches('/'))
-                .with_context(|| format!("invalid prefix in {spec:?}"))?;
-            (Box::new(store), prefix)
+        let config = object_store_config(options);
+        let (store, prefix) = if matches!(url.scheme(), "s3" | "s3a") {
+            open_s3(spec, &url, part_bytes, &config)?
         } else {
             object_store::parse_url_opts(&url, config)
                 .with_context(|| format!("cannot configure blob store {spec:?}"))?
@@ -390,6 +323,12 @@ impl Blobs {
         Ok(result.into_stream().map_err(BlobError::from_store).boxed())
     }
 
+    /// The size of an object, asked without reading it.
+    pub async fn head(&self, key: &Path) -> Result<u64, BlobError> {
+        let meta = self.store.head(key).await.map_err(BlobError::from_store)?;
+        Ok(meta.size)
+    }
+
     /// Copies an object into a local file (a handler's input folder), streaming.
     pub async fn copy_to_file(&self, key: &Path, dest: &std::path::Path) -> Result<u64, BlobError> {
         let mut stream = self.get(key, None).await?;
@@ -444,6 +383,99 @@ impl Blobs {
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// The folder a `blob_store` names, if it is a local one (a path or a `file://` URL).
+fn local_folder(spec: &str) -> Option<PathBuf> {
+    match spec.strip_prefix("file://") {
+        Some(path) => Some(PathBuf::from(path)),
+        None if spec.contains("://") => None,
+        None => Some(PathBuf::from(spec)),
+    }
+}
+
+/// A local folder, created if needed; every write is fsynced before it returns.
+fn open_local(dir: PathBuf, part_bytes: usize) -> anyhow::Result<Blobs> {
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create blob folder {}", dir.display()))?;
+    let store = LocalFileSystem::new_with_prefix(&dir)
+        .with_context(|| format!("cannot open blob folder {}", dir.display()))?
+        .with_fsync(true)
+        .with_automatic_cleanup(true);
+    Ok(Blobs {
+        store: Arc::new(store),
+        part_bytes,
+        local_root: Some(dir),
+    })
+}
+
+/// object_store configuration keys: the `AWS_*`, `GOOGLE_*` and `AZURE_*` environment, then
+/// `options` over it.
+fn object_store_config(options: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut config: BTreeMap<String, String> = std::env::vars()
+        .filter(|(k, _)| {
+            k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+        })
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    config.extend(
+        options
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.clone())),
+    );
+    // An S3-compatible server on plain HTTP (a local MinIO, moto…) needs HTTP allowed.
+    let endpoint = ["aws_endpoint_url", "aws_endpoint", "endpoint"]
+        .iter()
+        .find_map(|k| config.get(*k).cloned());
+    if endpoint.is_some_and(|e| e.starts_with("http://")) {
+        config
+            .entry("aws_allow_http".into())
+            .or_insert_with(|| "true".into());
+    }
+    config
+}
+
+/// An S3 (or S3-compatible) bucket, with timeouts and retries suited to multi-GiB payloads;
+/// returns the store and the key prefix from the URL's path.
+fn open_s3(
+    spec: &str,
+    url: &url::Url,
+    part_bytes: usize,
+    config: &BTreeMap<String, String>,
+) -> anyhow::Result<(Box<dyn ObjectStore>, Path)> {
+    if part_bytes < 5 << 20 {
+        anyhow::bail!(
+            "limits.upload_part_bytes must be at least 5 MiB for S3 (its minimum part size)"
+        );
+    }
+    // Completing a multi-GiB multipart upload can take a slow store well over object_store's
+    // default 30 s request timeout; connection failures still surface at once. Set before the
+    // configuration keys, which may adjust the client further (`aws_allow_http`).
+    let client = object_store::ClientOptions::new()
+        .with_timeout(Duration::from_secs(300))
+        .with_connect_timeout(Duration::from_secs(5));
+    let mut builder = object_store::aws::AmazonS3Builder::new()
+        .with_client_options(client)
+        .with_url(spec);
+    for (key, value) in config {
+        if let Ok(key) = key.parse() {
+            builder = builder.with_config(key, value);
+        }
+    }
+    // Ride out blips, but give up soon enough to answer the client with a clear 503 instead of
+    // holding its request for object_store's default three minutes.
+    let retry = object_store::RetryConfig {
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    let store = builder
+        .with_retry(retry)
+        .build()
+        .with_context(|| format!("cannot configure blob store {spec:?}"))?;
+    let prefix = Path::parse(url.path().trim_start_matches('/'))
+        .with_context(|| format!("invalid prefix in {spec:?}"))?;
+    Ok((Box::new(store), prefix))
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::telemetry::LogFormat;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry",
@@ -19,6 +21,11 @@ pub struct Cli {
     /// TOML configuration file. Without it, ./ferry.toml is read when present.
     #[arg(long, short = 'c', global = true, env = "FERRY_CONFIG")]
     pub config: Option<PathBuf>,
+
+    /// Log lines on stderr as `text` (the default) or `json` (one object per line, for log
+    /// shippers); also the `log_format` setting and FERRY_LOG_FORMAT.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     pub command: Command,

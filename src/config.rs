@@ -1,5 +1,7 @@
 //! Settings: defaults, then an optional TOML file, then `FERRY_*` environment variables (nested
-//! keys with `__`, e.g. `FERRY_LIMITS__MAX_UPLOAD_BYTES`), then command-line flags.
+//! keys with `__`, e.g. `FERRY_LIMITS__MAX_UPLOAD_BYTES`), then command-line flags — four
+//! figment providers merged in that order. Paths are normalised once, after the merge, whichever
+//! source they came from.
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
@@ -10,7 +12,10 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{Cli, Command};
+use crate::{
+    cli::{Cli, Command},
+    telemetry::LogFormat,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +38,8 @@ pub struct Settings {
     pub workers: bool,
     /// Serve the built-in handlers (`digest`, `noop`).
     pub builtin_handlers: bool,
+    /// Log lines as `text` or `json`.
+    pub log_format: LogFormat,
     pub limits: Limits,
     pub queue: QueueSettings,
     pub handlers: BTreeMap<String, HandlerSettings>,
@@ -110,6 +117,7 @@ impl Default for Settings {
             work_dir: None,
             workers: true,
             builtin_handlers: true,
+            log_format: LogFormat::Text,
             limits: Limits::default(),
             queue: QueueSettings::default(),
             handlers: BTreeMap::new(),
@@ -155,8 +163,48 @@ impl Default for HandlerSettings {
     }
 }
 
+/// The settings given on the command line, as the last configuration source: only the flags
+/// that were given, so that the others leave the earlier sources alone.
+#[derive(Debug, Default, Serialize)]
+struct CommandLine {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blob_store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workers: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+}
+
+impl CommandLine {
+    fn of(cli: &Cli) -> Self {
+        let common = cli.command.common();
+        let mut flags = CommandLine {
+            data_dir: common.data_dir.clone(),
+            database_url: common.database_url.clone(),
+            blob_store: common.blob_store.clone(),
+            log_format: cli.log_format,
+            ..CommandLine::default()
+        };
+        if let Command::Serve {
+            listen, no_workers, ..
+        } = &cli.command
+        {
+            flags.listen = listen.clone();
+            flags.workers = no_workers.then_some(false);
+        }
+        flags
+    }
+}
+
 impl Settings {
-    /// Layers defaults, the TOML file, the environment and the command line.
+    /// Layers defaults, the TOML file, the environment and the command line, then makes paths
+    /// absolute.
     pub fn load(cli: &Cli) -> anyhow::Result<Self> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         match &cli.config {
@@ -168,12 +216,11 @@ impl Settings {
             }
             None => figment = figment.merge(Toml::file("ferry.toml")),
         }
-        figment = figment.merge(Env::prefixed("FERRY_").ignore(&["CONFIG"]).split("__"));
-        let mut settings: Settings = figment.extract().context("invalid configuration")?;
-        // Folders are made absolute once: handlers run in their own working directory and get
-        // their input and output folders by environment variable.
-        settings.data_dir = absolute(settings.data_dir);
-        settings.work_dir = settings.work_dir.map(absolute);
+        let mut settings: Settings = figment
+            .merge(Env::prefixed("FERRY_").ignore(&["CONFIG"]).split("__"))
+            .merge(Serialized::defaults(CommandLine::of(cli)))
+            .extract()
+            .context("invalid configuration")?;
         // Relative handler paths are relative to the configuration file, like any config file's.
         let config_dir = match &cli.config {
             Some(path) => path
@@ -183,37 +230,31 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(".")),
             None => PathBuf::from("."),
         };
-        for handler in settings.handlers.values_mut() {
+        settings.normalise_paths(&config_dir);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Makes every folder absolute, once and after all sources are merged: handlers run in
+    /// their own working directory and get their input and output folders by environment
+    /// variable. Data folders are relative to the current directory (like any command-line
+    /// path), handlers' working folders to the configuration file's folder.
+    fn normalise_paths(&mut self, config_dir: &std::path::Path) {
+        self.data_dir = absolute(std::mem::take(&mut self.data_dir));
+        self.work_dir = self.work_dir.take().map(absolute);
+        if let Some(store) = &self.blob_store
+            && !store.contains("://")
+        {
+            self.blob_store = Some(absolute(PathBuf::from(store)).display().to_string());
+        }
+        for handler in self.handlers.values_mut() {
             let dir = match handler.working_dir.take() {
                 Some(dir) if dir.is_relative() => config_dir.join(dir),
                 Some(dir) => dir,
-                None => config_dir.clone(),
+                None => config_dir.to_path_buf(),
             };
             handler.working_dir = Some(absolute(dir));
         }
-        let common = cli.command.common();
-        if let Some(dir) = &common.data_dir {
-            settings.data_dir = dir.clone();
-        }
-        if let Some(url) = &common.database_url {
-            settings.database_url = Some(url.clone());
-        }
-        if let Some(store) = &common.blob_store {
-            settings.blob_store = Some(store.clone());
-        }
-        if let Command::Serve {
-            listen, no_workers, ..
-        } = &cli.command
-        {
-            if let Some(listen) = listen {
-                settings.listen = listen.clone();
-            }
-            if *no_workers {
-                settings.workers = false;
-            }
-        }
-        settings.validate()?;
-        Ok(settings)
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -257,4 +298,52 @@ impl Settings {
 
 fn absolute(path: PathBuf) -> PathBuf {
     std::path::absolute(&path).unwrap_or(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_comes_last_and_folders_end_up_absolute() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ferry.toml");
+        std::fs::write(
+            &config,
+            "data_dir = \"/from/the/file\"\nlisten = \"127.0.0.1:1\"\nlog_format = \"json\"\n\
+             [handlers.m]\ncommand = [\"x\"]\nworking_dir = \"models\"\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from([
+            "ferry",
+            "--config",
+            config.to_str().unwrap(),
+            "serve",
+            "--data-dir",
+            "relative/data",
+            "--no-workers",
+            "--log-format",
+            "text",
+        ]);
+        let settings = Settings::load(&cli).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(settings.data_dir, cwd.join("relative/data"));
+        assert_eq!(settings.work_dir(), cwd.join("relative/data/work"));
+        assert_eq!(
+            settings.blob_store(),
+            cwd.join("relative/data/blobs").display().to_string()
+        );
+        assert_eq!(
+            settings.listen, "127.0.0.1:1",
+            "a flag not given changes nothing"
+        );
+        assert!(!settings.workers);
+        assert_eq!(settings.log_format, LogFormat::Text);
+        assert_eq!(
+            settings.handlers["m"].working_dir.as_deref(),
+            Some(dir.path().join("models").as_path())
+        );
+    }
 }

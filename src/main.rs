@@ -1,10 +1,21 @@
-//! The `ferry` binary: parses the command line and hands over to [`ferry::app`].
+//! The `ferry` binary: parses the command line, loads the settings, sets up logging as they say
+//! and hands over to [`ferry::app`].
 
 use clap::Parser;
+use ferry::{config::Settings, telemetry::LogFormat};
 
 fn main() -> std::process::ExitCode {
     let cli = ferry::cli::Cli::parse();
-    ferry::telemetry::init();
+    // Before logging is set up (its format is a setting): a bad configuration is printed as is.
+    let settings = match Settings::load(&cli) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("ferry: {err:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let log_format = settings.log_format;
+    ferry::telemetry::init(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -15,10 +26,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ferry::app::run(cli)) {
+    match runtime.block_on(ferry::app::run(cli.command, settings)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("ferry: {err:#}");
+            // In JSON mode every stderr line stays a JSON object, this last one included.
+            match log_format {
+                LogFormat::Json => {
+                    tracing::error!(error = %format_args!("{err:#}"), "ferry stopped")
+                }
+                LogFormat::Text => eprintln!("ferry: {err:#}"),
+            }
             std::process::ExitCode::FAILURE
         }
     }

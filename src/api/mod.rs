@@ -9,28 +9,54 @@ pub mod results;
 pub mod uploads;
 pub mod wire;
 
-use actix_web::web;
+use actix_web::{FromRequest, Handler, Resource, Responder, web};
 
 use crate::service::Services;
 
 /// Every (method, path) the API serves, in OpenAPI path syntax. The contract test checks that
-/// `openapi.yaml` lists exactly these and that the running server routes each of them.
+/// `openapi.yaml` lists exactly these and that the running server routes each of them; the
+/// `Allow` header of a 405 is read from here. Every `get` has its `head` (see [`readable`]).
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("head", "/healthz"),
     ("get", "/readyz"),
+    ("head", "/readyz"),
     ("post", "/v1/uploads"),
     ("get", "/v1/uploads/{id}"),
+    ("head", "/v1/uploads/{id}"),
     ("delete", "/v1/uploads/{id}"),
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
+    ("head", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
+    ("head", "/v1/jobs/{id}"),
     ("delete", "/v1/jobs/{id}"),
     ("post", "/v1/jobs/{id}/cancel"),
     ("get", "/v1/jobs/{id}/events"),
+    ("head", "/v1/jobs/{id}/events"),
     ("get", "/v1/jobs/{id}/logs"),
+    ("head", "/v1/jobs/{id}/logs"),
     ("get", "/v1/jobs/{id}/results"),
+    ("head", "/v1/jobs/{id}/results"),
     ("get", "/v1/jobs/{id}/results/{name}"),
+    ("head", "/v1/jobs/{id}/results/{name}"),
 ];
+
+/// Routes `GET` and `HEAD` of a resource to `handler`. A HEAD answer is the GET answer — same
+/// status, same headers, `Content-Length` included — whose body the HTTP layer does not send
+/// (actix writes the head of a response to a HEAD request and discards its body). Handlers
+/// whose body is costly to produce look at the method and skip producing it
+/// ([`results::download`]).
+fn readable<F, Args>(resource: Resource, handler: F) -> Resource
+where
+    F: Handler<Args>,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    resource
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
+}
 
 /// Registers every route; `openapi.yaml` describes exactly these (see [`ROUTES`]).
 pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
@@ -41,30 +67,25 @@ pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
         let resource = |path: &str| {
             web::resource(path.to_owned()).default_service(web::to(problem::method_not_allowed))
         };
-        cfg.service(resource("/healthz").route(web::get().to(health::live)))
-            .service(resource("/readyz").route(web::get().to(health::ready)))
+        cfg.service(readable(resource("/healthz"), health::live))
+            .service(readable(resource("/readyz"), health::ready))
             .service(resource("/v1/uploads").route(web::post().to(uploads::create)))
             .service(
-                resource("/v1/uploads/{id}")
-                    .route(web::get().to(uploads::get))
+                readable(resource("/v1/uploads/{id}"), uploads::get)
                     .route(web::delete().to(uploads::delete)),
             )
+            .service(readable(resource("/v1/jobs"), jobs::list).route(web::post().to(jobs::create)))
             .service(
-                resource("/v1/jobs")
-                    .route(web::post().to(jobs::create))
-                    .route(web::get().to(jobs::list)),
-            )
-            .service(
-                resource("/v1/jobs/{id}")
-                    .route(web::get().to(jobs::get))
+                readable(resource("/v1/jobs/{id}"), jobs::get)
                     .route(web::delete().to(jobs::delete)),
             )
             .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
-            .service(resource("/v1/jobs/{id}/events").route(web::get().to(jobs::events)))
-            .service(resource("/v1/jobs/{id}/logs").route(web::get().to(jobs::logs)))
-            .service(resource("/v1/jobs/{id}/results").route(web::get().to(results::list)))
-            .service(
-                resource("/v1/jobs/{id}/results/{name:.+}").route(web::get().to(results::download)),
-            );
+            .service(readable(resource("/v1/jobs/{id}/events"), jobs::events))
+            .service(readable(resource("/v1/jobs/{id}/logs"), jobs::logs))
+            .service(readable(resource("/v1/jobs/{id}/results"), results::list))
+            .service(readable(
+                resource("/v1/jobs/{id}/results/{name:.+}"),
+                results::download,
+            ));
     }
 }

@@ -1,8 +1,19 @@
-//! `/v1/jobs/{id}/results`: the artifact list and streamed downloads with byte ranges.
+//! `/v1/jobs/{id}/results`: the artifact list and streamed downloads with byte ranges and
+//! conditional requests (`Range`, `If-None-Match`, read with actix's typed headers), for `GET`
+//! and `HEAD`.
 
-use crate::error_code::ErrorCode;
-use actix_web::{HttpRequest, HttpResponse, http::StatusCode, http::header, web};
-use futures_util::TryStreamExt;
+use std::ops::Range;
+
+use actix_web::{
+    HttpRequest, HttpResponse,
+    error::ParseError,
+    http::{
+        Method, StatusCode,
+        header::{self, ByteRangeSpec, ETag, EntityTag, Header, IfNoneMatch},
+    },
+    web,
+};
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
     digest_header,
@@ -10,7 +21,7 @@ use super::{
     problem::ApiError,
     wire::{ResultList, ResultOut},
 };
-use crate::service::Services;
+use crate::{error_code::ErrorCode, service::Services};
 
 pub async fn list(
     services: web::Data<Services>,
@@ -22,40 +33,55 @@ pub async fn list(
     }))
 }
 
-/// A single `bytes=` range resolved against the object's size. `Ok(None)` means "send it all"
-/// (no header, or a form we do not serve such as multiple ranges, which RFC 9110 allows).
-fn parse_range(header: Option<&str>, size: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let (start, end) = spec.split_once('-').ok_or(())?;
-    let (start, end) = match (start.trim(), end.trim()) {
-        ("", suffix) => {
-            let n: u64 = suffix.parse().map_err(|_| ())?;
-            if n == 0 {
-                return Err(());
-            }
-            (size.saturating_sub(n), size)
-        }
-        (s, "") => (s.parse().map_err(|_| ())?, size),
-        (s, e) => {
-            let s: u64 = s.parse().map_err(|_| ())?;
-            let e: u64 = e.parse().map_err(|_| ())?;
-            if e < s {
-                return Err(());
-            }
-            (s, (e + 1).min(size))
-        }
-    };
-    if start >= size {
-        return Err(());
-    }
-    Ok(Some(start..end))
+/// What a download sends for its `Range` header (RFC 9110 §14.2).
+#[derive(Debug, PartialEq, Eq)]
+enum Selection {
+    /// No `Range`, another unit, or several ranges (which RFC 9110 lets a server answer with
+    /// the whole representation; we do not send multipart bodies).
+    Whole,
+    /// One satisfiable byte range, end exclusive.
+    Part(Range<u64>),
+    /// One range that does not fit, or a malformed header: `416`.
+    Unsatisfiable,
 }
 
+/// Resolves a `Range` header (absent, or as actix parsed it) against the result's size.
+fn select(range: Option<Result<header::Range, ParseError>>, size: u64) -> Selection {
+    match range {
+        None | Some(Ok(header::Range::Unregistered(..))) => Selection::Whole,
+        Some(Err(_)) => Selection::Unsatisfiable,
+        Some(Ok(header::Range::Bytes(specs))) => match specs.as_slice() {
+            [spec] => satisfiable(spec, size)
+                .map(Selection::Part)
+                .unwrap_or(Selection::Unsatisfiable),
+            _ => Selection::Whole,
+        },
+    }
+}
+
+fn satisfiable(spec: &ByteRangeSpec, size: u64) -> Option<Range<u64>> {
+    let (first, last) = spec.to_satisfiable_range(size)?;
+    Some(first..last + 1)
+}
+
+/// Whether `If-None-Match` lets the client keep its copy: `*`, or any of its tags equal to
+/// ours under the weak comparison RFC 9110 §13.1.2 prescribes (`W/"x"` matches `"x"`). A
+/// header that does not parse matches nothing.
+fn not_modified(if_none_match: Option<Result<IfNoneMatch, ParseError>>, etag: &EntityTag) -> bool {
+    match if_none_match {
+        Some(Ok(IfNoneMatch::Any)) => true,
+        Some(Ok(IfNoneMatch::Items(tags))) => tags.iter().any(|tag| tag.weak_eq(etag)),
+        None | Some(Err(_)) => false,
+    }
+}
+
+/// Parses a typed header only when the request carries it, so "absent" and "malformed" differ.
+fn typed<H: Header>(req: &HttpRequest) -> Option<Result<H, ParseError>> {
+    req.headers().contains_key(H::name()).then(|| H::parse(req))
+}
+
+/// Streams a result (`GET`), or answers with the same status and headers without reading its
+/// bytes (`HEAD`: the blob store is asked only whether they are still there).
 pub async fn download(
     services: web::Data<Services>,
     path: web::Path<(String, String)>,
@@ -64,41 +90,41 @@ pub async fn download(
     let (id, name) = path.into_inner();
     let row = services.get_result(parse_job_id(&id)?, &name).await?;
     let size = row.size as u64;
-    let etag = format!("\"{}\"", row.sha256);
-    if req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            // Weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`.
-            v.split(',')
-                .map(|t| t.trim().trim_start_matches("W/"))
-                .any(|t| t == etag || t == "*")
-        })
-    {
+    let etag = EntityTag::new_strong(row.sha256.clone());
+    if not_modified(typed::<IfNoneMatch>(&req), &etag) {
         return Ok(HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
+            .insert_header(ETag(etag))
             .finish());
     }
-    let range_header = req
-        .headers()
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok());
-    let range = match parse_range(range_header, size) {
-        Ok(range) => range,
-        Err(()) => {
+    let range = match select(typed::<header::Range>(&req), size) {
+        Selection::Whole => None,
+        Selection::Part(range) => Some(range),
+        Selection::Unsatisfiable => {
+            let raw = req.headers().get(header::RANGE);
             return Ok(ApiError::new(
                 ErrorCode::RangeNotSatisfiable,
-                format!("the Range header {range_header:?} does not fit a {size}-byte result"),
+                format!("the Range header {raw:?} does not fit a {size}-byte result"),
             )
             .error_response_with_range(size));
         }
     };
-    // An empty object has no bytes to stream.
+    let head_only = req.method() == Method::HEAD;
+    // An empty object has no bytes to stream (nor to check).
     let stream = if size == 0 {
         None
+    } else if head_only {
+        services.check_result_stored(&row).await?;
+        Some(futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>().boxed_local())
     } else {
-        Some(services.open_result(&row, range.clone()).await?)
+        let stream = services.open_result(&row, range.clone()).await?;
+        Some(
+            stream
+                .map_err(|e| {
+                    tracing::error!(error = %e, "streaming a result failed midway");
+                    std::io::Error::other(e.to_string())
+                })
+                .boxed_local(),
+        )
     };
     let mut res = match &range {
         Some(r) => {
@@ -113,15 +139,13 @@ pub async fn download(
     };
     let len = range.as_ref().map(|r| r.end - r.start).unwrap_or(size);
     res.insert_header((header::CONTENT_TYPE, row.content_type.clone()))
-        .insert_header((header::ETAG, etag))
+        .insert_header(ETag(etag))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header(("Repr-Digest", digest_header::header_value(&row.sha256)));
     match stream {
         None => Ok(res.body(Vec::<u8>::new())),
-        Some(stream) => Ok(res.no_chunking(len).streaming(stream.map_err(|e| {
-            tracing::error!(error = %e, "streaming a result failed midway");
-            std::io::Error::other(e.to_string())
-        }))),
+        // `no_chunking` sets `Content-Length: len`; for HEAD the (empty) body is never sent.
+        Some(stream) => Ok(res.no_chunking(len).streaming(stream)),
     }
 }
 
@@ -139,18 +163,53 @@ impl ApiError {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use actix_web::test::TestRequest;
+
+    use super::*;
+
+    fn request(name: header::HeaderName, value: Option<&str>) -> HttpRequest {
+        let req = TestRequest::default();
+        match value {
+            Some(value) => req.insert_header((name, value)),
+            None => req,
+        }
+        .to_http_request()
+    }
+
+    fn range(value: Option<&str>, size: u64) -> Selection {
+        select(typed(&request(header::RANGE, value)), size)
+    }
 
     #[test]
     fn ranges_resolve_against_the_size() {
-        assert_eq!(parse_range(None, 10), Ok(None));
-        assert_eq!(parse_range(Some("bytes=0-3"), 10), Ok(Some(0..4)));
-        assert_eq!(parse_range(Some("bytes=5-"), 10), Ok(Some(5..10)));
-        assert_eq!(parse_range(Some("bytes=-3"), 10), Ok(Some(7..10)));
-        assert_eq!(parse_range(Some("bytes=8-100"), 10), Ok(Some(8..10)));
-        assert_eq!(parse_range(Some("bytes=10-"), 10), Err(()));
-        assert_eq!(parse_range(Some("bytes=5-2"), 10), Err(()));
-        assert_eq!(parse_range(Some("bytes=0-1,4-5"), 10), Ok(None));
-        assert_eq!(parse_range(Some("bytes=x-"), 10), Err(()));
+        use Selection::*;
+        assert_eq!(range(None, 10), Whole);
+        assert_eq!(range(Some("bytes=0-3"), 10), Part(0..4));
+        assert_eq!(range(Some("bytes=5-"), 10), Part(5..10));
+        assert_eq!(range(Some("bytes=-3"), 10), Part(7..10));
+        assert_eq!(range(Some("bytes=-30"), 10), Part(0..10));
+        assert_eq!(range(Some("bytes=8-100"), 10), Part(8..10));
+        assert_eq!(range(Some("bytes=10-"), 10), Unsatisfiable);
+        assert_eq!(range(Some("bytes=-0"), 10), Unsatisfiable);
+        assert_eq!(range(Some("bytes=5-2"), 10), Unsatisfiable);
+        assert_eq!(range(Some("bytes=x-"), 10), Unsatisfiable);
+        assert_eq!(range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(range(Some("bytes=0-1,4-5"), 10), Whole);
+        assert_eq!(range(Some("items=0-1"), 10), Whole);
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let ours = EntityTag::new_strong("abc".into());
+        let matches = |value: Option<&str>| {
+            not_modified(typed(&request(header::IF_NONE_MATCH, value)), &ours)
+        };
+        assert!(matches(Some("\"abc\"")));
+        assert!(matches(Some("W/\"abc\"")));
+        assert!(matches(Some("\"x\", W/\"abc\"")));
+        assert!(matches(Some("*")));
+        assert!(!matches(Some("\"abd\"")));
+        assert!(!matches(Some("abc")));
+        assert!(!matches(None));
     }
 }

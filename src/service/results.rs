@@ -53,4 +53,13 @@ impl Services {
             )
             .await?)
     }
+
+    /// Checks that a result's bytes are still stored, without reading them (a `HEAD` answers
+    /// what a `GET` would: `blob_missing` when they are gone).
+    pub async fn check_result_stored(&self, row: &result::Model) -> ServiceResult<()> {
+        self.blobs
+            .head(&object_store::path::Path::from(row.blob_key.as_str()))
+            .await?;
+        Ok(())
+    }
 }

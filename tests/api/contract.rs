@@ -663,7 +663,10 @@ async fn every_spec_route_is_routed_by_the_server() {
     ]
     .into_iter()
     .collect();
-    assert_eq!(expected.len(), ferry::api::ROUTES.len());
+    // HEAD answers what GET does, without the body (so its problem code cannot be read).
+    let as_get = |method: &'static str| if method == "head" { "get" } else { method };
+    let heads = ferry::api::ROUTES.iter().filter(|(m, _)| *m == "head");
+    assert_eq!(expected.len(), ferry::api::ROUTES.len() - heads.count());
 
     let mut by_path: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for &(method, template) in ferry::api::ROUTES {
@@ -683,9 +686,9 @@ async fn every_spec_route_is_routed_by_the_server() {
             "{method} {path} is not routed: {}",
             reply.body
         );
-        let want = expected[&(method, template)];
+        let want = expected[&(as_get(method), template)];
         assert_eq!(reply.status, want, "{method} {path}: {}", reply.body);
-        if want == 404 {
+        if want == 404 && method != "head" {
             let code = if template.starts_with("/v1/uploads") {
                 "upload_not_found"
             } else {

@@ -8,6 +8,7 @@ FERRY_PARAMS chooses what it does:
   mode = "declare"  declare a permanent error on stdout, then exit 0.
   mode = "sleep"    write its pid to params.pid_file and sleep for a long time.
   mode = "stubborn" like sleep, but ignore SIGTERM (so only SIGKILL stops it).
+With params.echo_env, "ok" also writes env.json: its FERRY_* variables and working directory.
 """
 import hashlib, json, os, pathlib, signal, sys, time
 
@@ -45,6 +46,9 @@ say(progress=50, stage="thinking")
 gate = params.get("gate")
 while gate and not os.path.exists(gate):
     time.sleep(0.05)
+if params.get("echo_env"):
+    env = {k: v for k, v in os.environ.items() if k.startswith("FERRY_")}
+    (outputs / "env.json").write_text(json.dumps({"env": env, "cwd": os.getcwd()}))
 (outputs / "masks").mkdir(exist_ok=True)
 (outputs / "masks" / "mask.json").write_text(json.dumps({"inputs": digests, "attempt": os.environ["FERRY_ATTEMPT"]}))
 say(progress=100, stage="done")
