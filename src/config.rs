@@ -73,7 +73,8 @@ pub struct QueueSettings {
     /// A running job's lease: a worker that has not renewed it by then is presumed dead.
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
-    /// How often the reconciler looks for expired leases, lost dispatches and expired uploads.
+    /// How often the reconciler looks for expired leases, lost dispatches and expired uploads
+    /// (it also wakes up when a retry's backoff ends).
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
     /// First retry delay; doubled on each further attempt, with jitter.
