@@ -778,15 +778,103 @@ pub async fn count_pg_databases(name: &str) -> i64 {
     n
 }
 
+/// A fresh database for one test: a copy of [`pg_template`], which has every migration applied
+/// (copying it takes a fraction of running them all again; the server's start-up still runs
+/// the migrator, which finds nothing to do).
 async fn create_pg_database(name: &str) {
+    let template = pg_template().await;
     let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
         .await
         .expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&admin)
-        .await
-        .expect("create test database");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+    )))
+    .execute(&admin)
+    .await
+    .expect("create test database");
     admin.close().await;
+}
+
+/// A migrated database the tests' databases are copied from, shared by test runs: its name
+/// carries a fingerprint of the schema's sources, so a changed migration makes a new one. It is
+/// built under a temporary name and renamed once complete, so no test binary running at the
+/// same time copies half a schema.
+async fn pg_template() -> &'static str {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE.get_or_init(build_pg_template).await
+}
+
+async fn build_pg_template() -> String {
+    let name = format!("ferry_test_template_{}", schema_fingerprint());
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
+        .await
+        .expect("connect to PostgreSQL");
+    let exists = |db: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+                .bind(db)
+                .fetch_one(&admin)
+                .await
+                .expect("look for the template")
+                > 0
+        }
+    };
+    if !exists(name.clone()).await {
+        let building = format!("ferry_test_building_{}", uuid::Uuid::now_v7().simple());
+        let run = |sql: String| {
+            let admin = admin.clone();
+            async move { sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await }
+        };
+        run(format!("CREATE DATABASE \"{building}\""))
+            .await
+            .expect("create the template database");
+        let db = ferry::storage::Db::connect(&format!("{}/{building}", pg_url()))
+            .await
+            .expect("connect to the template database");
+        db.migrate().await.expect("migrate the template database");
+        drop(db);
+        // A database with sessions can be neither renamed nor copied: end the migrator's.
+        run(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{building}'"
+        ))
+        .await
+        .expect("disconnect from the template database");
+        if run(format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+        ))
+        .await
+        .is_err()
+        {
+            // Another test binary finished one first.
+            assert!(exists(name.clone()).await, "cannot set up {name}");
+            let _ = run(format!("DROP DATABASE \"{building}\" WITH (FORCE)")).await;
+        }
+    }
+    admin.close().await;
+    name
+}
+
+/// What the PostgreSQL schema is made from: the source of Ferry's migrations and the checksums
+/// of the queue's.
+fn schema_fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/src");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the migrations' sources")
+        .map(|e| e.expect("a directory entry").path())
+        .collect();
+    files.sort();
+    for file in files {
+        hasher.update(file.file_name().expect("a file name").as_encoded_bytes());
+        hasher.update(std::fs::read(&file).expect("read a migration"));
+    }
+    for migration in apalis_postgres::PostgresStorage::migrations().iter() {
+        hasher.update(migration.version.to_le_bytes());
+        hasher.update(&*migration.checksum);
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 pub async fn create_bucket(endpoint: &str, name: &str) {

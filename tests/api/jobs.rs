@@ -68,6 +68,8 @@ async fn a_digest_job_runs_to_success_with_progress_and_a_correct_report() {
         .find(|r| r["name"] == "partial-report.json")
         .unwrap();
     assert_eq!(partial["final"], false);
+    let report = results.iter().find(|r| r["name"] == "report.json").unwrap();
+    assert_eq!(report["final"], true);
 
     // The event log tells the story in order.
     let kinds = app.event_kinds(id).await;
