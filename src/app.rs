@@ -118,19 +118,30 @@ impl Application {
         self.port
     }
 
+    /// A handle that stops this application from outside (the signal handler of
+    /// [`Application::run_until_stopped`], or whoever embeds it, e.g. the integration tests).
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle {
+            shutdown: self.shutdown.clone(),
+            server: self.server.as_ref().map(|(_, h)| h.clone()),
+        }
+    }
+
     /// Runs until SIGINT/SIGTERM, then stops taking requests and jobs; running attempts are
     /// stopped and recorded as retryable so another worker takes them over.
-    pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        let shutdown = self.shutdown.clone();
-        let handle = self.server.as_ref().map(|(_, h)| h.clone());
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let stop = self.stop_handle();
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
-            shutdown.cancel();
-            if let Some(handle) = handle {
-                handle.stop(true).await;
-            }
+            stop.stop(true).await;
         });
+        self.run().await
+    }
+
+    /// Runs until stopped through a [`StopHandle`]; returns once the server and every worker
+    /// have finished.
+    pub async fn run(mut self) -> anyhow::Result<()> {
         if let Some((server, _)) = self.server.take() {
             server.await?;
         } else {
@@ -139,6 +150,25 @@ impl Application {
         self.shutdown.cancel();
         while self.workers.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Stops an [`Application`]: no new jobs are taken, running attempts are stopped (and recorded
+/// as retryable), and the HTTP server stops.
+#[derive(Clone)]
+pub struct StopHandle {
+    shutdown: CancellationToken,
+    server: Option<ServerHandle>,
+}
+
+impl StopHandle {
+    /// `graceful` lets requests in flight finish (up to actix's shutdown timeout); otherwise
+    /// open connections are dropped at once.
+    pub async fn stop(&self, graceful: bool) {
+        self.shutdown.cancel();
+        if let Some(server) = &self.server {
+            server.stop(graceful).await;
+        }
     }
 }
 

@@ -5,45 +5,45 @@ use crate::helpers::*;
 
 async fn unknown_routes_wrong_methods_and_bad_ids_are_problems() {
     let app = TestApp::spawn().await;
-    let res = app.client.get(app.url("/v2/nothing")).send().await.unwrap();
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let status = res.status().as_u16();
-    assert_problem(status, &res.json().await.unwrap(), 404, "route_not_found");
-
-    let res = app.client.put(app.url("/v1/jobs")).send().await.unwrap();
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let status = res.status().as_u16();
-    assert_problem(
-        status,
-        &res.json().await.unwrap(),
-        405,
-        "method_not_allowed",
+    let reply = app.get("/v2/nothing").await;
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
     );
+    reply.assert_problem(404, "route_not_found");
+    let reply = app.request("put", "/v1/jobs", |r| r).await;
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    reply.assert_problem(405, "method_not_allowed");
 
-    let (status, body) = app.get_json("/v1/jobs/not-a-job").await;
-    assert_problem(status, &body, 404, "job_not_found");
-    let (status, body) = app
-        .get_json("/v1/jobs/upl_0193a1b2c3d47e8f9a0b1c2d3e4f5061")
-        .await;
-    assert_problem(status, &body, 404, "job_not_found");
-    let (status, body) = app
-        .get_json("/v1/uploads/job_0193a1b2c3d47e8f9a0b1c2d3e4f5061")
-        .await;
-    assert_problem(status, &body, 404, "upload_not_found");
-    let (status, body) = app
-        .get_json("/v1/jobs/job_0193a1b2c3d47e8f9a0b1c2d3e4f5061/events?after=x")
-        .await;
-    assert_problem(status, &body, 400, "invalid_query");
+    app.get_job("not-a-job")
+        .await
+        .assert_problem(404, "job_not_found");
+    app.get_job("upl_0193a1b2c3d47e8f9a0b1c2d3e4f5061")
+        .await
+        .assert_problem(404, "job_not_found");
+    app.get_upload("job_0193a1b2c3d47e8f9a0b1c2d3e4f5061")
+        .await
+        .assert_problem(404, "upload_not_found");
+    app.job_events("job_0193a1b2c3d47e8f9a0b1c2d3e4f5061", "after=x")
+        .await
+        .assert_problem(400, "invalid_query");
 }
 
 async fn health_and_readiness_answer() {
     let app = TestApp::spawn().await;
-    let (status, body) = app.get_json("/healthz").await;
-    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
-    let (status, body) = app.get_json("/readyz").await;
-    assert_eq!(status, 200);
-    assert_eq!(body["database"], "ok");
-    assert_eq!(body["blob_store"], "ok");
+    let health = app.healthz().await;
+    assert_eq!(
+        (health.status, health.body["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let ready = app.readyz().await;
+    assert_eq!(ready.status, 200);
+    assert_eq!(ready.body["status"], "ok");
+    assert_eq!(ready.body["database"], "ok");
+    assert_eq!(ready.body["blob_store"], "ok");
 }
 
 crate::matrix!(

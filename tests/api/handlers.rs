@@ -27,16 +27,8 @@ async fn an_intermediate_result_is_visible_while_the_job_still_runs() {
     assert_eq!(results[0]["name"], "preview.txt");
     assert_eq!(results[0]["final"], false);
     assert_eq!(results[0]["content_type"], "text/plain");
-    let text = app
-        .client
-        .get(app.url(results[0]["url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(text, "intermediate\n");
+    let preview = app.get(results[0]["url"].as_str().unwrap()).await;
+    assert_eq!(preview.bytes, b"intermediate\n");
     let running = app
         .wait_job(id, WITHIN, |j| j["progress"]["percent"] == 50.0)
         .await;
@@ -51,21 +43,11 @@ async fn an_intermediate_result_is_visible_while_the_job_still_runs() {
         .find(|r| r["name"] == "masks/mask.json")
         .expect("final result");
     assert_eq!(mask["final"], true);
-    let mask: serde_json::Value = app
-        .client
-        .get(app.url(mask["url"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mask = app.get(mask["url"].as_str().unwrap()).await.body;
     assert_eq!(mask["inputs"]["scan"], sha256_hex(&data));
 
-    let (_, logs) = app.get_json(&format!("/v1/jobs/{id}/logs")).await;
-    let lines: Vec<&str> = logs["items"]
-        .as_array()
-        .unwrap()
+    let logs = app.job_logs(id, "").await;
+    let lines: Vec<&str> = items(&logs)
         .iter()
         .map(|l| l["line"].as_str().unwrap())
         .collect();
@@ -96,15 +78,14 @@ async fn canceling_a_running_command_kills_it_and_keeps_published_results() {
     let pid = read_pid(&pid_file, WITHIN).await;
     assert!(process_alive(pid));
 
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/jobs/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
-    let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["cancel_requested"], true);
+    let reply = app.cancel_job(id).await;
+    assert_eq!(reply.status, 202);
+    assert_eq!(reply.body["cancel_requested"], true);
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(
+        reply.header("location"),
+        Some(format!("/v1/jobs/{id}").as_str())
+    );
     let done = app
         .wait_status(id, "canceled", Duration::from_secs(10))
         .await;
@@ -130,13 +111,7 @@ async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
     let id = job["id"].as_str().unwrap();
     let pid = read_pid(&pid_file, WITHIN).await;
     app.wait_status(id, "running", WITHIN).await;
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/jobs/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+    assert_eq!(app.cancel_job(id).await.status, 202);
     app.wait_status(id, "canceled", Duration::from_secs(15))
         .await;
     assert!(!process_alive(pid), "stubborn handler {pid} survived");
@@ -162,24 +137,25 @@ async fn a_failing_command_is_retried_with_backoff_then_fails() {
         detail.contains("status 3") && detail.contains("something went wrong in the model"),
         "{detail}"
     );
-    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
-    let kinds: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap())
-        .collect();
+    let kinds = app.event_kinds(id).await;
     assert_eq!(
-        kinds.iter().filter(|k| **k == "retry_scheduled").count(),
+        kinds.iter().filter(|k| *k == "retry_scheduled").count(),
         2,
         "{kinds:?}"
     );
     assert_eq!(
-        kinds.iter().filter(|k| **k == "started").count(),
+        kinds.iter().filter(|k| *k == "started").count(),
         3,
         "{kinds:?}"
     );
-    assert_eq!(kinds.last(), Some(&"failed"));
+    assert_eq!(kinds.last().map(String::as_str), Some("failed"));
+    // What the command wrote to stderr is in the job's log.
+    let logs = app.job_logs(id, "").await;
+    assert!(
+        !items(&logs).is_empty(),
+        "no log lines from a failing command: {}",
+        logs.body
+    );
 }
 
 async fn a_declared_permanent_error_fails_at_once() {
@@ -200,7 +176,13 @@ async fn a_command_past_its_timeout_is_killed_and_the_job_fails() {
     let pid_file = app.dir.path().join("slow.pid");
     let upload = app.upload(bytes(10, 45)).await;
     let (status, job) = app
-        .post_job(json!({"kind": "model", "inputs": {"scan": upload["id"]}, "params": {"mode": "sleep", "pid_file": pid_file}, "timeout": "1s", "max_attempts": 1}))
+        .post_job(json!({
+            "kind": "model",
+            "inputs": {"scan": upload["id"]},
+            "params": {"mode": "sleep", "pid_file": pid_file},
+            "timeout": "1s",
+            "max_attempts": 1,
+        }))
         .await;
     assert_eq!(status, 202);
     let id = job["id"].as_str().unwrap();
@@ -224,15 +206,8 @@ async fn deleting_a_running_job_stops_its_process_and_erases_everything() {
     let id = job["id"].as_str().unwrap();
     app.wait_job(id, WITHIN, |j| j["result_count"] == 1).await;
     let pid = read_pid(&pid_file, WITHIN).await;
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
-    let (status, _) = app.get_json(&format!("/v1/jobs/{id}")).await;
-    assert_eq!(status, 404);
+    assert_eq!(app.delete_job(id).await.status, 204);
+    assert_eq!(app.get_job(id).await.status, 404);
     wait_process_gone(
         pid,
         Duration::from_secs(10),

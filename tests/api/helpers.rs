@@ -1,5 +1,14 @@
-//! `TestApp`: a real `ferry` process on port 0 with its own temporary data folder, its own
-//! database and its own blob store, a fast-ticking configuration, and HTTP helpers.
+//! `TestApp`: a Ferry server on port 0 with its own temporary data folder, its own database and
+//! its own blob store, and a fast-ticking configuration written to a `ferry.toml`.
+//!
+//! Most tests run the application in-process ([`TestApp::spawn`], [`TestApp::spawn_with`]): the
+//! configuration file goes through `Settings::load` exactly as `ferry serve` reads it, and
+//! `Application::build` runs on a runtime and thread of its own, so a test that blocks its own
+//! thread (e.g. on a raw socket) never stalls the server. Tests that need what only a process
+//! gives — `kill -9`, signals, a restart, several processes, the server's own memory figures —
+//! start real `ferry` processes ([`TestApp::spawn_process`], [`TestApp::spawn_api_only`]).
+//! Command handlers are real external processes in both modes. The typed request helpers live
+//! in `client.rs`.
 //!
 //! Every test in the [`matrix!`] runs twice: on the embedded configuration {SQLite, local folder}
 //! and on the scale-out one {PostgreSQL, S3-compatible server}. The second needs PostgreSQL
@@ -16,7 +25,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::in_process::InProcessApp;
+pub use crate::{
+    client::{Headers, items, read_raw_reply},
+    spec::{Reply, spec},
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -149,27 +164,49 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    pub server: Option<Child>,
-    /// Workers and extra replicas.
+    server: Option<Server>,
+    /// Worker and extra replica processes.
     pub workers: Vec<Child>,
     logs: u32,
 }
 
+/// How the test's main server runs.
+enum Server {
+    InProcess(InProcessApp),
+    Process(Child),
+}
+
+/// How [`TestApp::start`] starts the server.
+enum Mode<'a> {
+    InProcess,
+    /// `ferry serve` with these extra arguments.
+    Process(&'a [&'a str]),
+}
+
 impl TestApp {
+    /// An in-process application (API and workers) with the default test configuration.
     pub async fn spawn() -> TestApp {
         Self::spawn_with(TestConfig::default()).await
     }
 
+    /// An in-process application (API and workers).
     pub async fn spawn_with(cfg: TestConfig) -> TestApp {
-        Self::start(cfg, &[]).await
+        Self::start(cfg, Mode::InProcess).await
     }
 
-    /// `ferry serve --no-workers`; start workers with [`TestApp::spawn_worker`].
+    /// A real `ferry serve` process (API and workers), for tests that kill, signal or restart it
+    /// or look at the process itself.
+    pub async fn spawn_process(cfg: TestConfig) -> TestApp {
+        Self::start(cfg, Mode::Process(&[])).await
+    }
+
+    /// A real `ferry serve --no-workers` process; start worker processes with
+    /// [`TestApp::spawn_worker`].
     pub async fn spawn_api_only(cfg: TestConfig) -> TestApp {
-        Self::start(cfg, &["--no-workers"]).await
+        Self::start(cfg, Mode::Process(&["--no-workers"])).await
     }
 
-    async fn start(cfg: TestConfig, extra: &[&str]) -> TestApp {
+    async fn start(cfg: TestConfig, mode: Mode<'_>) -> TestApp {
         let dir = tempfile::Builder::new()
             .prefix("ferry-test-")
             .tempdir()
@@ -269,7 +306,14 @@ concurrency = {concurrency}
             workers: Vec::new(),
             logs: 0,
         };
-        app.start_server(extra);
+        match mode {
+            Mode::InProcess => {
+                let (server, base) = InProcessApp::start(&app.config_path).await;
+                app.base = base;
+                app.server = Some(Server::InProcess(server));
+            }
+            Mode::Process(extra) => app.start_server(extra),
+        }
         app
     }
 
@@ -295,11 +339,16 @@ concurrency = {concurrency}
         cmd
     }
 
-    /// Starts `ferry serve` on port 0 and waits for it to say where it listens.
+    /// Starts `ferry serve` on port 0 and waits for it to say where it listens (again, after
+    /// [`TestApp::kill9_server`]).
     pub fn start_server(&mut self, extra: &[&str]) {
+        assert!(
+            !matches!(self.server, Some(Server::InProcess(_))),
+            "an in-process app cannot be restarted as a process: use TestApp::spawn_process"
+        );
         let (child, addr) = self.launch_server(extra);
         self.base = addr;
-        self.server = Some(child);
+        self.server = Some(Server::Process(child));
     }
 
     /// Starts another API replica (`serve --no-workers`) on the same database and blobs; returns
@@ -365,11 +414,34 @@ concurrency = {concurrency}
         pid
     }
 
+    /// Makes `child`, a `ferry serve` process the test started by hand (with flags, a working
+    /// folder or an environment of its own), the test's server.
+    pub fn adopt_server(&mut self, child: Child) {
+        self.server = Some(Server::Process(child));
+    }
+
+    /// Takes the test's server process back, to signal it by hand.
+    pub fn take_server_process(&mut self) -> Option<Child> {
+        match self.server.take() {
+            Some(Server::Process(child)) => Some(child),
+            other => {
+                self.server = other;
+                None
+            }
+        }
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill9_server(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            child.kill().expect("kill -9");
-            child.wait().expect("reap");
+        match self.server.take() {
+            Some(Server::Process(mut child)) => {
+                child.kill().expect("kill -9");
+                child.wait().expect("reap");
+            }
+            Some(Server::InProcess(_)) => {
+                panic!("an in-process app cannot be killed: use TestApp::spawn_process")
+            }
+            None => {}
         }
     }
 
@@ -426,13 +498,21 @@ concurrency = {concurrency}
     }
 
     pub fn server_pid(&self) -> u32 {
-        self.server.as_ref().expect("server running").id()
+        match &self.server {
+            Some(Server::Process(child)) => child.id(),
+            Some(Server::InProcess(_)) => {
+                panic!("an in-process app has no pid of its own: use TestApp::spawn_process")
+            }
+            None => panic!("no server running"),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
+    /// The absolute URL of `path` on the main server (for requests built by hand).
+    #[allow(dead_code)] // no test here needs one today; tests in flight do
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -513,19 +593,8 @@ concurrency = {concurrency}
     }
 
     fn blobs(&self) -> ferry::blobs::Blobs {
-        let endpoint = self.s3_endpoint.clone().expect("S3 endpoint");
-        let options = [
-            ("aws_endpoint", endpoint.as_str()),
-            ("aws_region", "us-east-1"),
-            ("aws_access_key_id", "ferry-test"),
-            ("aws_secret_access_key", "ferry-test-secret"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let bucket = self.bucket.as_deref().expect("bucket");
-        ferry::blobs::Blobs::open(&format!("s3://{bucket}/ferry"), 5 << 20, &options)
-            .expect("open bucket")
+        let endpoint = self.s3_endpoint.as_deref().expect("S3 endpoint");
+        s3_blobs(endpoint, self.bucket.as_deref().expect("bucket"), "ferry")
     }
 
     async fn pending_multipart_uploads(&self) -> Vec<String> {
@@ -537,9 +606,9 @@ concurrency = {concurrency}
             .text()
             .await
             .expect("body");
-        xml.split("<Key>")
+        xml.split("<Upload>")
             .skip(1)
-            .filter_map(|rest| rest.split("</Key>").next())
+            .filter_map(|upload| xml_tag(upload, "Key"))
             .map(|key| format!("(unfinished multipart upload) {key}"))
             .collect()
     }
@@ -623,90 +692,19 @@ concurrency = {concurrency}
         stream.flush().expect("flush");
         stream
     }
-
-    pub async fn upload(&self, body: impl Into<reqwest::Body>) -> Value {
-        let res = self
-            .client
-            .post(self.url("/v1/uploads"))
-            .header("content-type", "application/octet-stream")
-            .body(body)
-            .send()
-            .await
-            .expect("upload");
-        assert_eq!(res.status(), 201, "upload failed: {:?}", res.text().await);
-        res.json().await.expect("upload json")
-    }
-
-    pub async fn post_job(&self, body: Value) -> (u16, Value) {
-        let res = self
-            .client
-            .post(self.url("/v1/jobs"))
-            .json(&body)
-            .send()
-            .await
-            .expect("create job");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Uploads `data` and creates a job of `kind` on it; returns the job.
-    pub async fn submit(&self, kind: &str, data: Vec<u8>, params: Value) -> Value {
-        let upload = self.upload(data).await;
-        let (status, job) = self
-            .post_job(json!({"kind": kind, "inputs": {"scan": upload["id"]}, "params": params}))
-            .await;
-        assert_eq!(status, 202, "job creation failed: {job}");
-        job
-    }
-
-    pub async fn get_json(&self, path: &str) -> (u16, Value) {
-        let res = self.client.get(self.url(path)).send().await.expect("GET");
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    pub async fn job(&self, id: &str) -> Value {
-        let (status, body) = self.get_json(&format!("/v1/jobs/{id}")).await;
-        assert_eq!(status, 200, "GET job {id}: {body}");
-        body
-    }
-
-    /// Polls until `pred` holds for the job, or panics after `within`.
-    pub async fn wait_job(
-        &self,
-        id: &str,
-        within: Duration,
-        pred: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            let job = self.job(id).await;
-            if pred(&job) {
-                return job;
-            }
-            if start.elapsed() > within {
-                panic!(
-                    "job {id} did not reach the expected state within {within:?}; last: {job:#}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub async fn wait_status(&self, id: &str, status: &str, within: Duration) -> Value {
-        self.wait_job(id, within, |j| j["status"] == status).await
-    }
-
-    pub async fn results(&self, id: &str) -> Vec<Value> {
-        let (status, body) = self.get_json(&format!("/v1/jobs/{id}/results")).await;
-        assert_eq!(status, 200);
-        body["items"].as_array().cloned().unwrap_or_default()
-    }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        for child in self.server.iter_mut().chain(self.workers.iter_mut()) {
+        let server = match self.server.take() {
+            Some(Server::InProcess(app)) => {
+                app.stop();
+                None
+            }
+            Some(Server::Process(child)) => Some(child),
+            None => None,
+        };
+        for mut child in server.into_iter().chain(self.workers.drain(..)) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -717,6 +715,7 @@ impl Drop for TestApp {
                 .next()
                 .unwrap_or_default()
                 .to_owned();
+            let bucket = self.s3_endpoint.clone().zip(self.bucket.clone());
             // Drop is synchronous: use a short-lived runtime on a plain thread.
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -724,6 +723,9 @@ impl Drop for TestApp {
                     .build()
                     .ok()?;
                 rt.block_on(async move {
+                    if let Some((endpoint, bucket)) = bucket {
+                        delete_bucket(&endpoint, &bucket).await;
+                    }
                     let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
                         .await
                         .ok()?;
@@ -740,15 +742,156 @@ impl Drop for TestApp {
     }
 }
 
-async fn create_pg_database(name: &str) {
+/// Empties and deletes a test's bucket, best effort (the S3 server may be gone, e.g. after an
+/// outage test). Objects are deleted with credentials; the bucket with an unsigned request, as
+/// [`create_bucket`] makes it.
+async fn delete_bucket(endpoint: &str, bucket: &str) {
+    if !reachable(endpoint) {
+        return;
+    }
+    let blobs = s3_blobs(endpoint, bucket, "");
+    for key in blobs.list(None).await.unwrap_or_default() {
+        let _ = blobs.delete(&object_store::path::Path::from(key)).await;
+    }
+    let _ = reqwest::Client::new()
+        .delete(format!("{endpoint}/{bucket}"))
+        .send()
+        .await;
+}
+
+/// The test bucket `bucket` (under `prefix`) as Ferry's own blob store.
+fn s3_blobs(endpoint: &str, bucket: &str, prefix: &str) -> ferry::blobs::Blobs {
+    let options = [
+        ("aws_endpoint", endpoint),
+        ("aws_region", "us-east-1"),
+        ("aws_access_key_id", "ferry-test"),
+        ("aws_secret_access_key", "ferry-test-secret"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    ferry::blobs::Blobs::open(&format!("s3://{bucket}/{prefix}"), 5 << 20, &options)
+        .expect("open bucket")
+}
+
+/// The text of the first `<tag>…</tag>` in `xml`.
+fn xml_tag<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let start = xml.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let len = xml[start..].find(&format!("</{tag}>"))?;
+    Some(&xml[start..start + len])
+}
+
+/// How many PostgreSQL databases are called `name` (0 or 1).
+pub async fn count_pg_databases(name: &str) -> i64 {
     let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
         .await
         .expect("connect to PostgreSQL");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-        .execute(&admin)
+    let n = sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+        .bind(name)
+        .fetch_one(&admin)
         .await
-        .expect("create test database");
+        .expect("count databases");
     admin.close().await;
+    n
+}
+
+/// A fresh database for one test: a copy of [`pg_template`], which has every migration applied
+/// (copying it takes a fraction of running them all again; the server's start-up still runs
+/// the migrator, which finds nothing to do).
+async fn create_pg_database(name: &str) {
+    let template = pg_template().await;
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
+        .await
+        .expect("connect to PostgreSQL");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{name}\" TEMPLATE \"{template}\""
+    )))
+    .execute(&admin)
+    .await
+    .expect("create test database");
+    admin.close().await;
+}
+
+/// A migrated database the tests' databases are copied from, shared by test runs: its name
+/// carries a fingerprint of the schema's sources, so a changed migration makes a new one. It is
+/// built under a temporary name and renamed once complete, so no test binary running at the
+/// same time copies half a schema.
+async fn pg_template() -> &'static str {
+    static TEMPLATE: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    TEMPLATE.get_or_init(build_pg_template).await
+}
+
+async fn build_pg_template() -> String {
+    let name = format!("ferry_test_template_{}", schema_fingerprint());
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", pg_url()))
+        .await
+        .expect("connect to PostgreSQL");
+    let exists = |db: String| {
+        let admin = admin.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+                .bind(db)
+                .fetch_one(&admin)
+                .await
+                .expect("look for the template")
+                > 0
+        }
+    };
+    if !exists(name.clone()).await {
+        let building = format!("ferry_test_building_{}", uuid::Uuid::now_v7().simple());
+        let run = |sql: String| {
+            let admin = admin.clone();
+            async move { sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await }
+        };
+        run(format!("CREATE DATABASE \"{building}\""))
+            .await
+            .expect("create the template database");
+        let db = ferry::storage::Db::connect(&format!("{}/{building}", pg_url()))
+            .await
+            .expect("connect to the template database");
+        db.migrate().await.expect("migrate the template database");
+        drop(db);
+        // A database with sessions can be neither renamed nor copied: end the migrator's.
+        run(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{building}'"
+        ))
+        .await
+        .expect("disconnect from the template database");
+        if run(format!(
+            "ALTER DATABASE \"{building}\" RENAME TO \"{name}\""
+        ))
+        .await
+        .is_err()
+        {
+            // Another test binary finished one first.
+            assert!(exists(name.clone()).await, "cannot set up {name}");
+            let _ = run(format!("DROP DATABASE \"{building}\" WITH (FORCE)")).await;
+        }
+    }
+    admin.close().await;
+    name
+}
+
+/// What the PostgreSQL schema is made from: the source of Ferry's migrations and the checksums
+/// of the queue's.
+fn schema_fingerprint() -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/src");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("the migrations' sources")
+        .map(|e| e.expect("a directory entry").path())
+        .collect();
+    files.sort();
+    for file in files {
+        hasher.update(file.file_name().expect("a file name").as_encoded_bytes());
+        hasher.update(std::fs::read(&file).expect("read a migration"));
+    }
+    for migration in apalis_postgres::PostgresStorage::migrations().iter() {
+        hasher.update(migration.version.to_le_bytes());
+        hasher.update(&*migration.checksum);
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 pub async fn create_bucket(endpoint: &str, name: &str) {
@@ -819,6 +962,14 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(data))
+}
+
+/// The RFC 9530 `Repr-Digest` of `data`: `sha-256=:BASE64:`.
+pub fn repr_digest(data: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let b64 = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data));
+    format!("sha-256=:{b64}:")
 }
 
 pub fn assert_problem(status: u16, body: &Value, want_status: u16, want_code: &str) {

@@ -299,7 +299,7 @@ fn relaunch(app: &mut TestApp, args: &[&str], cwd: &Path, env: &[(&str, &str)]) 
             }
         }
     });
-    app.server = Some(child);
+    app.adopt_server(child);
     let addr = rx
         .recv_timeout(Duration::from_secs(60))
         .unwrap_or_else(|_| {
@@ -314,7 +314,7 @@ fn relaunch(app: &mut TestApp, args: &[&str], cwd: &Path, env: &[(&str, &str)]) 
 
 /// Stops the server with SIGTERM and waits for it to exit, so its log is complete.
 async fn stop_server(app: &mut TestApp) {
-    let mut child = app.server.take().expect("a server");
+    let mut child = app.take_server_process().expect("a server process");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -341,7 +341,7 @@ async fn run_a_job(app: &TestApp) -> String {
 }
 
 async fn json_logs_are_one_object_per_line() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_process(TestConfig::default()).await;
     let cwd = app.dir.path().to_owned();
     let log = relaunch(&mut app, &["--log-format", "json"], &cwd, &[]);
     let id = run_a_job(&app).await;
@@ -373,7 +373,7 @@ async fn json_logs_are_one_object_per_line() {
 }
 
 async fn text_logs_carry_no_escape_codes_when_stderr_is_a_file() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_process(TestConfig::default()).await;
     let cwd = app.dir.path().to_owned();
     let log = relaunch(&mut app, &[], &cwd, &[]);
     run_a_job(&app).await;
@@ -387,7 +387,7 @@ async fn text_logs_carry_no_escape_codes_when_stderr_is_a_file() {
 }
 
 async fn a_relative_data_dir_gives_handlers_absolute_folders() {
-    let mut app = TestApp::spawn().await;
+    let mut app = TestApp::spawn_process(TestConfig::default()).await;
     // Run from a folder that is not the configuration file's, where handlers run.
     let cwd = app.dir.path().join("elsewhere");
     std::fs::create_dir(&cwd).unwrap();

@@ -1,12 +1,16 @@
-//! Ferry's integration tests: one binary (one link) whose modules each start real `ferry`
-//! processes on port 0 and talk HTTP to them.
+//! Ferry's integration tests: one binary (one link). Most tests run the application in-process
+//! on port 0 and talk HTTP to it through typed helpers that check every answer against
+//! `openapi.yaml`; those that need real `ferry` processes (kill -9, signals, restarts, several
+//! processes) start them.
 
 mod cli;
+mod client;
 mod contract;
 mod errors;
 mod handlers;
 mod helpers;
 mod http_edges;
+mod in_process;
 mod job_requests;
 mod jobs;
 mod lifecycle;
@@ -14,4 +18,5 @@ mod queue_order;
 mod reliability;
 mod results;
 mod scale_out;
+mod spec;
 mod uploads;

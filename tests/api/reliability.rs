@@ -1,5 +1,6 @@
 //! Crash safety with real processes and `kill -9`: a worker killed mid-job, the whole server
-//! killed and restarted, a lost dispatch, and cancel of a queued job.
+//! killed and restarted, a lost dispatch, a worker stopped by SIGTERM, and cancel of a queued
+//! job (the one test here that needs no process of its own).
 
 use std::time::Duration;
 
@@ -45,8 +46,8 @@ async fn a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2()
     app.spawn_worker();
     let done = app.wait_status(id, "succeeded", WITHIN).await;
     assert_eq!(done["attempt"], 2);
-    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
-    let items = events["items"].as_array().unwrap();
+    let events = app.job_events(id, "").await;
+    let items = items(&events);
     let retry = items
         .iter()
         .find(|e| e["kind"] == "retry_scheduled")
@@ -69,7 +70,7 @@ async fn a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2()
 }
 
 async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
-    let mut app = TestApp::spawn_with(TestConfig {
+    let mut app = TestApp::spawn_process(TestConfig {
         lease_ttl: "2s",
         model_concurrency: 1,
         ..TestConfig::default()
@@ -81,14 +82,9 @@ async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
     let finished_id = finished["id"].as_str().unwrap().to_owned();
     let finished_before = app.wait_status(&finished_id, "succeeded", WITHIN).await;
     let report_before = app
-        .client
-        .get(app.url(&format!("/v1/jobs/{finished_id}/results/report.json")))
-        .send()
+        .download_result(&finished_id, "report.json", &[])
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .bytes;
 
     let gate = app.dir.path().join("gate");
     let running = app
@@ -133,14 +129,9 @@ async fn killing_the_server_loses_no_job_and_keeps_finished_ones_intact() {
         finished_before["result_count"]
     );
     let report_after = app
-        .client
-        .get(app.url(&format!("/v1/jobs/{finished_id}/results/report.json")))
-        .send()
+        .download_result(&finished_id, "report.json", &[])
         .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .bytes;
     assert_eq!(report_before, report_after);
 }
 
@@ -156,13 +147,11 @@ async fn a_job_whose_dispatch_was_lost_is_dispatched_again() {
     app.spawn_worker();
     let done = app.wait_status(id, "succeeded", WITHIN).await;
     assert_eq!(done["attempt"], 1);
-    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
     assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
+        app.event_kinds(id)
+            .await
             .iter()
-            .any(|e| e["kind"] == "redispatched")
+            .any(|k| k == "redispatched")
     );
 }
 
@@ -182,15 +171,17 @@ async fn a_queued_job_is_canceled_at_once_and_never_runs() {
         .submit("model", bytes(10, 72), json!({"gate": gate}))
         .await;
     let waiting_id = waiting["id"].as_str().unwrap();
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/jobs/{waiting_id}/cancel")))
-        .send()
+    // Queued: clients are told to come back.
+    let queued = app.get_job(waiting_id).await;
+    assert_eq!(queued.body["status"], "queued");
+    assert_eq!(queued.header("retry-after"), Some("2"));
+    let reply = app.cancel_job(waiting_id).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.body["status"], "canceled");
+    assert_eq!(reply.header("retry-after"), None);
+    app.cancel_job(waiting_id)
         .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["status"], "canceled");
+        .assert_problem(409, "job_finished");
     std::fs::write(&gate, "go").unwrap();
     app.wait_status(blocker_id, "succeeded", WITHIN).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -231,14 +222,7 @@ async fn a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt
     app.spawn_worker();
     let done = app.wait_status(id, "succeeded", WITHIN).await;
     assert_eq!(done["attempt"], 1);
-    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
-    assert!(
-        events["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["kind"] == "requeued")
-    );
+    assert!(app.event_kinds(id).await.iter().any(|k| k == "requeued"));
 }
 
 crate::matrix!(

@@ -14,76 +14,56 @@ async fn results_stream_with_etag_digest_and_byte_ranges() {
     let id = job["id"].as_str().unwrap();
     app.wait_status(id, "succeeded", Duration::from_secs(30))
         .await;
-    let url = app.url(&format!("/v1/jobs/{id}/results/report.json"));
+    let download = |headers: Headers<'static>| app.download_result(id, "report.json", headers);
 
-    let full = app.client.get(&url).send().await.unwrap();
-    assert_eq!(full.status(), 200);
-    let headers = full.headers().clone();
-    let body = full.bytes().await.unwrap();
-    let sha = sha256_hex(&body);
-    assert_eq!(headers["content-type"], "application/json");
+    let full = download(&[]).await;
+    assert_eq!(full.status, 200);
+    let body = &full.bytes;
+    let sha = sha256_hex(body);
+    let etag = format!("\"{sha}\"");
+    assert_eq!(full.header("content-type"), Some("application/json"));
     assert_eq!(
-        headers["content-length"].to_str().unwrap(),
-        body.len().to_string()
+        full.header("content-length"),
+        Some(body.len().to_string().as_str())
     );
-    assert_eq!(headers["etag"].to_str().unwrap(), format!("\"{sha}\""));
-    assert_eq!(headers["accept-ranges"], "bytes");
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(hex::decode(&sha).unwrap());
-    assert_eq!(
-        headers["repr-digest"].to_str().unwrap(),
-        format!("sha-256=:{b64}:")
-    );
+    assert_eq!(full.header("etag"), Some(etag.as_str()));
+    assert_eq!(full.header("accept-ranges"), Some("bytes"));
+    assert_eq!(full.header("repr-digest"), Some(repr_digest(body).as_str()));
     let listed = app.results(id).await;
     let entry = listed.iter().find(|r| r["name"] == "report.json").unwrap();
     assert_eq!(entry["sha256"], sha);
     assert_eq!(entry["size"], body.len());
 
-    let part = app
-        .client
-        .get(&url)
-        .header("range", "bytes=10-19")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(part.status(), 206);
+    let part = download(&[("range", "bytes=10-19")]).await;
+    assert_eq!(part.status, 206);
     assert_eq!(
-        part.headers()["content-range"].to_str().unwrap(),
-        format!("bytes 10-19/{}", body.len())
+        part.header("content-range"),
+        Some(format!("bytes 10-19/{}", body.len()).as_str())
     );
-    assert_eq!(part.bytes().await.unwrap(), body.slice(10..20));
-    let tail = app
-        .client
-        .get(&url)
-        .header("range", "bytes=-5")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(tail.status(), 206);
-    assert_eq!(tail.bytes().await.unwrap(), body.slice(body.len() - 5..));
+    assert_eq!(part.bytes, body[10..20]);
+    let tail = download(&[("range", "bytes=-5")]).await;
+    assert_eq!(tail.status, 206);
+    assert_eq!(tail.bytes, body[body.len() - 5..]);
 
     let bad = app
-        .client
-        .get(&url)
-        .header("range", format!("bytes={}-", body.len()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 416);
+        .download_result(
+            id,
+            "report.json",
+            &[("range", &format!("bytes={}-", body.len()))],
+        )
+        .await;
+    bad.assert_problem(416, "range_not_satisfiable");
     assert_eq!(
-        bad.headers()["content-range"].to_str().unwrap(),
-        format!("bytes */{}", body.len())
+        bad.header("content-range"),
+        Some(format!("bytes */{}", body.len()).as_str())
     );
-    assert_eq!(bad.headers()["content-type"], "application/problem+json");
+    assert_eq!(bad.header("content-type"), Some("application/problem+json"));
 
     let cached = app
-        .client
-        .get(&url)
-        .header("if-none-match", format!("\"{sha}\""))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cached.status(), 304);
+        .download_result(id, "report.json", &[("if-none-match", &etag)])
+        .await;
+    assert_eq!(cached.status, 304);
+    assert_eq!(cached.header("etag"), Some(etag.as_str()));
 }
 
 async fn result_names_are_validated_and_missing_results_are_404() {
@@ -92,19 +72,31 @@ async fn result_names_are_validated_and_missing_results_are_404() {
     let id = job["id"].as_str().unwrap();
     app.wait_status(id, "succeeded", Duration::from_secs(30))
         .await;
-    let (status, body) = app
-        .get_json(&format!("/v1/jobs/{id}/results/nothing.bin"))
-        .await;
-    assert_problem(status, &body, 404, "result_not_found");
-    for bad in ["..%2F..%2Fferry.db", "a%20b", "masks/..%2F..%2Fx"] {
-        let (status, body) = app.get_json(&format!("/v1/jobs/{id}/results/{bad}")).await;
-        assert!(status == 422 || status == 404, "{bad}: {status} {body}");
-        assert_eq!(body["status"], status, "{bad}: not a problem: {body}");
+    for missing in ["nothing.bin", "nothing/here.json"] {
+        app.download_result(id, missing, &[])
+            .await
+            .assert_problem(404, "result_not_found");
     }
-    let (status, body) = app
-        .get_json("/v1/jobs/job_00000000000000000000000000000000/results")
-        .await;
-    assert_problem(status, &body, 404, "job_not_found");
+    for bad in ["..%2F..%2Fferry.db", "a%20b", "masks/..%2F..%2Fx"] {
+        let reply = app.download_result(id, bad, &[]).await;
+        assert!(
+            reply.status == 422 || reply.status == 404,
+            "{bad}: {} {}",
+            reply.status,
+            reply.body
+        );
+        assert_eq!(
+            reply.body["status"], reply.status,
+            "{bad}: not a problem: {}",
+            reply.body
+        );
+    }
+    let reply = app.download_result(id, "a%20b", &[]).await;
+    reply.assert_problem(422, "invalid_field");
+    assert_eq!(reply.field_errors(), ["name"]);
+    app.list_results("job_00000000000000000000000000000000")
+        .await
+        .assert_problem(404, "job_not_found");
 }
 
 crate::matrix!(

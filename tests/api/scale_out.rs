@@ -13,15 +13,13 @@ use crate::helpers::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
-async fn submit_raw(client: &reqwest::Client, base: &str, body: Vec<u8>) -> Value {
-    let res = client
-        .post(format!("{base}/v1/jobs?kind=model"))
-        .body(body)
-        .send()
-        .await
-        .expect("submit");
-    assert_eq!(res.status(), 202);
-    res.json().await.expect("job json")
+/// A `model` job on `data`, created in one request through the replica at `base`.
+async fn submit_to(app: &TestApp, base: &str, data: Vec<u8>) -> Value {
+    let reply = app
+        .request_at(base, "post", "/v1/jobs?kind=model", |r| r.body(data))
+        .await;
+    assert_eq!(reply.status, 202, "{}", reply.body);
+    reply.body
 }
 
 async fn two_replicas_and_two_workers_run_200_jobs_exactly_once_despite_a_killed_worker() {
@@ -40,7 +38,7 @@ async fn two_replicas_and_two_workers_run_200_jobs_exactly_once_despite_a_killed
     for batch in 0..20 {
         let futures = (0..10).map(|i| {
             let n = batch * 10 + i;
-            submit_raw(&app.client, &replicas[n % 2], bytes(2000, n as u64))
+            submit_to(&app, &replicas[n % 2], bytes(2000, n as u64))
         });
         for job in futures_util::future::join_all(futures).await {
             ids.push(job["id"].as_str().unwrap().to_owned());
@@ -89,13 +87,15 @@ async fn two_replicas_and_two_workers_run_200_jobs_exactly_once_despite_a_killed
         400
     );
     for (i, id) in ids.iter().enumerate().step_by(17) {
-        let res = app
-            .client
-            .get(format!("{}/v1/jobs/{id}", replicas[(i + 1) % 2]))
-            .send()
+        let job = app
+            .request_at(
+                &replicas[(i + 1) % 2],
+                "get",
+                &format!("/v1/jobs/{id}"),
+                |r| r,
+            )
             .await
-            .unwrap();
-        let job: Value = res.json().await.unwrap();
+            .body;
         assert_eq!(job["status"], "succeeded");
         assert_eq!(job["result_count"], 2);
     }
@@ -111,35 +111,25 @@ async fn a_cancel_sent_to_one_replica_stops_the_job_on_a_worker_process() {
     app.spawn_worker();
     let pid_file = app.dir.path().join("model.pid");
     let upload = app
-        .client
-        .post(format!("{replica_b}/v1/uploads"))
-        .body(bytes(100, 80))
-        .send()
+        .request_at(&replica_b, "post", "/v1/uploads", |r| {
+            r.body(bytes(100, 80))
+        })
         .await
-        .unwrap()
-        .json::<Value>()
+        .body;
+    let job = app
+        .request_at(&replica_b, "post", "/v1/jobs", |r| {
+            r.json(&json!({
+                "kind": "model",
+                "inputs": {"scan": upload["id"]},
+                "params": {"mode": "sleep", "pid_file": pid_file},
+            }))
+        })
         .await
-        .unwrap();
-    let job: Value = app
-        .client
-        .post(format!("{replica_b}/v1/jobs"))
-        .json(&json!({"kind": "model", "inputs": {"scan": upload["id"]}, "params": {"mode": "sleep", "pid_file": pid_file}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .body;
     let id = job["id"].as_str().unwrap();
     let pid = read_pid(&pid_file, WITHIN).await;
     app.wait_status(id, "running", WITHIN).await;
-    let res = app
-        .client
-        .post(app.url(&format!("/v1/jobs/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 202);
+    assert_eq!(app.cancel_job(id).await.status, 202);
     let started = Instant::now();
     let done = app
         .wait_status(id, "canceled", Duration::from_secs(15))
@@ -150,7 +140,7 @@ async fn a_cancel_sent_to_one_replica_stops_the_job_on_a_worker_process() {
 }
 
 async fn workers_and_api_survive_terminated_database_connections() {
-    let app = TestApp::spawn_with(TestConfig::default()).await;
+    let app = TestApp::spawn_process(TestConfig::default()).await;
     let first = app.submit("model", bytes(100, 81), json!({})).await;
     app.wait_status(first["id"].as_str().unwrap(), "succeeded", WITHIN)
         .await;
@@ -169,21 +159,15 @@ async fn workers_and_api_survive_terminated_database_connections() {
     for i in 0..5 {
         let start = Instant::now();
         loop {
-            let res = app
-                .client
-                .post(app.url("/v1/jobs?kind=model"))
-                .body(bytes(100, 90 + i))
-                .send()
-                .await
-                .unwrap();
-            let status = res.status().as_u16();
-            let body: Value = res.json().await.unwrap();
-            if status == 202 {
-                ids.push(body["id"].as_str().unwrap().to_owned());
+            let reply = app
+                .create_job_from_file("kind=model", bytes(100, 90 + i), &[])
+                .await;
+            if reply.status == 202 {
+                ids.push(reply.body["id"].as_str().unwrap().to_owned());
                 break;
             }
             // While connections are re-established the answer may be a 503 problem, never a 500.
-            assert_problem(status, &body, 503, "database_unavailable");
+            reply.assert_problem(503, "database_unavailable");
             assert!(start.elapsed() < WITHIN);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -243,7 +227,7 @@ async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
         .unwrap()
         .port();
     let mut moto = Moto::start(port);
-    let app = TestApp::spawn_with(TestConfig {
+    let app = TestApp::spawn_process(TestConfig {
         s3_endpoint: Some(moto.endpoint()),
         ..TestConfig::default()
     })
@@ -264,57 +248,23 @@ async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
             }
         }
     });
-    let (status, head, body) = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        reader
-            .set_read_timeout(Some(Duration::from_secs(90)))
-            .unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 8192];
-        let header_end = loop {
-            let n = reader
-                .read(&mut chunk)
-                .expect("an answer, not a dropped connection");
-            assert!(n > 0, "connection closed without an answer");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("content-length");
-        while buf.len() < header_end + length {
-            let n = reader.read(&mut chunk).expect("body");
-            assert!(n > 0, "connection closed mid-answer");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let status: u16 = head[9..12].parse().expect("status code");
-        (status, head, buf[header_end..header_end + length].to_vec())
-    })
-    .await
-    .unwrap();
-    assert!(
-        head.contains("content-type: application/problem+json"),
-        "{head}"
+    let reply = tokio::task::spawn_blocking(move || read_raw_reply(&mut reader))
+        .await
+        .unwrap();
+    spec().check_reply("post", "/v1/uploads", &reply);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
     );
-    assert_problem(
-        status,
-        &serde_json::from_slice(&body).unwrap(),
-        503,
-        "blob_store_unavailable",
-    );
+    reply.assert_problem(503, "blob_store_unavailable");
     assert_eq!(
         app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
         1,
         "no half-visible upload"
     );
-    let (status, ready) = app.get_json("/readyz").await;
+    let ready = app.readyz().await;
     assert_eq!(
-        (status, ready["blob_store"].as_str()),
+        (ready.status, ready.body["blob_store"].as_str()),
         (503, Some("unavailable"))
     );
 
@@ -322,8 +272,7 @@ async fn an_unreachable_s3_fails_uploads_cleanly_and_recovers() {
     moto = Moto::start(port);
     create_bucket(&moto.endpoint(), app.bucket.as_deref().unwrap()).await;
     app.upload(bytes(3 << 20, 83)).await;
-    let (status, _) = app.get_json("/readyz").await;
-    assert_eq!(status, 200);
+    assert_eq!(app.readyz().await.status, 200);
     drop(moto);
 }
 
@@ -394,7 +343,7 @@ impl DbProxy {
 
 async fn the_service_answers_503_while_the_database_is_away_and_recovers_losing_nothing() {
     let proxy = DbProxy::start("127.0.0.1:5432");
-    let app = TestApp::spawn_with(TestConfig {
+    let mut app = TestApp::spawn_process(TestConfig {
         pg_via: Some(proxy.url()),
         ..TestConfig::default()
     })
@@ -415,43 +364,22 @@ async fn the_service_answers_503_while_the_database_is_away_and_recovers_losing_
     proxy.cut();
     // The running job finishes while its worker cannot record it.
     std::fs::write(&gate, "go").unwrap();
-    let client = reqwest::Client::new();
-    let res = client
-        .get(app.url(&format!("/v1/jobs/{done_id}")))
-        .send()
+    // On fresh connections.
+    app.client = reqwest::Client::new();
+    let reply = app.get_job(&done_id).await;
+    assert_eq!(reply.header("retry-after"), Some("5"));
+    reply.assert_problem(503, "database_unavailable");
+    app.create_upload(bytes(1000, 87), &[])
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    assert_eq!(res.headers()["retry-after"], "5");
-    assert_problem(
-        status,
-        &res.json().await.unwrap(),
-        503,
-        "database_unavailable",
-    );
-    let res = client
-        .post(app.url("/v1/uploads"))
-        .body(bytes(1000, 87))
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    assert_problem(
-        status,
-        &res.json().await.unwrap(),
-        503,
-        "database_unavailable",
-    );
-    let res = client.get(app.url("/readyz")).send().await.unwrap();
-    assert_eq!(res.status(), 503);
+        .assert_problem(503, "database_unavailable");
+    assert_eq!(app.readyz().await.status, 503);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
     // Same process, no restart: everything comes back and nothing was lost.
     let start = Instant::now();
     loop {
-        let res = client.get(app.url("/readyz")).send().await.unwrap();
-        if res.status() == 200 {
+        if app.readyz().await.status == 200 {
             break;
         }
         assert!(start.elapsed() < WITHIN, "the service did not recover");

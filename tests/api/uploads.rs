@@ -2,38 +2,33 @@
 
 use std::{io::Write, time::Duration};
 
-use base64::Engine;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 async fn an_upload_is_stored_with_its_size_and_sha256() {
     let app = TestApp::spawn().await;
     let data = bytes(3 * 1024 * 1024 + 17, 1);
-    let res = app
-        .client
-        .post(app.url("/v1/uploads"))
-        .header("content-type", "application/dicom")
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let location = res.headers()["location"].to_str().unwrap().to_owned();
-    let body: Value = res.json().await.unwrap();
+    let reply = app
+        .create_upload(data.clone(), &[("content-type", "application/dicom")])
+        .await;
+    assert_eq!(reply.status, 201);
+    let body = &reply.body;
     assert_eq!(body["size"], data.len() as u64);
     assert_eq!(body["sha256"], sha256_hex(&data));
     assert_eq!(body["content_type"], "application/dicom");
     assert!(body["id"].as_str().unwrap().starts_with("upl_"));
+    let location = reply.header("location").unwrap();
     assert_eq!(
         location,
         format!("/v1/uploads/{}", body["id"].as_str().unwrap())
     );
     assert!(body["expires_at"].is_string());
+    assert_eq!(body["job_id"], Value::Null);
 
-    let (status, again) = app.get_json(&location).await;
-    assert_eq!(status, 200);
-    assert_eq!(again, body);
+    let again = app.get(location).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(&again.body, body);
     // The stored bytes are exactly what was sent.
     assert_eq!(app.single_blob("uploads").await, data);
 }
@@ -41,36 +36,34 @@ async fn an_upload_is_stored_with_its_size_and_sha256() {
 async fn a_matching_repr_digest_is_accepted_and_a_wrong_one_rejected_leaving_nothing() {
     let app = TestApp::spawn().await;
     let data = bytes(100_000, 2);
-    let good = base64::engine::general_purpose::STANDARD.encode(sha2_digest(&data));
-    let res = app
-        .client
-        .post(app.url("/v1/uploads"))
-        .header("repr-digest", format!("sha-512=:AAAA:, sha-256=:{good}:"))
-        .body(data.clone())
-        .send()
-        .await
+    let good = repr_digest(&data);
+    let good_b64 = good
+        .strip_prefix("sha-256=:")
+        .and_then(|d| d.strip_suffix(':'))
         .unwrap();
-    assert_eq!(res.status(), 201);
-    assert_eq!(
-        res.headers()["repr-digest"].to_str().unwrap(),
-        format!("sha-256=:{good}:")
-    );
+    let reply = app
+        .create_upload(
+            data.clone(),
+            &[(
+                "repr-digest",
+                &format!("sha-512=:AAAA:, sha-256=:{good_b64}:"),
+            )],
+        )
+        .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.header("repr-digest"), Some(good.as_str()));
 
-    let wrong = base64::engine::general_purpose::STANDARD.encode([0u8; 32]);
-    let res = app
-        .client
-        .post(app.url("/v1/uploads"))
-        .header("content-digest", format!("sha-256=:{wrong}:"))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap();
-    assert_problem(status, &body, 400, "digest_mismatch");
+    let wrong = repr_digest(b"other bytes");
+    let reply = app
+        .create_upload(data.clone(), &[("content-digest", &wrong)])
+        .await;
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json")
+    );
+    reply.assert_problem(400, "digest_mismatch");
     assert!(
-        body["detail"]
+        reply.body["detail"]
             .as_str()
             .unwrap()
             .contains(&sha256_hex(&data))
@@ -82,61 +75,47 @@ async fn a_matching_repr_digest_is_accepted_and_a_wrong_one_rejected_leaving_not
     );
     assert_eq!(app.blob_files("uploads").await.len(), 1);
 
-    let res = app
-        .client
-        .post(app.url("/v1/uploads"))
-        .header("repr-digest", "sha-256=not-base64")
-        .body(data)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    assert_problem(
-        status,
-        &res.json().await.unwrap(),
-        400,
-        "invalid_digest_header",
-    );
-}
-
-fn sha2_digest(data: &[u8]) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(data).into()
+    for (header, value) in [
+        ("repr-digest", "sha-256=not-base64"),
+        ("content-digest", "sha-256=nope"),
+    ] {
+        app.create_upload(data.clone(), &[(header, value)])
+            .await
+            .assert_problem(400, "invalid_digest_header");
+    }
 }
 
 async fn an_oversized_upload_is_refused_before_or_while_reading() {
-    let app = TestApp::spawn_with(TestConfig {
+    let mut app = TestApp::spawn_with(TestConfig {
         max_upload_bytes: 1 << 20,
         ..TestConfig::default()
     })
     .await;
-    // Declared too large: refused from the headers alone.
-    let res = app
-        .client
-        .post(app.url("/v1/uploads"))
-        .body(bytes((1 << 20) + 1, 3))
-        .send()
+    // Declared too large: refused from the headers alone, without reading the body.
+    app.create_upload(bytes((1 << 20) + 1, 3), &[])
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    assert_problem(status, &res.json().await.unwrap(), 413, "payload_too_large");
+        .assert_problem(413, "payload_too_large");
+    let reply = app
+        .raw_request(
+            "POST /v1/uploads HTTP/1.1\r\nHost: ferry\r\n\
+             content-type: application/octet-stream\r\ncontent-length: 999999999999999\r\n\r\n",
+        )
+        .await;
+    reply.assert_problem(413, "payload_too_large");
+    assert_eq!(reply.header("connection"), Some("close"));
 
     // Chunked (no length): cut off once it crosses the limit.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..40).map(|i| Ok(bytes(64 * 1024, i))).collect();
     let res = app
-        .client
-        .post(app.url("/v1/uploads"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
+        .try_request("post", "/v1/uploads", |r| {
+            r.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                chunks,
+            )))
+        })
         .await;
     match res {
-        Ok(res) => {
-            let status = res.status().as_u16();
-            assert_problem(status, &res.json().await.unwrap(), 413, "payload_too_large");
-        }
+        Ok(reply) => reply.assert_problem(413, "payload_too_large"),
         // The server may close the connection while the client is still sending: also a refusal.
         Err(err) => assert!(err.is_request() || err.is_body(), "unexpected error {err}"),
     }
@@ -147,13 +126,8 @@ async fn an_oversized_upload_is_refused_before_or_while_reading() {
     app.wait_no_blobs("").await;
 
     // Exactly at the limit is fine (on a fresh connection: the refused ones were closed).
-    let res = reqwest::Client::new()
-        .post(app.url("/v1/uploads"))
-        .body(bytes(1 << 20, 4))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
+    app.client = reqwest::Client::new();
+    assert_eq!(app.create_upload(bytes(1 << 20, 4), &[]).await.status, 201);
 }
 
 async fn a_client_that_disconnects_midway_leaves_no_row_and_no_file() {
@@ -177,7 +151,7 @@ async fn a_client_that_disconnects_midway_leaves_no_row_and_no_file() {
 }
 
 async fn uploads_beyond_the_concurrency_limit_are_refused_until_one_finishes() {
-    let app = TestApp::spawn_with(TestConfig {
+    let mut app = TestApp::spawn_with(TestConfig {
         max_concurrent_uploads: 1,
         ..TestConfig::default()
     })
@@ -185,26 +159,16 @@ async fn uploads_beyond_the_concurrency_limit_are_refused_until_one_finishes() {
     let mut slow = app.partial_post("/v1/uploads", "", 2_000_000, &bytes(1_000_000, 11));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let res = reqwest::Client::new()
-        .post(app.url("/v1/uploads"))
-        .body(bytes(1000, 12))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.headers().contains_key("retry-after"));
-    let status = res.status().as_u16();
-    assert_problem(
-        status,
-        &res.json().await.unwrap(),
-        503,
-        "uploads_at_capacity",
-    );
+    // On a connection of its own.
+    app.client = reqwest::Client::new();
+    let reply = app.create_upload(bytes(1000, 12), &[]).await;
+    assert!(reply.header("retry-after").is_some());
+    reply.assert_problem(503, "uploads_at_capacity");
 
     slow.write_all(&bytes(1_000_000, 13)).unwrap();
-    let mut reply = [0u8; 64];
-    use std::io::Read;
-    let n = slow.read(&mut reply).unwrap();
-    assert!(String::from_utf8_lossy(&reply[..n]).starts_with("HTTP/1.1 201"));
+    let reply = read_raw_reply(&mut slow);
+    spec().check_reply("post", "/v1/uploads", &reply);
+    assert_eq!(reply.status, 201, "{}", reply.body);
     app.upload(bytes(1000, 14)).await;
 }
 
@@ -212,36 +176,34 @@ async fn an_upload_can_be_deleted_unless_a_job_uses_it() {
     let app = TestApp::spawn().await;
     let up = app.upload(bytes(5000, 7)).await;
     let id = up["id"].as_str().unwrap();
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/uploads/{id}")))
-        .send()
+    assert_eq!(app.delete_upload(id).await.status, 204);
+    app.get_upload(id)
         .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
-    let (status, body) = app.get_json(&format!("/v1/uploads/{id}")).await;
-    assert_problem(status, &body, 404, "upload_not_found");
+        .assert_problem(404, "upload_not_found");
+    app.delete_upload(id)
+        .await
+        .assert_problem(404, "upload_not_found");
     assert!(app.blob_files("uploads").await.is_empty());
 
     let up = app.upload(bytes(5000, 8)).await;
     let id = up["id"].as_str().unwrap();
-    let (status, _) = app
-        .post_job(serde_json::json!({"kind": "noop", "inputs": {"scan": id}}))
+    let (status, job) = app
+        .post_job(json!({"kind": "noop", "inputs": {"scan": id}}))
         .await;
     assert_eq!(status, 202);
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/uploads/{id}")))
-        .send()
+    // The upload is now attached to the job and no longer expires.
+    let attached = app.get_upload(id).await;
+    assert_eq!(attached.body["job_id"], job["id"]);
+    assert_eq!(attached.body["expires_at"], Value::Null);
+    app.delete_upload(id)
         .await
-        .unwrap();
-    let status = res.status().as_u16();
-    assert_problem(status, &res.json().await.unwrap(), 409, "upload_in_use");
+        .assert_problem(409, "upload_in_use");
     // A consumed upload cannot feed a second job.
-    let (status, body) = app
-        .post_job(serde_json::json!({"kind": "noop", "inputs": {"scan": id}}))
+    let reply = app
+        .create_job(&json!({"kind": "noop", "inputs": {"scan": id}}), &[])
         .await;
-    assert_problem(status, &body, 409, "upload_in_use");
+    reply.assert_problem(409, "upload_in_use");
+    assert_eq!(reply.field_errors(), ["inputs.scan"]);
 }
 
 async fn unused_uploads_expire() {
@@ -253,8 +215,9 @@ async fn unused_uploads_expire() {
     let up = app.upload(bytes(2000, 9)).await;
     let id = up["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, body) = app.get_json(&format!("/v1/uploads/{id}")).await;
-    assert_problem(status, &body, 404, "upload_not_found");
+    app.get_upload(&id)
+        .await
+        .assert_problem(404, "upload_not_found");
     // The reconciler purges it on one of its next passes.
     let start = std::time::Instant::now();
     while app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await > 0
@@ -267,13 +230,14 @@ async fn unused_uploads_expire() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (status, body) = app
-        .post_job(serde_json::json!({"kind": "noop", "inputs": {"scan": id}}))
+        .post_job(json!({"kind": "noop", "inputs": {"scan": id}}))
         .await;
     assert_problem(status, &body, 422, "invalid_field");
 }
 
+/// A server process of its own: the figure is that process's peak memory.
 async fn a_one_gib_upload_keeps_server_memory_bounded() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_process(TestConfig::default()).await;
     const TOTAL: usize = 1 << 30;
     const CHUNK: usize = 1 << 20;
     let chunk = bytes(CHUNK, 10);
@@ -285,17 +249,12 @@ async fn a_one_gib_upload_keeps_server_memory_bounded() {
     let stream = futures_util::stream::iter(
         (0..TOTAL / CHUNK).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
     );
-    let res = app
-        .client
-        .post(app.url("/v1/uploads"))
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["size"], TOTAL as u64);
-    assert_eq!(body["sha256"], expected);
+    let reply = app
+        .create_upload(reqwest::Body::wrap_stream(stream), &[])
+        .await;
+    assert_eq!(reply.status, 201);
+    assert_eq!(reply.body["size"], TOTAL as u64);
+    assert_eq!(reply.body["sha256"], expected);
     let status = std::fs::read_to_string(format!("/proc/{}/status", app.server_pid())).unwrap();
     let peak_kib: u64 = status
         .lines()
