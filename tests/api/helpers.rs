@@ -183,6 +183,33 @@ enum Mode<'a> {
     Process(&'a [&'a str]),
 }
 
+/// Runs `$body` with `$pool` connected to the test's own database and `$sql` the statement for
+/// its backend (a macro: sqlx's pools and rows are typed by database).
+macro_rules! on_test_db {
+    ($app:expr, $sqlite:expr, $postgres:expr, |$pool:ident, $sql:ident| $body:expr) => {
+        match $app.backend {
+            Backend::Sqlite => {
+                let $pool = sqlx::SqlitePool::connect(&$app.database_url)
+                    .await
+                    .expect("open db");
+                let $sql = $sqlite;
+                let out = $body;
+                $pool.close().await;
+                out
+            }
+            Backend::PostgresS3 => {
+                let $pool = sqlx::PgPool::connect(&$app.database_url)
+                    .await
+                    .expect("open db");
+                let $sql = $postgres;
+                let out = $body;
+                $pool.close().await;
+                out
+            }
+        }
+    };
+}
+
 impl TestApp {
     /// An in-process application (API and workers) with the default test configuration.
     pub async fn spawn() -> TestApp {
@@ -615,60 +642,23 @@ concurrency = {concurrency}
 
     /// Runs one SQL count against the test's database, as an operator would inspect it.
     pub async fn count_rows(&self, sql: &str) -> i64 {
-        match self.backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&self.database_url)
-                    .await
-                    .expect("open db");
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(&pool)
-                    .await
-                    .expect("count");
-                pool.close().await;
-                n
-            }
-            Backend::PostgresS3 => {
-                let pool = sqlx::PgPool::connect(&self.database_url)
-                    .await
-                    .expect("open db");
-                let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-                    .fetch_one(&pool)
-                    .await
-                    .expect("count");
-                pool.close().await;
-                n
-            }
-        }
+        on_test_db!(self, sql, sql, |pool, sql| {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        })
     }
 
     /// Runs a statement against the test's database; returns the rows it touched.
     pub async fn execute_sql(&self, sqlite: &str, postgres: &str) -> u64 {
-        match self.backend {
-            Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&self.database_url)
-                    .await
-                    .expect("open db");
-                let n = sqlx::query(sqlx::AssertSqlSafe(sqlite.to_owned()))
-                    .execute(&pool)
-                    .await
-                    .expect("execute")
-                    .rows_affected();
-                pool.close().await;
-                n
-            }
-            Backend::PostgresS3 => {
-                let pool = sqlx::PgPool::connect(&self.database_url)
-                    .await
-                    .expect("open db");
-                let n = sqlx::query(sqlx::AssertSqlSafe(postgres.to_owned()))
-                    .execute(&pool)
-                    .await
-                    .expect("execute")
-                    .rows_affected();
-                pool.close().await;
-                n
-            }
-        }
+        on_test_db!(self, sqlite, postgres, |pool, sql| {
+            sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .execute(&pool)
+                .await
+                .expect("execute")
+                .rows_affected()
+        })
     }
 
     /// Starts a POST by hand and sends only `first` of its `content_length` body bytes, leaving

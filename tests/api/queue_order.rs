@@ -25,13 +25,6 @@ async fn started_at(app: &TestApp, id: &str, attempt: u64) -> String {
         .to_owned()
 }
 
-async fn has_event(app: &TestApp, id: &str, kind: &str) -> bool {
-    let (_, events) = app.get_json(&format!("/v1/jobs/{id}/events")).await;
-    events["items"]
-        .as_array()
-        .is_some_and(|items| items.iter().any(|e| e["kind"] == kind))
-}
-
 async fn a_job_whose_worker_died_runs_before_jobs_created_after_it() {
     let mut app = TestApp::spawn_api_only(TestConfig {
         lease_ttl: "2s",
@@ -62,7 +55,12 @@ async fn a_job_whose_worker_died_runs_before_jobs_created_after_it() {
     }
     app.spawn_worker();
     let start = std::time::Instant::now();
-    while !has_event(&app, &interrupted_id, "redispatched").await {
+    while !app
+        .event_kinds(&interrupted_id)
+        .await
+        .iter()
+        .any(|k| k == "redispatched")
+    {
         assert!(
             start.elapsed() < WITHIN,
             "the interrupted job was not dispatched again"
