@@ -642,8 +642,8 @@ concurrency = {concurrency}
 
     /// Runs one SQL count against the test's database, as an operator would inspect it.
     pub async fn count_rows(&self, sql: &str) -> i64 {
-        on_test_db!(self, sql, sql, |pool, sql| {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        on_test_db!(self, sql, sql, |pool, statement| {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(statement.to_owned()))
                 .fetch_one(&pool)
                 .await
                 .expect("count")
