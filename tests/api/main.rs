@@ -1,6 +1,7 @@
 //! Ferry's integration tests: one binary (one link) whose modules each start real `ferry`
 //! processes on port 0 and talk HTTP to them.
 
+mod bounded_storage;
 mod cli;
 mod contract;
 mod errors;
