@@ -358,6 +358,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn storage_limits_are_checked() {
+        let with = |limits: Limits| {
+            Settings {
+                limits,
+                ..Settings::default()
+            }
+            .validate()
+        };
+        assert!(with(Limits::default()).is_ok());
+        for bad in [
+            Limits {
+                max_params_bytes: 128 << 10,
+                ..Limits::default()
+            },
+            Limits {
+                max_log_line_bytes: 10,
+                ..Limits::default()
+            },
+            Limits {
+                max_log_bytes_per_job: 4096,
+                ..Limits::default()
+            },
+        ] {
+            assert!(with(bad.clone()).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn the_command_line_comes_last_and_folders_end_up_absolute() {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("ferry.toml");

@@ -304,7 +304,7 @@ async fn progress_is_current_on_the_job_and_coalesced_in_the_event_log() {
     assert_eq!(stored, progress.len() as i64);
 }
 
-async fn a_failed_commands_quoted_stderr_is_capped() {
+async fn a_failed_commands_quoted_stderr_and_any_failure_detail_are_capped() {
     let app = app_with("").await;
     let id = submit_flood(&app, json!({"mode": "crash"})).await;
     let failed = app.wait_status(&id, "failed", WITHIN).await;
@@ -324,6 +324,15 @@ async fn a_failed_commands_quoted_stderr_is_capped() {
         "{} {}",
         one.len(),
         page.len()
+    );
+    // Any failure's detail is capped, e.g. an error the handler declares.
+    let id = submit_flood(&app, json!({"mode": "declare"})).await;
+    let failed = app.wait_status(&id, "failed", WITHIN).await;
+    let detail = failed["error"]["detail"].as_str().expect("detail");
+    assert!(
+        detail.len() <= 8192 && detail.starts_with("ddd"),
+        "{}",
+        detail.len()
     );
     let stored = format!("SELECT MAX({}) FROM ferry_jobs", octets(&app, "error"));
     assert!(app.count_rows(&stored).await < 9000);
@@ -426,7 +435,7 @@ crate::matrix!(
     the_logs_endpoint_answers_within_the_jobs_log_cap,
     progress_text_is_capped,
     progress_is_current_on_the_job_and_coalesced_in_the_event_log,
-    a_failed_commands_quoted_stderr_is_capped,
+    a_failed_commands_quoted_stderr_and_any_failure_detail_are_capped,
     params_too_large_for_a_command_are_refused_at_creation,
     a_deleted_job_gets_no_log_lines_after_its_deletion,
 );

@@ -12,6 +12,7 @@ FERRY_PARAMS chooses how:
   mode = "progress"       progress reports (stage "steady", message "tick N") every 2 ms until
                           params.gate exists, then one with stage "done"; exit 0.
   mode = "crash"          30 stderr lines of 50 kB, then "the last words", and exit 3.
+  mode = "declare"        declare an error with a 100 kB message, and exit 0.
   mode = "chatter"        write its pid to params.pid_file, ignore SIGTERM, and log a stderr line
                           every 5 ms until killed.
 """
@@ -62,6 +63,8 @@ elif mode == "crash":
     sys.stderr.write("the last words\n")
     sys.stderr.flush()
     sys.exit(3)
+elif mode == "declare":
+    say(error="d" * 100_000, retryable=False)
 elif mode == "chatter":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     pathlib.Path(params["pid_file"]).write_text(str(os.getpid()))
