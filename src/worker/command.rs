@@ -227,12 +227,11 @@ impl CommandHandler {
         line: Line,
     ) -> Result<Option<HandlerError>, HandlerError> {
         // A cut line is no message (its JSON is incomplete): it is logged.
-        let line = if line.cut {
+        if line.cut {
             ctx.log(line.into_text());
             return Ok(None);
-        } else {
-            line.text
-        };
+        }
+        let line = line.text;
         let trimmed = line.trim();
         let msg = if trimmed.starts_with('{') {
             serde_json::from_str::<Message>(trimmed).ok()
