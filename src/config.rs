@@ -62,6 +62,20 @@ pub struct Limits {
     /// `max_concurrent_uploads × 2 × upload_part_bytes`, whatever the sizes and the number of
     /// clients.
     pub max_concurrent_uploads: usize,
+    /// Longest handler log line kept, in bytes (stdout and stderr alike); longer lines are cut
+    /// and end with `…`.
+    pub max_log_line_bytes: usize,
+    /// A job's stored log, in bytes, each line counting [`Limits::LOG_LINE_OVERHEAD_BYTES`] more
+    /// than its length: the oldest lines go first, while the job runs. `/logs` answers within
+    /// the same budget.
+    pub max_log_bytes_per_job: u64,
+    /// At most one progress event per this interval (plus one per change of stage, at most one
+    /// a second); the job itself always shows the latest progress.
+    #[serde(with = "humantime_serde")]
+    pub progress_event_interval: Duration,
+    /// Largest `params` of a job, as JSON, in bytes. Command handlers get them in an environment
+    /// variable, which Linux limits to 128 KiB.
+    pub max_params_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,7 +148,25 @@ impl Default for Limits {
             upload_part_bytes: 8 << 20,
             max_json_bytes: 1 << 20,
             max_concurrent_uploads: 16,
+            max_log_line_bytes: 4 << 10,
+            max_log_bytes_per_job: 1 << 20,
+            progress_event_interval: Duration::from_secs(5),
+            max_params_bytes: 64 << 10,
         }
+    }
+}
+
+impl Limits {
+    /// What a stored log line costs beyond its text (its row: ids, times, index entries), so
+    /// that a flood of empty lines is bounded too.
+    pub const LOG_LINE_OVERHEAD_BYTES: u64 = 64;
+    /// Longest `params` a command can be given: Linux's limit on one environment variable
+    /// (`MAX_ARG_STRLEN`, 128 KiB), less `FERRY_PARAMS=` and the terminating NUL.
+    pub const MAX_COMMAND_PARAMS_BYTES: usize = (128 << 10) - "FERRY_PARAMS=".len() - 1;
+
+    /// What a log line of `len` bytes counts against `max_log_bytes_per_job`.
+    pub fn log_line_cost(len: usize) -> u64 {
+        len as u64 + Self::LOG_LINE_OVERHEAD_BYTES
     }
 }
 
@@ -275,6 +307,24 @@ impl Settings {
         if self.limits.upload_part_bytes < 64 << 10 {
             bail!("limits.upload_part_bytes must be at least 65536");
         }
+        let limits = &self.limits;
+        if !(64..=1 << 20).contains(&limits.max_log_line_bytes) {
+            bail!("limits.max_log_line_bytes must be between 64 and 1048576");
+        }
+        if limits.max_log_bytes_per_job < Limits::log_line_cost(limits.max_log_line_bytes) {
+            bail!(
+                "limits.max_log_bytes_per_job must hold at least one whole line: at least \
+                 limits.max_log_line_bytes + {}",
+                Limits::LOG_LINE_OVERHEAD_BYTES
+            );
+        }
+        if !(2..=Limits::MAX_COMMAND_PARAMS_BYTES).contains(&limits.max_params_bytes) {
+            bail!(
+                "limits.max_params_bytes must be between 2 and {} (Linux's limit on one \
+                 environment variable, which is how commands get their params)",
+                Limits::MAX_COMMAND_PARAMS_BYTES
+            );
+        }
         Ok(())
     }
 
@@ -306,6 +356,34 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn storage_limits_are_checked() {
+        let with = |limits: Limits| {
+            Settings {
+                limits,
+                ..Settings::default()
+            }
+            .validate()
+        };
+        assert!(with(Limits::default()).is_ok());
+        for bad in [
+            Limits {
+                max_params_bytes: 128 << 10,
+                ..Limits::default()
+            },
+            Limits {
+                max_log_line_bytes: 10,
+                ..Limits::default()
+            },
+            Limits {
+                max_log_bytes_per_job: 4096,
+                ..Limits::default()
+            },
+        ] {
+            assert!(with(bad.clone()).is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn the_command_line_comes_last_and_folders_end_up_absolute() {

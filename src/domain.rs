@@ -1,6 +1,7 @@
-//! Domain vocabulary shared by every layer: job statuses, event kinds, failures, and the
-//! validation rules for names that reach the file system or URLs. Depends on nothing else in the
-//! crate (the sea-orm derives only say how statuses and kinds are stored as text).
+//! Domain vocabulary shared by every layer: job statuses, event kinds, failures, the
+//! validation rules for names that reach the file system or URLs, and the caps on text a handler
+//! can make Ferry store. Depends on nothing else in the crate (the sea-orm derives only say how
+//! statuses and kinds are stored as text).
 
 use sea_orm::{DeriveActiveEnum, EnumIter, sea_query::StringLen};
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,39 @@ pub struct JobFailure {
     pub attempt: i32,
 }
 
+impl JobFailure {
+    /// The failure with its detail cut to [`MAX_FAILURE_DETAIL_BYTES`].
+    pub fn capped(mut self) -> Self {
+        cut_text(&mut self.detail, MAX_FAILURE_DETAIL_BYTES);
+        self
+    }
+}
+
+/// Longest progress `stage` or `message` stored, in bytes: a handler reports progress all its
+/// life, and each report is shown on the job and may become an event.
+pub const MAX_PROGRESS_TEXT_BYTES: usize = 1024;
+
+/// Longest failure `detail` stored, in bytes: it is part of the job, so of every read of it and
+/// of every list page that shows it.
+pub const MAX_FAILURE_DETAIL_BYTES: usize = 8 << 10;
+
+/// What a cut text ends with.
+pub const CUT_MARK: char = '…';
+
+/// Cuts `text` to at most `max` bytes (`max` ≥ 3) on a character boundary, ending it with
+/// [`CUT_MARK`] when something was cut; the mark counts against `max`.
+pub fn cut_text(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = max.saturating_sub(CUT_MARK.len_utf8());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push(CUT_MARK);
+}
+
 /// Kinds name handlers: they appear in URLs, queue names and logs.
 pub fn validate_kind(kind: &str) -> Result<(), &'static str> {
     let ok = !kind.is_empty()
@@ -183,6 +217,20 @@ mod tests {
         for good in ["report.json", "masks/slice-001.png", "a_b-c.d"] {
             assert!(validate_result_name(good).is_ok(), "{good:?} rejected");
         }
+    }
+
+    #[test]
+    fn cut_text_keeps_whole_characters_within_the_limit() {
+        let mut short = "fits".to_owned();
+        cut_text(&mut short, 4);
+        assert_eq!(short, "fits");
+        let mut long = "ééééé".to_owned(); // 10 bytes
+        cut_text(&mut long, 8);
+        assert_eq!(long, "éé…");
+        assert!(long.len() <= 8);
+        let mut ascii = "x".repeat(100);
+        cut_text(&mut ascii, 10);
+        assert_eq!(ascii, format!("{}…", "x".repeat(7)));
     }
 
     #[test]

@@ -5,11 +5,18 @@
 //! Every write is guarded by the lease (`lease_owner` and `attempt` must still match): a worker
 //! that lost its lease — presumed dead, or its job deleted — can neither publish nor complete,
 //! so a job never completes twice and never duplicates its results.
+//!
+//! What a handler reports is bounded here, whatever the handler: progress text and failure
+//! details are cut (`domain`'s caps), and a job's stored log is a ring buffer within
+//! `limits.max_log_bytes_per_job` — the oldest lines go as new ones come, while the job runs.
 
 use std::time::Duration;
 
 use rand::Rng;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set};
+use sea_orm::{
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
+    sea_query::Expr,
+};
 use uuid::Uuid;
 
 use super::{
@@ -18,10 +25,11 @@ use super::{
 };
 use crate::{
     blobs::keys,
-    domain::{JobFailure, JobStatus, validate_result_name},
+    config::Limits,
+    domain::{JobFailure, JobStatus, MAX_PROGRESS_TEXT_BYTES, cut_text, validate_result_name},
     queue::Dispatch,
     storage::{
-        StorageError,
+        Pool, StorageError,
         entities::{job, job_input, job_log, result},
     },
     time::now_ms,
@@ -29,8 +37,8 @@ use crate::{
 
 pub use super::lifecycle::Lease;
 
-/// Log lines kept per job.
-const LOG_TAIL_LINES: u64 = 1000;
+/// Rows read at a time when looking for the oldest log lines to drop.
+const PRUNE_PAGE: u64 = 500;
 
 #[derive(Clone, Debug)]
 pub struct ClaimedJob {
@@ -56,6 +64,39 @@ pub enum Outcome {
     /// The worker is shutting down gracefully: put the job back at once without counting the
     /// attempt (it was not the job's fault), so a deploy does not use up retries.
     Requeue,
+}
+
+/// A handler's progress report.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProgressReport {
+    /// 0–100.
+    pub percent: Option<f64>,
+    pub stage: Option<String>,
+    pub message: Option<String>,
+}
+
+impl ProgressReport {
+    /// The report as Ferry stores it: the percentage clamped to 0–100 (dropped if not a
+    /// number), stage and message cut to [`MAX_PROGRESS_TEXT_BYTES`].
+    pub fn capped(mut self) -> Self {
+        self.percent = self
+            .percent
+            .filter(|p| p.is_finite())
+            .map(|p| p.clamp(0.0, 100.0));
+        for text in [&mut self.stage, &mut self.message].into_iter().flatten() {
+            cut_text(text, MAX_PROGRESS_TEXT_BYTES);
+        }
+        self
+    }
+}
+
+/// What a job's stored log holds, as the attempt writing it keeps count, so that keeping the log
+/// within `limits.max_log_bytes_per_job` needs no scan of it per write. One per attempt.
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    /// What the job's stored lines count against the cap ([`Limits::log_line_cost`]); `None`
+    /// until read from the database (at the first write, and again after a failed one).
+    stored: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,20 +178,27 @@ impl Services {
         })
     }
 
-    /// Records the latest progress (the caller coalesces frequent updates).
+    /// Records the latest progress on the job, capped (see [`ProgressReport::capped`]), and
+    /// also as a `progress` event when `event` is set (the caller coalesces frequent reports
+    /// into few events).
     pub async fn report_progress(
         &self,
         lease: &Lease,
-        percent: Option<f64>,
-        stage: Option<String>,
-        message: Option<String>,
+        report: ProgressReport,
+        event: bool,
     ) -> ServiceResult<LeaseState> {
         let now = now_ms();
+        let ProgressReport {
+            percent,
+            stage,
+            message,
+        } = report.capped();
         let progress = Transition::Progress {
             percent,
             stage,
             message,
             lease_until_ms: now + self.lease_ttl_ms(),
+            event,
         };
         Ok(
             match self
@@ -163,23 +211,139 @@ impl Services {
         )
     }
 
-    /// Appends handler log lines.
-    pub async fn append_logs(&self, lease: &Lease, lines: Vec<String>) -> ServiceResult<()> {
-        if lines.is_empty() {
-            return Ok(());
+    /// Appends handler log lines, each cut to `limits.max_log_line_bytes`, and drops the job's
+    /// oldest lines in the same transaction so that its log stays within
+    /// `limits.max_log_bytes_per_job` (of a batch larger than that, only the end is kept).
+    /// `budget` is the attempt's count of what the log holds. Guarded by the lease like every
+    /// write of an attempt (and renewing it): a deleted job gets no lines after its deletion.
+    pub async fn append_logs(
+        &self,
+        lease: &Lease,
+        lines: Vec<String>,
+        budget: &mut LogBudget,
+    ) -> ServiceResult<LeaseState> {
+        let limits = &self.settings.limits;
+        let cap = limits.max_log_bytes_per_job;
+        let mut batch = Vec::new();
+        let mut batch_cost = 0;
+        for mut line in lines.into_iter().rev() {
+            cut_text(&mut line, limits.max_log_line_bytes);
+            let cost = Limits::log_line_cost(line.len());
+            if batch_cost + cost > cap {
+                break;
+            }
+            batch_cost += cost;
+            batch.push(line);
         }
+        if batch.is_empty() {
+            return Ok(LeaseState::Held);
+        }
+        batch.reverse();
+        let stored = match budget.stored.take() {
+            Some(stored) => stored,
+            None => self.stored_log_cost(lease.job_id).await?,
+        };
+        let excess = (stored + batch_cost).saturating_sub(cap);
+        let (drop_through, freed) = match excess {
+            0 => (None, 0),
+            _ => self.oldest_log_lines(lease.job_id, excess).await?,
+        };
         let now = now_ms();
-        let rows = lines.into_iter().map(|line| job_log::ActiveModel {
+        let rows = batch.into_iter().map(|line| job_log::ActiveModel {
             job_id: Set(lease.job_id),
             attempt: Set(lease.attempt),
             line: Set(line),
             created_at_ms: Set(now),
             ..Default::default()
         });
-        job_log::Entity::insert_many(rows)
-            .exec_without_returning(&self.db.orm)
+        let mut tx = self.db.begin().await?;
+        // The guard also locks the job's row until this commits, so a revoke (deletion) waits
+        // for these lines and then deletes them with the job.
+        let renew = Transition::Renew {
+            lease_until_ms: now + self.lease_ttl_ms(),
+        };
+        let holder = Holder::Lease(lease);
+        if lifecycle::apply(&mut tx, lease.job_id, holder, renew, now)
+            .await?
+            .is_none()
+        {
+            return Ok(LeaseState::Lost);
+        }
+        if let Some(last) = drop_through {
+            tx.execute(
+                &job_log::Entity::delete_many()
+                    .filter(job_log::Column::JobId.eq(lease.job_id))
+                    .filter(job_log::Column::Id.lte(last))
+                    .into_query(),
+            )
             .await?;
-        Ok(())
+        }
+        tx.execute(&job_log::Entity::insert_many(rows).into_query())
+            .await?;
+        tx.commit().await?;
+        budget.stored = Some(stored.saturating_sub(freed) + batch_cost);
+        Ok(LeaseState::Held)
+    }
+
+    /// SQL for what one stored log line counts against the cap (see [`Limits::log_line_cost`]).
+    fn log_line_cost_sql(&self) -> String {
+        let bytes = match self.db.pool() {
+            Pool::Sqlite(_) => "LENGTH(CAST(line AS BLOB))",
+            Pool::Postgres(_) => "OCTET_LENGTH(line)",
+        };
+        format!(
+            "CAST({bytes} + {} AS BIGINT)",
+            Limits::LOG_LINE_OVERHEAD_BYTES
+        )
+    }
+
+    /// What a job's stored log counts against the cap.
+    async fn stored_log_cost(&self, job_id: Uuid) -> ServiceResult<u64> {
+        let sum = format!(
+            "CAST(COALESCE(SUM({}), 0) AS BIGINT)",
+            self.log_line_cost_sql()
+        );
+        let stored: Option<i64> = job_log::Entity::find()
+            .select_only()
+            .expr_as(Expr::cust(sum), "stored")
+            .filter(job_log::Column::JobId.eq(job_id))
+            .into_tuple()
+            .one(&self.db.orm)
+            .await?;
+        Ok(stored.unwrap_or(0).max(0) as u64)
+    }
+
+    /// The oldest lines of a job's log that together count at least `excess`: the id of the
+    /// last of them (`None` if the log is empty) and what they count.
+    async fn oldest_log_lines(
+        &self,
+        job_id: Uuid,
+        excess: u64,
+    ) -> ServiceResult<(Option<i64>, u64)> {
+        let (mut last, mut freed) = (None, 0u64);
+        loop {
+            let mut page = job_log::Entity::find()
+                .select_only()
+                .column(job_log::Column::Id)
+                .expr_as(Expr::cust(self.log_line_cost_sql()), "cost")
+                .filter(job_log::Column::JobId.eq(job_id))
+                .order_by_asc(job_log::Column::Id)
+                .limit(PRUNE_PAGE);
+            if let Some(after) = last {
+                page = page.filter(job_log::Column::Id.gt(after));
+            }
+            let page: Vec<(i64, i64)> = page.into_tuple().all(&self.db.orm).await?;
+            if page.is_empty() {
+                return Ok((last, freed));
+            }
+            for (id, cost) in page {
+                last = Some(id);
+                freed += cost.max(0) as u64;
+                if freed >= excess {
+                    return Ok((last, freed));
+                }
+            }
+        }
     }
 
     /// Streams a handler's file into the blob store and records it as a result of the job,
@@ -279,16 +443,14 @@ impl Services {
         job: &job::Model,
         outcome: Outcome,
     ) -> ServiceResult<Option<JobStatus>> {
-        let status = self
-            .settle(job, Holder::Lease(lease), lease.attempt, outcome, now_ms())
-            .await?;
-        self.trim_logs(lease.job_id).await;
-        Ok(status)
+        self.settle(job, Holder::Lease(lease), lease.attempt, outcome, now_ms())
+            .await
     }
 
     /// Settles a running attempt for `holder`: the shared end of a worker's attempt and of a
     /// lease the reconciler found expired. An outcome that a pending cancel forbids (a retry, a
-    /// requeue) falls back to its final form.
+    /// requeue) falls back to its final form. A failure's detail is capped
+    /// ([`JobFailure::capped`]): the job shows it in every read.
     pub(crate) async fn settle(
         &self,
         job: &job::Model,
@@ -297,6 +459,10 @@ impl Services {
         outcome: Outcome,
         now: i64,
     ) -> ServiceResult<Option<JobStatus>> {
+        let outcome = match outcome {
+            Outcome::Failed(failure) => Outcome::Failed(failure.capped()),
+            other => other,
+        };
         let choices = match outcome {
             Outcome::Succeeded => vec![Transition::Succeed],
             Outcome::Canceled => vec![Transition::FinishCanceled],
@@ -353,21 +519,5 @@ impl Services {
             .saturating_mul(1u32 << (attempt.clamp(1, 20) - 1) as u32)
             .min(q.retry_max_delay);
         exp.mul_f64(rand::rng().random_range(0.75..1.25))
-    }
-
-    async fn trim_logs(&self, job_id: Uuid) {
-        let keep_from = job_log::Entity::find()
-            .filter(job_log::Column::JobId.eq(job_id))
-            .order_by_desc(job_log::Column::Id)
-            .offset(LOG_TAIL_LINES)
-            .one(&self.db.orm)
-            .await;
-        if let Ok(Some(oldest_dropped)) = keep_from {
-            let _ = job_log::Entity::delete_many()
-                .filter(job_log::Column::JobId.eq(job_id))
-                .filter(job_log::Column::Id.lte(oldest_dropped.id))
-                .exec(&self.db.orm)
-                .await;
-        }
     }
 }

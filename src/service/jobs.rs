@@ -19,7 +19,8 @@ use super::{
 };
 use crate::{
     blobs::keys,
-    domain::{JobStatus, validate_input_name},
+    config::Limits,
+    domain::{JobStatus, cut_text, validate_input_name},
     error_code::ErrorCode,
     ids::{JobId, UploadId},
     queue,
@@ -205,6 +206,19 @@ impl Services {
                     "timeout must be positive and at most {} for kind {:?}",
                     humantime::format_duration(defaults.timeout),
                     request.kind
+                ),
+            ));
+        }
+        // Checked here, not when a command cannot start with them: Linux limits one environment
+        // variable (FERRY_PARAMS) to 128 KiB, and the job shows its params in every read.
+        let params_bytes = serde_json::to_vec(&request.params).map_or(0, |json| json.len());
+        let max_params = self.settings.limits.max_params_bytes;
+        if params_bytes > max_params {
+            return Err(ServiceError::invalid(
+                "params",
+                format!(
+                    "params take {params_bytes} bytes as JSON; the limit is {max_params} \
+                     (limits.max_params_bytes). Send large data as an input instead"
                 ),
             ));
         }
@@ -669,15 +683,41 @@ impl Services {
             .await?)
     }
 
-    /// The last `tail` log lines, oldest first.
+    /// The last `tail` log lines, oldest first, each cut to `limits.max_log_line_bytes`, and
+    /// together within `limits.max_log_bytes_per_job` (counted as the stored log is).
     pub async fn job_logs(&self, id: JobId, tail: u64) -> ServiceResult<Vec<job_log::Model>> {
         self.get_job(id).await?;
-        let mut lines = job_log::Entity::find()
+        let limits = &self.settings.limits;
+        // Cut in the query (to characters, one more than fits, so a cut line gets its mark):
+        // rows stored before lines were cut, e.g. by an older worker during an upgrade, cost no
+        // more to read than a line.
+        let line = format!("SUBSTR(line, 1, {})", limits.max_log_line_bytes + 1);
+        let newest = job_log::Entity::find()
+            .select_only()
+            .columns([
+                job_log::Column::Id,
+                job_log::Column::JobId,
+                job_log::Column::Attempt,
+                job_log::Column::CreatedAtMs,
+            ])
+            .expr_as(Expr::cust(line), "line")
             .filter(job_log::Column::JobId.eq(id.0))
             .order_by_desc(job_log::Column::Id)
             .limit(tail)
+            .into_model::<job_log::Model>()
             .all(&self.db.orm)
             .await?;
+        let mut budget = limits.max_log_bytes_per_job;
+        let mut lines = Vec::with_capacity(newest.len());
+        for mut row in newest {
+            cut_text(&mut row.line, limits.max_log_line_bytes);
+            let cost = Limits::log_line_cost(row.line.len());
+            if cost > budget {
+                break;
+            }
+            budget -= cost;
+            lines.push(row);
+        }
         lines.reverse();
         Ok(lines)
     }

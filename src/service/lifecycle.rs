@@ -124,12 +124,16 @@ pub enum Transition {
     Renew {
         lease_until_ms: i64,
     },
-    /// The lease holder reports progress (which renews the lease too).
+    /// The lease holder reports progress (which renews the lease too). The job's progress is
+    /// written every time; a `progress` event is appended only when `event` is set, so a
+    /// handler reporting all day long does not write a row per report (the worker decides:
+    /// `worker::flush`).
     Progress {
         percent: Option<f64>,
         stage: Option<String>,
         message: Option<String>,
         lease_until_ms: i64,
+        event: bool,
     },
     /// The lease holder published a result; the caller writes the result row in the same
     /// transaction, after this succeeds.
@@ -368,6 +372,7 @@ pub async fn apply(
             stage,
             message,
             lease_until_ms,
+            event,
         } => {
             update = update
                 .col_expr(job::Column::ProgressPercent, Expr::value(*percent))
@@ -375,7 +380,7 @@ pub async fn apply(
                 .col_expr(job::Column::ProgressMessage, Expr::value(message.clone()))
                 .col_expr(job::Column::ProgressUpdatedAtMs, Expr::value(now_ms))
                 .col_expr(job::Column::LeaseExpiresAtMs, Expr::value(*lease_until_ms));
-            Some(JobEvent::Progress {
+            event.then(|| JobEvent::Progress {
                 percent: *percent,
                 stage: stage.clone(),
                 message: message.clone(),

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::{
     Registry,
+    flush::Flusher,
     handler::{HandlerError, JobContext, Pending, guess_content_type},
 };
 use crate::{
@@ -170,12 +171,13 @@ async fn supervise(
     let mut stop: Option<StopReason> = None;
     let mut hard_deadline: Option<Instant> = None;
     let mut tick = tokio::time::interval(FLUSH_EVERY);
+    let mut flusher = Flusher::new(&services.settings.limits);
     let joined = loop {
         tokio::select! {
             res = &mut task => break Some(res),
             _ = tick.tick() => {}
         }
-        if flush(ctx).await == LeaseState::Lost && stop.is_none() {
+        if flusher.flush(ctx, false).await == LeaseState::Lost && stop.is_none() {
             stop = Some(StopReason::LeaseLost);
         }
         if stop.is_none() && last_check.elapsed() >= CANCEL_CHECK_EVERY {
@@ -214,7 +216,7 @@ async fn supervise(
             }
         }
     };
-    flush(ctx).await;
+    flusher.flush(ctx, true).await;
     (stop, joined)
 }
 
@@ -271,31 +273,6 @@ fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailur
         retryable,
         attempt,
     }
-}
-
-/// Writes buffered progress and log lines.
-async fn flush(ctx: &JobContext) -> LeaseState {
-    let (progress, logs) = {
-        let mut pending = ctx.pending.lock().expect("pending lock");
-        (
-            pending.progress.take(),
-            pending.logs.drain(..).collect::<Vec<_>>(),
-        )
-    };
-    if let Err(err) = ctx.services.append_logs(&ctx.lease, logs).await {
-        tracing::warn!(error = %err, "could not store log lines");
-    }
-    if let Some((percent, stage, message)) = progress {
-        match ctx
-            .services
-            .report_progress(&ctx.lease, percent, stage, message)
-            .await
-        {
-            Ok(state) => return state,
-            Err(err) => tracing::warn!(error = %err, "could not store progress"),
-        }
-    }
-    LeaseState::Held
 }
 
 /// Every file in the output folder that was not published yet becomes a final result.

@@ -4,9 +4,14 @@
 //! The child runs in its own process group so cancel and timeout reach everything it started:
 //! SIGTERM to the group, SIGKILL after the grace period, and SIGKILL to any stragglers once the
 //! main process has exited. A guard kills the group if the attempt is abandoned.
+//!
+//! Its output is read as lines of bounded length ([`CappedLines`]): stderr lines are cut like
+//! log lines, stdout lines to the longest protocol message; whatever a line's length or bytes,
+//! reading goes on.
 
-use std::{collections::BTreeMap, process::Stdio, time::Duration};
+use std::{collections::BTreeMap, collections::VecDeque, process::Stdio, time::Duration};
 
+use bytes::{Buf, BytesMut};
 use futures_util::StreamExt;
 use nix::{
     sys::signal::{Signal, killpg},
@@ -14,13 +19,15 @@ use nix::{
 };
 use serde::Deserialize;
 use tokio::process::Command;
-use tokio_util::codec::{FramedRead, LinesCodec};
+use tokio_util::codec::{Decoder, FramedRead};
 
 use super::handler::{Handler, HandlerError, JobContext};
+use crate::domain::{CUT_MARK, MAX_FAILURE_DETAIL_BYTES};
 
-/// stdout/stderr lines longer than this are cut off (and the rest of the line skipped).
-const MAX_LINE_BYTES: usize = 1 << 20;
-/// How much of stderr's end is quoted in the error of a failed attempt.
+/// Longest stdout line read whole: a protocol message must fit (longer lines are logged, cut).
+const MAX_MESSAGE_BYTES: usize = 1 << 20;
+/// How many of stderr's last lines are quoted in the error of a failed attempt (the quote is
+/// also cut to fit [`MAX_FAILURE_DETAIL_BYTES`], keeping its end).
 const STDERR_TAIL_LINES: usize = 20;
 
 #[derive(Clone, Debug)]
@@ -111,26 +118,26 @@ impl Handler for CommandHandler {
 
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let mut out_lines =
-            FramedRead::new(stdout, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
+        let mut out_lines = FramedRead::new(stdout, CappedLines::new(MAX_MESSAGE_BYTES));
         let stderr_task = {
             let pending = ctx.pending.clone();
+            let caps = ctx.log_caps();
             tokio::spawn(async move {
-                let mut lines =
-                    FramedRead::new(stderr, LinesCodec::new_with_max_length(MAX_LINE_BYTES));
-                let mut tail = std::collections::VecDeque::new();
-                while let Some(line) = lines.next().await {
-                    let Ok(line) = line else { continue };
+                let mut lines = FramedRead::new(stderr, CappedLines::new(caps.line_bytes));
+                let mut tail = VecDeque::new();
+                // Ends at end of file, or if the pipe cannot be read (an I/O error).
+                while let Some(Ok(line)) = lines.next().await {
+                    let line = line.into_text();
                     if tail.len() == STDERR_TAIL_LINES {
                         tail.pop_front();
                     }
                     tail.push_back(line.clone());
-                    let mut p = pending.lock().expect("pending lock");
-                    if p.logs.len() < 2000 {
-                        p.logs.push_back(format!("[stderr] {line}"));
-                    }
+                    pending
+                        .lock()
+                        .expect("pending lock")
+                        .push_log(format!("[stderr] {line}"), caps);
                 }
-                tail.into_iter().collect::<Vec<_>>().join("\n")
+                Vec::from(tail).join("\n")
             })
         };
 
@@ -140,11 +147,14 @@ impl Handler for CommandHandler {
             tokio::select! {
                 line = out_lines.next(), if stdout_open => match line {
                     Some(Ok(line)) => {
-                        if let Some(err) = self.on_stdout_line(ctx, &line).await? {
+                        if let Some(err) = self.on_stdout_line(ctx, line).await? {
                             declared = Some(err);
                         }
                     }
-                    Some(Err(_)) => ctx.log("[stdout] (line too long, skipped)"),
+                    Some(Err(err)) => {
+                        ctx.log(format!("cannot read the command's stdout: {err}"));
+                        stdout_open = false;
+                    }
                     None => stdout_open = false,
                 },
                 status = child.wait() => break status,
@@ -166,12 +176,11 @@ impl Handler for CommandHandler {
         while stdout_open {
             match tokio::time::timeout(Duration::from_secs(5), out_lines.next()).await {
                 Ok(Some(Ok(line))) => {
-                    if let Some(err) = self.on_stdout_line(ctx, &line).await? {
+                    if let Some(err) = self.on_stdout_line(ctx, line).await? {
                         declared = Some(err);
                     }
                 }
-                Ok(Some(Err(_))) => {}
-                Ok(None) | Err(_) => stdout_open = false,
+                Ok(Some(Err(_)) | None) | Err(_) => stdout_open = false,
             }
         }
         let stderr_tail = tokio::time::timeout(Duration::from_secs(5), stderr_task)
@@ -202,7 +211,9 @@ impl Handler for CommandHandler {
         let detail = if stderr_tail.is_empty() {
             format!("the command {how}")
         } else {
-            format!("the command {how}; stderr ends with:\n{stderr_tail}")
+            let quoting = format!("the command {how}; stderr ends with:\n");
+            let room = MAX_FAILURE_DETAIL_BYTES.saturating_sub(quoting.len());
+            format!("{quoting}{}", keep_end(stderr_tail, room))
         };
         Err(HandlerError::retryable("handler_exit", detail))
     }
@@ -213,8 +224,14 @@ impl CommandHandler {
     async fn on_stdout_line(
         &self,
         ctx: &JobContext,
-        line: &str,
+        line: Line,
     ) -> Result<Option<HandlerError>, HandlerError> {
+        // A cut line is no message (its JSON is incomplete): it is logged.
+        if line.cut {
+            ctx.log(line.into_text());
+            return Ok(None);
+        }
+        let line = line.text;
         let trimmed = line.trim();
         let msg = if trimmed.starts_with('{') {
             serde_json::from_str::<Message>(trimmed).ok()
@@ -250,5 +267,150 @@ impl CommandHandler {
         }
         ctx.log(line);
         Ok(None)
+    }
+}
+
+/// The end of `text` within `max` bytes (on a character boundary), starting with `…` when
+/// something was dropped; the mark counts against `max`.
+fn keep_end(text: String, max: usize) -> String {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max.saturating_sub(CUT_MARK.len_utf8());
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("{CUT_MARK}{}", &text[start..])
+}
+
+/// One line of a command's output: at most the decoder's `max` bytes of it.
+#[derive(Debug, PartialEq)]
+struct Line {
+    text: String,
+    /// The line was longer; the rest was dropped.
+    cut: bool,
+}
+
+impl Line {
+    /// The text, ending with `…` if the line was cut.
+    fn into_text(self) -> String {
+        let mut text = self.text;
+        if self.cut {
+            text.push(CUT_MARK);
+        }
+        text
+    }
+}
+
+/// Splits a pipe's bytes into lines, keeping at most `max` bytes of each: the rest of a longer
+/// line is read and dropped, so memory stays bounded however long a line is, and reading goes
+/// on (a reader that stopped would leave the command blocked on a full pipe). Bytes that are not
+/// UTF-8 are replaced, never an error.
+struct CappedLines {
+    max: usize,
+    line: Vec<u8>,
+    cut: bool,
+}
+
+impl CappedLines {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            line: Vec::new(),
+            cut: false,
+        }
+    }
+
+    fn finish(&mut self) -> Line {
+        if !self.cut && self.line.last() == Some(&b'\r') {
+            self.line.pop();
+        }
+        let text = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        Line {
+            text,
+            cut: std::mem::take(&mut self.cut),
+        }
+    }
+}
+
+impl Decoder for CappedLines {
+    type Item = Line;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, std::io::Error> {
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let end = newline.unwrap_or(buf.len());
+        let take = (self.max - self.line.len()).min(end);
+        self.line.extend_from_slice(&buf[..take]);
+        self.cut |= end > take;
+        match newline {
+            Some(at) => {
+                buf.advance(at + 1);
+                Ok(Some(self.finish()))
+            }
+            None => {
+                // Kept what fits; the rest of this line is dropped as it comes.
+                buf.clear();
+                Ok(None)
+            }
+        }
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Line>, std::io::Error> {
+        if let Some(line) = self.decode(buf)? {
+            return Ok(Some(line));
+        }
+        // A last line without a newline.
+        Ok((!self.line.is_empty() || self.cut).then(|| self.finish()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(max: usize, input: &[u8], chunk: usize) -> Vec<Line> {
+        let mut codec = CappedLines::new(max);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in input.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            while let Some(line) = codec.decode(&mut buf).unwrap() {
+                out.push(line);
+            }
+        }
+        while let Some(line) = codec.decode_eof(&mut buf).unwrap() {
+            out.push(line);
+        }
+        out
+    }
+
+    #[test]
+    fn lines_are_cut_to_the_limit_and_reading_goes_on() {
+        let mut input = b"short\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 100_000));
+        input.extend(b"\n\xff\xfeok\nlast");
+        for chunk in [1, 7, 4096, input.len()] {
+            let lines = decode_all(10, &input, chunk);
+            let texts: Vec<(&str, bool)> = lines.iter().map(|l| (l.text.as_str(), l.cut)).collect();
+            assert_eq!(
+                texts,
+                [
+                    ("short", false),
+                    ("xxxxxxxxxx", true),
+                    ("\u{fffd}\u{fffd}ok", false),
+                    ("last", false)
+                ],
+                "chunks of {chunk}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_end_of_a_long_text_is_kept() {
+        assert_eq!(keep_end("short".into(), 10), "short");
+        assert_eq!(keep_end("0123456789abc".into(), 6), "…abc");
+        assert_eq!(keep_end("éééé".into(), 6), "…é");
     }
 }

@@ -15,17 +15,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     blobs::BlobError,
+    config::Limits,
+    domain::cut_text,
     ids::JobId,
     service::{
         Services,
-        attempts::{Lease, PublishError},
+        attempts::{Lease, ProgressReport, PublishError},
     },
     storage::entities::job_input,
 };
 
-/// Longest log line kept; longer lines are cut (a handler printing a binary blob must not
-/// exhaust memory).
-const MAX_LOG_LINE: usize = 4096;
 /// Log lines buffered between flushes; older ones are dropped first if a handler floods.
 const MAX_BUFFERED_LOG_LINES: usize = 2000;
 
@@ -72,12 +71,54 @@ pub trait Handler: Send + Sync + 'static {
     async fn run(&self, ctx: &JobContext) -> Result<(), HandlerError>;
 }
 
-/// Progress and log lines waiting to be written; the attempt supervisor flushes them a few times
-/// a second so a chatty handler costs a bounded number of database writes.
+/// Progress and log lines waiting to be written; the attempt's flusher (`worker::flush`) writes
+/// them a few times a second, so a chatty handler costs a bounded number of database writes.
+/// Bounded in memory too: the latest progress report only, and log lines already cut, at most
+/// [`MAX_BUFFERED_LOG_LINES`] of them and no more than the job may store (the oldest go first).
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    pub progress: Option<(Option<f64>, Option<String>, Option<String>)>,
-    pub logs: VecDeque<String>,
+    pub progress: Option<ProgressReport>,
+    logs: VecDeque<String>,
+    /// What `logs` count against the job's log cap ([`Limits::log_line_cost`]).
+    logs_cost: u64,
+}
+
+impl Pending {
+    /// Buffers a log line, cut to `caps.line_bytes`.
+    pub fn push_log(&mut self, mut line: String, caps: LogCaps) {
+        cut_text(&mut line, caps.line_bytes);
+        self.logs_cost += Limits::log_line_cost(line.len());
+        self.logs.push_back(line);
+        while self.logs.len() > MAX_BUFFERED_LOG_LINES || self.logs_cost > caps.job_bytes {
+            let Some(oldest) = self.logs.pop_front() else {
+                break;
+            };
+            self.logs_cost -= Limits::log_line_cost(oldest.len());
+        }
+    }
+
+    /// The buffered log lines, oldest first, leaving the buffer empty.
+    pub fn take_logs(&mut self) -> Vec<String> {
+        self.logs_cost = 0;
+        self.logs.drain(..).collect()
+    }
+}
+
+/// The caps a log line meets before it is buffered (`limits.max_log_line_bytes`,
+/// `limits.max_log_bytes_per_job`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogCaps {
+    pub line_bytes: usize,
+    pub job_bytes: u64,
+}
+
+impl LogCaps {
+    pub fn of(limits: &Limits) -> Self {
+        Self {
+            line_bytes: limits.max_log_line_bytes,
+            job_bytes: limits.max_log_bytes_per_job,
+        }
+    }
 }
 
 pub struct JobContext {
@@ -101,27 +142,30 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Reports progress; only the latest report between flushes is written.
+    /// Reports progress: `percent` is clamped to 0–100, `stage` and `message` are cut to 1 KiB.
+    /// Only the latest report between flushes is written; the job shows it, and its event log
+    /// gets a coalesced few (see `limits.progress_event_interval`).
     pub fn progress(&self, percent: Option<f64>, stage: Option<String>, message: Option<String>) {
-        let percent = percent.map(|p| p.clamp(0.0, 100.0));
-        self.pending.lock().expect("pending lock").progress = Some((percent, stage, message));
+        let report = ProgressReport {
+            percent,
+            stage,
+            message,
+        };
+        self.pending.lock().expect("pending lock").progress = Some(report.capped());
     }
 
+    /// Logs a line, cut to `limits.max_log_line_bytes`. The job keeps its newest lines within
+    /// `limits.max_log_bytes_per_job`.
     pub fn log(&self, line: impl Into<String>) {
-        let mut line: String = line.into();
-        if line.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !line.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            line.truncate(cut);
-            line.push('…');
-        }
-        let mut pending = self.pending.lock().expect("pending lock");
-        if pending.logs.len() >= MAX_BUFFERED_LOG_LINES {
-            pending.logs.pop_front();
-        }
-        pending.logs.push_back(line);
+        let caps = self.log_caps();
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .push_log(line.into(), caps);
+    }
+
+    pub(crate) fn log_caps(&self) -> LogCaps {
+        LogCaps::of(&self.services.settings.limits)
     }
 
     /// Publishes `output_dir/relative` as a result named `relative`, now.
@@ -239,5 +283,43 @@ pub fn guess_content_type(name: &str) -> &'static str {
         "dcm" => "application/dicom",
         "html" => "text/html; charset=utf-8",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffered_log_lines_are_cut_and_bounded_by_count_and_by_the_jobs_cap() {
+        let caps = LogCaps {
+            line_bytes: 100,
+            job_bytes: 10_000,
+        };
+        let mut pending = Pending::default();
+        pending.push_log("x".repeat(1 << 20), caps);
+        assert_eq!(pending.logs[0].len(), 100, "cut to the line cap");
+        assert!(pending.logs[0].ends_with('…'));
+        for i in 0..1000 {
+            pending.push_log(format!("{i:04} {}", "y".repeat(90)), caps);
+        }
+        let lines = pending.take_logs();
+        let cost: u64 = lines.iter().map(|l| Limits::log_line_cost(l.len())).sum();
+        assert!(cost <= caps.job_bytes, "{cost}");
+        assert!(
+            lines.last().unwrap().starts_with("0999 "),
+            "the newest are kept"
+        );
+        assert!(pending.take_logs().is_empty());
+
+        let mut pending = Pending::default();
+        let roomy = LogCaps {
+            line_bytes: 100,
+            job_bytes: 1 << 30,
+        };
+        for _ in 0..(MAX_BUFFERED_LOG_LINES + 10) {
+            pending.push_log(String::new(), roomy);
+        }
+        assert_eq!(pending.take_logs().len(), MAX_BUFFERED_LOG_LINES);
     }
 }

@@ -4,6 +4,7 @@
 pub mod attempt;
 pub mod builtin;
 pub mod command;
+mod flush;
 pub mod handler;
 
 use std::{collections::BTreeMap, sync::Arc};

@@ -12,7 +12,7 @@ use ferry::{
     queue::{self, ConsumerSettings, Dispatch, DispatchFn},
     service::{
         KindDefaults, Services,
-        attempts::{ClaimedJob, LeaseState, Outcome, PublishError},
+        attempts::{ClaimedJob, LeaseState, Outcome, ProgressReport, PublishError},
         jobs::{JobRequest, JobView},
         lifecycle::{Dispatchable, Holder, Lease, PublishedResult, Transition},
     },
@@ -160,6 +160,7 @@ fn every_transition(row: &job::Model, now: i64) -> Vec<Transition> {
             stage: Some("segmenting".into()),
             message: None,
             lease_until_ms: now + LEASE_TTL_MS,
+            event: true,
         },
         Transition::Publish(PublishedResult {
             name: "mask.png".into(),
@@ -306,7 +307,7 @@ async fn a_stale_lease_is_refused_everywhere() {
         LeaseState::Lost
     );
     assert_eq!(
-        s.report_progress(&stale.lease, Some(99.0), None, None)
+        s.report_progress(&stale.lease, ProgressReport::default(), true)
             .await
             .unwrap(),
         LeaseState::Lost

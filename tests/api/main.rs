@@ -3,6 +3,7 @@
 //! `openapi.yaml`; those that need real `ferry` processes (kill -9, signals, restarts, several
 //! processes) start them.
 
+mod bounded_storage;
 mod cli;
 mod client;
 mod contract;
