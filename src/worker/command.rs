@@ -52,7 +52,8 @@ struct Message {
 struct GroupGuard {
     pgid: Option<Pid>,
     job: uuid::Uuid,
-    attempt: i32,
+    /// The attempt's work folder name, which its processes' `FERRY_INPUT_DIR` ends with.
+    folder: String,
     done: bool,
 }
 
@@ -68,8 +69,8 @@ impl GroupGuard {
     /// session); waits for the search, so nothing of the attempt outlives its settling.
     async fn kill_all(&mut self) {
         self.signal(Signal::SIGKILL);
-        let (job, attempt) = (self.job, self.attempt);
-        let _ = tokio::task::spawn_blocking(move || procs::kill_attempt(job, Some(attempt))).await;
+        let (job, folder) = (self.job, self.folder.clone());
+        let _ = tokio::task::spawn_blocking(move || kill_strays(job, &folder)).await;
         self.done = true;
     }
 }
@@ -80,13 +81,17 @@ impl Drop for GroupGuard {
             return;
         }
         self.signal(Signal::SIGKILL);
-        let (job, attempt) = (self.job, self.attempt);
+        let (job, folder) = (self.job, std::mem::take(&mut self.folder));
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || procs::kill_attempt(job, Some(attempt)));
+            runtime.spawn_blocking(move || kill_strays(job, &folder));
         } else {
-            procs::kill_attempt(job, Some(attempt));
+            kill_strays(job, &folder);
         }
     }
+}
+
+fn kill_strays(job: uuid::Uuid, folder: &str) {
+    procs::kill(procs::Whose::Attempt { job, folder });
 }
 
 #[async_trait::async_trait]
@@ -129,7 +134,11 @@ impl Handler for CommandHandler {
         let mut guard = GroupGuard {
             pgid: child.id().map(|id| Pid::from_raw(id as i32)),
             job: ctx.job_id.0,
-            attempt: ctx.attempt,
+            folder: ctx
+                .work_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             done: false,
         };
         ctx.log(format!(

@@ -164,6 +164,20 @@ pub struct Found {
     path: PathBuf,
 }
 
+impl Found {
+    fn kill_processes(&self) {
+        let folder = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        procs::kill(procs::Whose::Attempt {
+            job: self.job,
+            folder,
+        });
+    }
+}
+
 /// What a sweep found under the work folder; [`Survey::clear`] acts on it.
 #[derive(Debug, Default)]
 pub struct Survey {
@@ -184,7 +198,7 @@ impl Survey {
     pub fn clear(self, keep: impl Fn(&Found) -> bool) -> usize {
         let mut removed = 0;
         for found in self.live.into_iter().filter(|f| !keep(f)) {
-            procs::kill_attempt(found.job, Some(found.attempt));
+            found.kill_processes();
             match remove_tree(&found.path) {
                 Ok(()) => removed += 1,
                 Err(err) => warn_not_removed(&found.path, &err),
@@ -192,7 +206,7 @@ impl Survey {
         }
         for (dir, lock, attempts) in self.dead {
             for found in &attempts {
-                procs::kill_attempt(found.job, Some(found.attempt));
+                found.kill_processes();
             }
             match remove_tree(&dir) {
                 Ok(()) => removed += attempts.len(),
@@ -269,7 +283,7 @@ pub fn survey(root: &Path) -> Survey {
 /// Kills every process of `job` and removes all its attempt folders under `root` (a deleted job
 /// leaves nothing on this machine); returns how many folders went.
 pub fn remove_job(root: &Path, job: Uuid) -> usize {
-    procs::kill_attempt(job, None);
+    procs::kill(procs::Whose::Job(job));
     let survey = survey(root);
     let mut removed = 0;
     let mine = |f: &Found| f.job == job;

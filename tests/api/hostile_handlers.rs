@@ -194,10 +194,11 @@ async fn an_attempt_cannot_plant_links_in_the_next_attempts_inputs() {
         .await;
     let done = app.wait_status(&id_of(&job), "succeeded", WITHIN).await;
     assert_eq!(done["attempt"], 2, "{done}");
-    assert_eq!(
-        std::fs::read(&target).unwrap(),
-        original,
-        "attempt 2 wrote the client's upload through a link attempt 1 planted"
+    let now = std::fs::read(&target).unwrap();
+    assert!(
+        now == original,
+        "attempt 2 wrote the client's upload ({} bytes) through a link attempt 1 planted",
+        now.len()
     );
 }
 
