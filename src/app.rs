@@ -55,7 +55,7 @@ impl Application {
         std::fs::create_dir_all(&settings.data_dir).with_context(|| {
             format!("cannot create data folder {}", settings.data_dir.display())
         })?;
-        std::fs::create_dir_all(settings.work_dir()).with_context(|| {
+        crate::workspace::ensure_root(&settings.work_dir()).with_context(|| {
             format!(
                 "cannot create work folder {}",
                 settings.work_dir().display()
@@ -68,7 +68,7 @@ impl Application {
 
         let run_workers = !http || settings.workers;
         let workers = if run_workers {
-            worker::start(services.clone(), registry.clone(), shutdown.clone())
+            worker::start(services.clone(), registry.clone(), shutdown.clone()).await?
         } else {
             JoinSet::new()
         };

@@ -298,9 +298,11 @@ impl Blobs {
         }
     }
 
-    /// Streams a local file into the store (used to publish handler outputs).
-    pub async fn put_file(&self, key: &Path, file: &std::path::Path) -> Result<Stored, BlobError> {
-        let f = tokio::fs::File::open(file).await?;
+    /// Streams an open local file into the store (used to publish handler outputs). It takes
+    /// the file, not a path: the caller opened and checked it (see `workspace::outputs`), and
+    /// a path could be swapped for a link in between.
+    pub async fn put_file(&self, key: &Path, file: std::fs::File) -> Result<Stored, BlobError> {
+        let f = tokio::fs::File::from_std(file);
         let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 << 10);
         self.put_stream(key, stream, u64::MAX).await
     }
@@ -329,10 +331,17 @@ impl Blobs {
         Ok(meta.size)
     }
 
-    /// Copies an object into a local file (a handler's input folder), streaming.
+    /// Copies an object into a new local file (a handler's input folder), streaming. The file
+    /// must not exist, not even as a link: nothing already there is ever written through.
     pub async fn copy_to_file(&self, key: &Path, dest: &std::path::Path) -> Result<u64, BlobError> {
         let mut stream = self.get(key, None).await?;
-        let mut file = tokio::fs::File::create(dest).await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(dest)
+            .await?;
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
@@ -541,6 +550,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(part.concat(), data[1000..1010]);
+    }
+
+    #[tokio::test]
+    async fn an_input_is_never_written_through_something_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs =
+            Blobs::open(dir.path().to_str().unwrap(), 64 << 10, &Default::default()).unwrap();
+        let key = keys::upload(Uuid::now_v7());
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("upload"))]);
+        blobs.put_stream(&key, body, u64::MAX).await.unwrap();
+        let host = dir.path().join("host.txt");
+        std::fs::write(&host, "host").unwrap();
+        let planted = dir.path().join("scan");
+        std::os::unix::fs::symlink(&host, &planted).unwrap();
+        assert!(blobs.copy_to_file(&key, &planted).await.is_err());
+        assert_eq!(std::fs::read_to_string(&host).unwrap(), "host");
+        let fresh = dir.path().join("fresh");
+        assert_eq!(blobs.copy_to_file(&key, &fresh).await.unwrap(), 6);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[tokio::test]

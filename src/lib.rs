@@ -2,9 +2,10 @@
 //!
 //! Layers, with dependencies pointing one way:
 //! `api` (actix handlers, wire types, problem responses) → `service` (uploads, jobs, results; no
-//! actix types) → `storage` (sea-orm entities, transactions), `blobs` (object_store) and `queue`
-//! (apalis dispatch). `worker` runs handlers and calls `service`, never `api`. `app` wires it all
-//! together for the `serve`, `worker` and `migrate` commands.
+//! actix types) → `storage` (sea-orm entities, transactions), `blobs` (object_store), `queue`
+//! (apalis dispatch) and `workspace` (work folders and handler processes on this machine).
+//! `worker` runs handlers and calls `service`, never `api`. `app` wires it all together for the
+//! `serve`, `worker` and `migrate` commands.
 
 pub mod api;
 pub mod app;
@@ -20,3 +21,4 @@ pub mod storage;
 pub mod telemetry;
 pub mod time;
 pub mod worker;
+pub mod workspace;

@@ -346,13 +346,14 @@ impl Services {
         }
     }
 
-    /// Streams a handler's file into the blob store and records it as a result of the job,
-    /// replacing an earlier result of the same name (e.g. from a previous attempt).
+    /// Streams a handler's file (opened and checked by the caller) into the blob store and
+    /// records it as a result of the job, replacing an earlier result of the same name (e.g.
+    /// from a previous attempt).
     pub async fn publish_result(
         &self,
         lease: &Lease,
         name: &str,
-        file: &std::path::Path,
+        file: std::fs::File,
         content_type: &str,
         is_final: bool,
     ) -> Result<result::Model, PublishError> {

@@ -621,12 +621,23 @@ impl Services {
     /// Hard deletion: the job, its events, logs, results and its inputs' bytes. A running job's
     /// lease is revoked first, so its worker stops it and can publish nothing more; then the
     /// bytes go, then the rows. Interrupted, it can simply be called again.
+    ///
+    /// Work folders (copies of the inputs) on this machine go at once, with any processes of the
+    /// job; on other machines, their workers' sweep removes them (`sweep_work_folders`).
     pub async fn delete_job(&self, id: JobId) -> ServiceResult<()> {
         let current = self.get_job(id).await?;
         // Revoked first (refused, harmlessly, for a finished job): its worker stops and can
         // publish nothing more while the bytes go.
         self.transition(id.0, Holder::Anyone, Transition::Revoke, now_ms())
             .await?;
+
+        let root = self.settings.work_dir();
+        let local = tokio::task::spawn_blocking(move || crate::workspace::remove_job(&root, id.0))
+            .await
+            .map_err(|e| ServiceError::internal("removing work folders failed", e))?;
+        if local > 0 {
+            tracing::info!(job_id = %id, folders = local, "removed the job's work folders");
+        }
 
         self.blobs.delete_prefix(&keys::job_prefix(id.0)).await?;
         for input in &current.inputs {

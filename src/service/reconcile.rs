@@ -8,14 +8,20 @@
 //! - Unattached uploads past `expires_at` are deleted, bytes first.
 //! - Idempotency keys older than a day, and apalis' records of deliveries finished an hour ago,
 //!   are deleted.
+//! - Work folders on this machine ([`Services::sweep_work_folders`], run by workers) of attempts
+//!   that no longer run — their worker was killed, or their job was deleted, retried or settled —
+//!   are removed, and whatever processes those attempts left are killed.
+
+use std::collections::HashMap;
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
     sea_query::{Expr, Func},
 };
+use uuid::Uuid;
 
 use super::{
-    ServiceResult, Services,
+    ServiceError, ServiceResult, Services,
     attempts::Outcome,
     lifecycle::{Dispatchable, Holder, Lease, Transition},
 };
@@ -24,6 +30,7 @@ use crate::{
     queue,
     storage::entities::{idempotency_key, job, upload},
     time::now_ms,
+    workspace,
 };
 
 const BATCH: u64 = 100;
@@ -151,5 +158,42 @@ impl Services {
             .one(&self.db.orm)
             .await?;
         Ok(due.flatten())
+    }
+
+    /// Removes this machine's work folders of attempts that are not running any more, killing
+    /// what processes they left: every attempt of a worker process that is gone (its lock is
+    /// free — e.g. after `kill -9`), and any attempt whose job is deleted or no longer running
+    /// that attempt. Returns how many folders went.
+    pub async fn sweep_work_folders(&self) -> ServiceResult<usize> {
+        let root = self.settings.work_dir();
+        let survey = tokio::task::spawn_blocking(move || workspace::survey(&root))
+            .await
+            .map_err(|e| ServiceError::internal("surveying work folders failed", e))?;
+        if survey.is_empty() {
+            return Ok(0);
+        }
+        // Listed before this query: a folder exists only once its attempt was claimed, so an
+        // attempt just starting is seen running here.
+        let ids: Vec<Uuid> = survey.live.iter().map(|f| f.job).collect();
+        let running: HashMap<Uuid, i32> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            job::Entity::find()
+                .select_only()
+                .columns([job::Column::Id, job::Column::Attempt])
+                .filter(job::Column::Id.is_in(ids))
+                .filter(job::Column::Status.eq(JobStatus::Running))
+                .into_tuple::<(Uuid, i32)>()
+                .all(&self.db.orm)
+                .await?
+                .into_iter()
+                .collect()
+        };
+        let removed = tokio::task::spawn_blocking(move || {
+            survey.clear(|f| running.get(&f.job) == Some(&f.attempt))
+        })
+        .await
+        .map_err(|e| ServiceError::internal("removing work folders failed", e))?;
+        Ok(removed)
     }
 }

@@ -1,10 +1,9 @@
-//! Runs one delivered dispatch: claim the job, prepare a private work folder, run the handler,
-//! and supervise it — lease renewal, cancel requests, the timeout, progress and log flushing —
-//! then publish leftover outputs and settle the attempt.
+//! Runs one delivered dispatch: claim the job, prepare a fresh private work folder, run the
+//! handler, and supervise it — lease renewal, cancel requests, the timeout, progress and log
+//! flushing — then publish leftover outputs, remove the work folder and settle the attempt.
 
 use std::{
     collections::HashSet,
-    path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -15,7 +14,7 @@ use tracing::Instrument;
 use super::{
     Registry,
     flush::Flusher,
-    handler::{HandlerError, JobContext, Pending, guess_content_type},
+    handler::{HandlerError, JobContext, Pending, guess_content_type, output_error},
 };
 use crate::{
     domain::JobFailure,
@@ -25,6 +24,7 @@ use crate::{
         Services,
         attempts::{ClaimedJob, LeaseState, Outcome},
     },
+    workspace::{AttemptDir, Owner},
 };
 
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -42,6 +42,7 @@ pub(crate) async fn run_dispatch(
     services: Services,
     registry: Arc<Registry>,
     owner: String,
+    folders: Arc<Owner>,
     shutdown: CancellationToken,
     dispatch: Dispatch,
 ) {
@@ -63,7 +64,7 @@ pub(crate) async fn run_dispatch(
         job_id = %JobId(claimed.job.id),
         attempt = claimed.lease.attempt
     );
-    run_claimed(services, registry, shutdown, claimed)
+    run_claimed(services, registry, folders, shutdown, claimed)
         .instrument(span)
         .await
 }
@@ -72,21 +73,20 @@ pub(crate) async fn run_dispatch(
 async fn run_claimed(
     services: Services,
     registry: Arc<Registry>,
+    folders: Arc<Owner>,
     shutdown: CancellationToken,
     claimed: ClaimedJob,
 ) {
     let attempt = claimed.lease.attempt;
-    let outcome = match prepare(&services, &registry, &claimed).await {
+    let outcome = match prepare(&services, &registry, &folders, &claimed).await {
         Err(failure) => Some(Outcome::Failed(failure)),
         Ok((handler, ctx)) => {
             tracing::info!(kind = %claimed.job.kind, "attempt started");
             let timeout = Duration::from_millis(claimed.job.timeout_ms.max(0) as u64);
             let (stop, joined) = supervise(&services, handler, &ctx, timeout, &shutdown).await;
             let outcome = decide(&ctx, stop, joined, timeout, attempt).await;
-            if let Err(err) = tokio::fs::remove_dir_all(&ctx.work_dir).await {
-                let dir = ctx.work_dir.display();
-                tracing::warn!(%dir, error = %err, "could not remove the work folder");
-            }
+            // Before the attempt settles: a settled attempt leaves no copy of the input behind.
+            remove_folder(ctx.workspace.clone()).await;
             outcome
         }
     };
@@ -105,10 +105,20 @@ async fn run_claimed(
     }
 }
 
+/// Removes an attempt's work folder (a worker killed before this leaves it to the sweep).
+async fn remove_folder(folder: Arc<AttemptDir>) {
+    let removed = tokio::task::spawn_blocking(move || folder.remove().map_err(|e| (folder, e)));
+    if let Ok(Err((folder, err))) = removed.await {
+        let dir = folder.path.display();
+        tracing::warn!(%dir, error = %err, "could not remove the work folder");
+    }
+}
+
 /// Finds the handler and makes the attempt's private work folder.
 async fn prepare(
     services: &Services,
     registry: &Registry,
+    folders: &Arc<Owner>,
     claimed: &ClaimedJob,
 ) -> Result<(Arc<dyn super::Handler>, Arc<JobContext>), JobFailure> {
     let attempt = claimed.lease.attempt;
@@ -119,30 +129,33 @@ async fn prepare(
         return Err(failure("no_handler", detail, true, attempt));
     };
     // Absolute (see `Settings::load`): handlers get these paths by environment variable.
-    let work_dir =
-        services
-            .settings
-            .work_dir()
-            .join(format!("{}-{}", claimed.job.id.simple(), attempt));
-    let output_dir = work_dir.join("outputs");
-    if let Err(err) = tokio::fs::create_dir_all(&output_dir).await {
-        let detail = format!("cannot create {}: {err}", output_dir.display());
-        return Err(failure("workspace", &detail, true, attempt));
-    }
+    let created = {
+        let (folders, job) = (folders.clone(), claimed.job.id);
+        tokio::task::spawn_blocking(move || folders.create_attempt(job, attempt)).await
+    };
+    let workspace = match created {
+        Ok(Ok(workspace)) => Arc::new(workspace),
+        Ok(Err(err)) => {
+            let detail = format!("cannot create the attempt's work folder: {err}");
+            return Err(failure("workspace", &detail, true, attempt));
+        }
+        Err(err) => return Err(failure("workspace", &err.to_string(), true, attempt)),
+    };
     let ctx = Arc::new(JobContext {
         job_id: JobId(claimed.job.id),
         kind: claimed.job.kind.clone(),
         attempt,
         params: serde_json::from_str(&claimed.job.params).unwrap_or(serde_json::json!({})),
         inputs: claimed.inputs.clone(),
-        work_dir,
-        output_dir,
+        work_dir: workspace.path.clone(),
+        output_dir: workspace.outputs.clone(),
         cancel: CancellationToken::new(),
         kill_grace: services.settings.queue.kill_grace,
         services: services.clone(),
         lease: claimed.lease.clone(),
         pending: Arc::new(Mutex::new(Pending::default())),
         published: Mutex::new(HashSet::new()),
+        workspace,
     });
     Ok((handler.handler, ctx))
 }
@@ -264,6 +277,7 @@ fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailur
         "handler_error" => "Handler reported an error",
         "lease_expired" => "Worker lost",
         "invalid_input" => "Invalid input",
+        "invalid_result" => "Output refused",
         _ => "Attempt failed",
     };
     JobFailure {
@@ -275,32 +289,19 @@ fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailur
     }
 }
 
-/// Every file in the output folder that was not published yet becomes a final result.
+/// Every file in the output folder that was not published yet becomes a final result. The
+/// whole folder is checked first: anything in it that is not a regular file (a link, a pipe…)
+/// fails the attempt and nothing of it is published.
 async fn publish_leftovers(ctx: &JobContext) -> Result<(), HandlerError> {
-    let mut names = Vec::new();
-    collect_files(&ctx.output_dir, &ctx.output_dir, &mut names)
+    let workspace = ctx.workspace.clone();
+    let names = tokio::task::spawn_blocking(move || workspace.list_outputs())
         .await
-        .map_err(|e| HandlerError::retryable("workspace", format!("cannot list outputs: {e}")))?;
-    names.sort();
+        .map_err(|e| HandlerError::retryable("workspace", e.to_string()))?
+        .map_err(output_error)?;
     for name in names {
         if !ctx.is_published(&name) {
             ctx.publish(&name, Some(guess_content_type(&name)), true)
                 .await?;
-        }
-    }
-    Ok(())
-}
-
-async fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-    let mut entries = tokio::fs::read_dir(dir).await?;
-    while let Some(entry) = entries.next_entry().await? {
-        let kind = entry.file_type().await?;
-        if kind.is_dir() {
-            Box::pin(collect_files(root, &entry.path(), out)).await?;
-        } else if kind.is_file() {
-            let rel = entry.path();
-            let rel = rel.strip_prefix(root).unwrap_or(&rel);
-            out.push(rel.to_string_lossy().replace('\\', "/"));
         }
     }
     Ok(())

@@ -3,7 +3,9 @@
 //!
 //! The child runs in its own process group so cancel and timeout reach everything it started:
 //! SIGTERM to the group, SIGKILL after the grace period, and SIGKILL to any stragglers once the
-//! main process has exited. A guard kills the group if the attempt is abandoned.
+//! main process has exited — in the group or not: processes that started their own session are
+//! found by the attempt's `FERRY_*` variables (`workspace::procs`). A guard does the same if
+//! the attempt ends any other way (an error, or abandoned).
 //!
 //! Its output is read as lines of bounded length ([`CappedLines`]): stderr lines are cut like
 //! log lines, stdout lines to the longest protocol message; whatever a line's length or bytes,
@@ -22,7 +24,10 @@ use tokio::process::Command;
 use tokio_util::codec::{Decoder, FramedRead};
 
 use super::handler::{Handler, HandlerError, JobContext};
-use crate::domain::{CUT_MARK, MAX_FAILURE_DETAIL_BYTES};
+use crate::{
+    domain::{CUT_MARK, MAX_FAILURE_DETAIL_BYTES},
+    workspace::procs,
+};
 
 /// Longest stdout line read whole: a protocol message must fit (longer lines are logged, cut).
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -52,9 +57,13 @@ struct Message {
     retryable: Option<bool>,
 }
 
-/// Kills the whole process group when dropped, unless disarmed after a clean exit.
+/// Kills everything the attempt started when dropped, if [`GroupGuard::kill_all`] did not.
 struct GroupGuard {
     pgid: Option<Pid>,
+    job: uuid::Uuid,
+    /// The attempt's work folder name, which its processes' `FERRY_INPUT_DIR` ends with.
+    folder: String,
+    done: bool,
 }
 
 impl GroupGuard {
@@ -64,12 +73,34 @@ impl GroupGuard {
             let _ = killpg(pgid, sig);
         }
     }
+
+    /// SIGKILL to the group, then to the attempt's processes that left it (a daemon in its own
+    /// session); waits for the search, so nothing of the attempt outlives its settling.
+    async fn kill_all(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let (job, folder) = (self.job, self.folder.clone());
+        let _ = tokio::task::spawn_blocking(move || kill_strays(job, &folder)).await;
+        self.done = true;
+    }
 }
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         self.signal(Signal::SIGKILL);
+        let (job, folder) = (self.job, std::mem::take(&mut self.folder));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || kill_strays(job, &folder));
+        } else {
+            kill_strays(job, &folder);
+        }
     }
+}
+
+fn kill_strays(job: uuid::Uuid, folder: &str) {
+    procs::kill(procs::Whose::Attempt { job, folder });
 }
 
 #[async_trait::async_trait]
@@ -97,8 +128,9 @@ impl Handler for CommandHandler {
             .process_group(0)
             .kill_on_drop(true);
         // If this worker process dies (even by SIGKILL), the kernel kills the command too, so a
-        // crashed worker leaves no model running unsupervised. (Covers the direct child; what it
-        // forks is reached through the group on every other path.)
+        // crashed worker leaves no model running unsupervised. This covers the direct child
+        // only; what it started is killed by the next worker to start on this machine, or by a
+        // running one's sweep (see `workspace`).
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -108,8 +140,15 @@ impl Handler for CommandHandler {
         let mut child = cmd.spawn().map_err(|e| {
             HandlerError::permanent("handler_spawn", format!("cannot start {program:?}: {e}"))
         })?;
-        let guard = GroupGuard {
+        let mut guard = GroupGuard {
             pgid: child.id().map(|id| Pid::from_raw(id as i32)),
+            job: ctx.job_id.0,
+            folder: ctx
+                .work_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            done: false,
         };
         ctx.log(format!(
             "started {program} (pid {})",
@@ -166,12 +205,13 @@ impl Handler for CommandHandler {
                         guard.signal(Signal::SIGKILL);
                         let _ = child.wait().await;
                     }
+                    guard.kill_all().await;
                     return Err(HandlerError::canceled());
                 }
             }
         };
-        // Anything the main process left running in its group goes too.
-        guard.signal(Signal::SIGKILL);
+        // Anything the main process left running goes too, in its group or not.
+        guard.kill_all().await;
         // Drain what it printed before exiting.
         while stdout_open {
             match tokio::time::timeout(Duration::from_secs(5), out_lines.next()).await {

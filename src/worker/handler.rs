@@ -23,6 +23,7 @@ use crate::{
         attempts::{Lease, ProgressReport, PublishError},
     },
     storage::entities::job_input,
+    workspace::{AttemptDir, outputs::OutputError},
 };
 
 /// Log lines buffered between flushes; older ones are dropped first if a handler floods.
@@ -127,9 +128,10 @@ pub struct JobContext {
     pub attempt: i32,
     pub params: serde_json::Value,
     pub inputs: Vec<job_input::Model>,
-    /// Private to this attempt; removed afterwards.
+    /// Private to this attempt (fresh, unguessable, mode 0700); removed afterwards.
     pub work_dir: PathBuf,
-    /// Files left here when the handler succeeds become final results.
+    /// Files left here when the handler succeeds become final results. Only regular files
+    /// with one link are published; links are never followed.
     pub output_dir: PathBuf,
     /// Fires on cancel, timeout, lost lease or shutdown.
     pub cancel: CancellationToken,
@@ -139,6 +141,7 @@ pub struct JobContext {
     pub(crate) lease: Lease,
     pub(crate) pending: Arc<Mutex<Pending>>,
     pub(crate) published: Mutex<HashSet<String>>,
+    pub(crate) workspace: Arc<AttemptDir>,
 }
 
 impl JobContext {
@@ -168,33 +171,28 @@ impl JobContext {
         LogCaps::of(&self.services.settings.limits)
     }
 
-    /// Publishes `output_dir/relative` as a result named `relative`, now.
+    /// Publishes `output_dir/relative` as a result named `relative`, now. It must be a regular
+    /// file with one link, reached without following a link (see `workspace::outputs`).
     pub async fn publish(
         &self,
         relative: &str,
         content_type: Option<&str>,
         is_final: bool,
     ) -> Result<(), HandlerError> {
-        crate::domain::validate_result_name(relative).map_err(|msg| {
-            HandlerError::permanent("invalid_result", format!("result path {relative:?} {msg}"))
-        })?;
-        let path = self.output_dir.join(relative);
-        if !tokio::fs::metadata(&path)
-            .await
-            .map(|m| m.is_file())
-            .unwrap_or(false)
-        {
-            return Err(HandlerError::permanent(
-                "invalid_result",
-                format!("result {relative:?} is not a file in the output folder"),
-            ));
-        }
+        let file = {
+            let workspace = self.workspace.clone();
+            let name = relative.to_owned();
+            tokio::task::spawn_blocking(move || workspace.open_output(&name))
+                .await
+                .map_err(|e| HandlerError::retryable("workspace", e.to_string()))?
+                .map_err(output_error)?
+        };
         let content_type = content_type
             .map(str::to_owned)
             .unwrap_or_else(|| guess_content_type(relative).to_owned());
         match self
             .services
-            .publish_result(&self.lease, relative, &path, &content_type, is_final)
+            .publish_result(&self.lease, relative, file, &content_type, is_final)
             .await
         {
             Ok(row) => {
@@ -247,7 +245,8 @@ impl JobContext {
             })
     }
 
-    /// Copies every input into `dir/<name>` (for handlers that need files).
+    /// Copies every input into a new file `dir/<name>` (for handlers that need files); a file
+    /// (or link) already there is an error, never written through.
     pub async fn materialize_inputs(&self, dir: &std::path::Path) -> Result<(), HandlerError> {
         tokio::fs::create_dir_all(dir).await.map_err(|e| {
             HandlerError::retryable("workspace", format!("cannot create {}: {e}", dir.display()))
@@ -268,6 +267,14 @@ impl JobContext {
                 })?;
         }
         Ok(())
+    }
+}
+
+/// A refused output is the handler's fault (permanent); failing to read it is not.
+pub(crate) fn output_error(err: OutputError) -> HandlerError {
+    match err {
+        OutputError::Refused(msg) => HandlerError::permanent("invalid_result", msg),
+        OutputError::Io(err) => HandlerError::retryable("workspace", err.to_string()),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod handler;
 
 use std::{collections::BTreeMap, sync::Arc};
 
+use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,7 @@ use crate::{
     config::{HandlerSettings, Settings},
     queue::{self, ConsumerSettings, DispatchFn},
     service::{KindDefaults, Services},
+    workspace,
 };
 
 /// A handler with its operating settings.
@@ -102,29 +104,38 @@ impl Registry {
 
 /// Starts every consumer and the reconciler; they stop when `shutdown` fires (in-flight
 /// attempts are stopped and settled as retryable failures, so another worker picks them up).
-pub fn start(
+///
+/// First it claims this process's folder of work folders, and sweeps what earlier worker
+/// processes on this machine left behind — their work folders, and their attempts' processes
+/// still running (e.g. a model started through `sh -c` after `kill -9` of its worker) — so
+/// nothing of theirs runs beside the retries this worker may take.
+pub async fn start(
     services: Services,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
-) -> JoinSet<()> {
+) -> anyhow::Result<JoinSet<()>> {
     let mut set = JoinSet::new();
-    let owner = format!(
-        "{}-{}-{}",
-        hostname(),
-        std::process::id(),
-        ulid::Ulid::new()
+    let token = ulid::Ulid::new();
+    let owner = format!("{}-{}-{token}", hostname(), std::process::id());
+    let root = services.settings.work_dir();
+    let folders = Arc::new(
+        workspace::Owner::claim(&root, &token.to_string())
+            .with_context(|| format!("cannot create work folders in {}", root.display()))?,
     );
+    sweep_work_folders(&services).await;
     for (kind, registered) in &registry.handlers {
         let on_dispatch: DispatchFn = {
             let services = services.clone();
             let registry = registry.clone();
             let owner = owner.clone();
+            let folders = folders.clone();
             let shutdown = shutdown.clone();
             DispatchFn(Arc::new(move |dispatch| {
                 Box::pin(attempt::run_dispatch(
                     services.clone(),
                     registry.clone(),
                     owner.clone(),
+                    folders.clone(),
                     shutdown.clone(),
                     dispatch,
                 ))
@@ -143,7 +154,16 @@ pub fn start(
         ));
     }
     set.spawn(reconciler(services, shutdown));
-    set
+    Ok(set)
+}
+
+/// Removes work folders (and kills processes) of attempts that no longer run on this machine.
+async fn sweep_work_folders(services: &Services) {
+    match services.sweep_work_folders().await {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!(removed, "removed work folders of attempts that ended"),
+        Err(err) => tracing::warn!(error = %err, "sweeping work folders failed"),
+    }
 }
 
 /// Staging files idle this long are abandoned (their writer was killed).
@@ -167,6 +187,7 @@ async fn reconciler(services: Services, shutdown: CancellationToken) {
             Ok(_) => {}
             Err(err) => tracing::warn!(error = %err, "reconciler pass failed"),
         }
+        sweep_work_folders(&services).await;
         // A retry due before the next regular pass is dispatched on time.
         let pause = match services.next_retry_due_ms().await {
             Ok(Some(due)) => {

@@ -315,8 +315,14 @@ async fn a_stale_lease_is_refused_everywhere() {
     let file = m.dir.path().join("late.txt");
     std::fs::write(&file, b"late").unwrap();
     assert!(matches!(
-        s.publish_result(&stale.lease, "late.txt", &file, "text/plain", true)
-            .await,
+        s.publish_result(
+            &stale.lease,
+            "late.txt",
+            std::fs::File::open(&file).unwrap(),
+            "text/plain",
+            true
+        )
+        .await,
         Err(PublishError::LeaseLost)
     ));
     for outcome in [
