@@ -386,13 +386,31 @@ concurrency = {concurrency}
         addr
     }
 
+    /// Like [`TestApp::start_server`], but run from `cwd` with `env` added; returns the file its
+    /// stderr goes to.
+    pub fn start_server_in(&mut self, extra: &[&str], cwd: &Path, env: &[(&str, &str)]) -> PathBuf {
+        let (child, addr) = self.launch_server_with(extra, |cmd| {
+            cmd.current_dir(cwd).envs(env.iter().copied());
+        });
+        self.base = addr;
+        self.server = Some(Server::Process(child));
+        self.dir.path().join(format!("serve-{}.log", self.logs))
+    }
+
     fn launch_server(&mut self, extra: &[&str]) -> (Child, String) {
+        self.launch_server_with(extra, |_| {})
+    }
+
+    fn launch_server_with(
+        &mut self,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut Command),
+    ) -> (Child, String) {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
         args.extend_from_slice(extra);
-        let mut child = self
-            .command(&args, "serve")
-            .spawn()
-            .expect("start ferry serve");
+        let mut cmd = self.command(&args, "serve");
+        adjust(&mut cmd);
+        let mut child = cmd.spawn().expect("start ferry serve");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -439,12 +457,6 @@ concurrency = {concurrency}
         let pid = child.id();
         self.workers.push(child);
         pid
-    }
-
-    /// Makes `child`, a `ferry serve` process the test started by hand (with flags, a working
-    /// folder or an environment of its own), the test's server.
-    pub fn adopt_server(&mut self, child: Child) {
-        self.server = Some(Server::Process(child));
     }
 
     /// Takes the test's server process back, to signal it by hand.

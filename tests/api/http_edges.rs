@@ -4,9 +4,8 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -269,47 +268,7 @@ async fn allow_lists_head_wherever_get_is_served() {
 /// returns the file its stderr goes to.
 fn relaunch(app: &mut TestApp, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> PathBuf {
     app.kill9_server();
-    let log = app
-        .dir
-        .path()
-        .join(format!("edges-{}.log", uuid::Uuid::now_v7().simple()));
-    let mut cmd = Command::new(BIN);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FERRY_")) {
-        cmd.env_remove(key);
-    }
-    let mut child = cmd
-        .arg("--config")
-        .arg(&app.config_path)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "info,ferry=debug")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start ferry serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("ferry: listening on ") {
-                let _ = tx.send(addr.to_owned());
-            }
-        }
-    });
-    app.adopt_server(child);
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .unwrap_or_else(|_| {
-            panic!(
-                "ferry serve {args:?} did not start:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-    app.base = addr;
-    log
+    app.start_server_in(args, cwd, env)
 }
 
 /// Stops the server with SIGTERM and waits for it to exit, so its log is complete.
