@@ -62,6 +62,16 @@ pub struct Limits {
     /// `max_concurrent_uploads × 2 × upload_part_bytes`, whatever the sizes and the number of
     /// clients.
     pub max_concurrent_uploads: usize,
+    /// Uploads one client address may have in progress at once, so that no single client can
+    /// take every slot. Behind a reverse proxy every client has the proxy's address.
+    pub max_uploads_per_client: usize,
+    /// A request body the client stops sending, or a download it stops reading, for this long
+    /// is cut off (`408 body_timeout` for a body), freeing what it held.
+    #[serde(with = "humantime_serde")]
+    pub transfer_idle_timeout: Duration,
+    /// Bytes per second a body or download must move on average over each
+    /// `transfer_idle_timeout` of waiting for the client; slower ones are cut off. 0: no minimum.
+    pub transfer_min_rate: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +96,10 @@ pub struct QueueSettings {
     /// Time a canceled or timed-out command gets between SIGTERM and SIGKILL.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// How often the reconciler lists the blob store for objects no row points to (results an
+    /// attempt stored before its worker died, uploads whose process died before recording them).
+    #[serde(with = "humantime_serde")]
+    pub orphan_sweep_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +148,9 @@ impl Default for Limits {
             upload_part_bytes: 8 << 20,
             max_json_bytes: 1 << 20,
             max_concurrent_uploads: 16,
+            max_uploads_per_client: 8,
+            transfer_idle_timeout: Duration::from_secs(30),
+            transfer_min_rate: 1024,
         }
     }
 }
@@ -147,6 +164,7 @@ impl Default for QueueSettings {
             retry_base_delay: Duration::from_secs(2),
             retry_max_delay: Duration::from_secs(600),
             kill_grace: Duration::from_secs(10),
+            orphan_sweep_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -271,6 +289,15 @@ impl Settings {
         }
         if self.limits.max_concurrent_uploads == 0 {
             bail!("limits.max_concurrent_uploads must be at least 1");
+        }
+        if self.limits.max_uploads_per_client == 0 {
+            bail!("limits.max_uploads_per_client must be at least 1");
+        }
+        if self.limits.transfer_idle_timeout.is_zero() {
+            bail!("limits.transfer_idle_timeout must be positive");
+        }
+        if self.queue.orphan_sweep_interval.is_zero() {
+            bail!("queue.orphan_sweep_interval must be positive");
         }
         if self.limits.upload_part_bytes < 64 << 10 {
             bail!("limits.upload_part_bytes must be at least 65536");

@@ -8,6 +8,12 @@
 //! - Unattached uploads past `expires_at` are deleted, bytes first.
 //! - Idempotency keys older than a day, and apalis' records of deliveries finished an hour ago,
 //!   are deleted.
+//! - Every `queue.orphan_sweep_interval`, objects no row points to are deleted
+//!   ([`super::orphans`]): results an attempt stored before its worker died (or whose
+//!   replacement's cleanup was cut short), and uploads whose process died between storing the
+//!   bytes and recording them.
+
+use std::sync::atomic::Ordering;
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
@@ -41,6 +47,8 @@ pub struct Repairs {
     pub dispatched: usize,
     pub expired_uploads: usize,
     pub purged_deliveries: u64,
+    /// Objects deleted because no row points to them (see [`super::orphans`]).
+    pub orphans: usize,
 }
 
 impl Services {
@@ -133,7 +141,26 @@ impl Services {
             .exec(&self.db.orm)
             .await?;
 
+        repairs.orphans = self.sweep_orphans_if_due().await?;
+
         Ok(repairs)
+    }
+
+    /// Sweeps the blob store for orphans once `queue.orphan_sweep_interval` has passed since this
+    /// process last did (real time: the sweep compares with objects' own timestamps).
+    async fn sweep_orphans_if_due(&self) -> ServiceResult<usize> {
+        let now = now_ms();
+        let every = self.settings.queue.orphan_sweep_interval.as_millis() as i64;
+        let last = self.last_orphan_sweep_ms.load(Ordering::Relaxed);
+        if now - last < every
+            || self
+                .last_orphan_sweep_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(0);
+        }
+        self.sweep_orphans().await
     }
 
     /// When the earliest job waiting out a retry backoff becomes due, if any: the reconciler

@@ -298,18 +298,32 @@ async fn flush(ctx: &JobContext) -> LeaseState {
     LeaseState::Held
 }
 
-/// Every file in the output folder that was not published yet becomes a final result.
+/// Every file in the output folder that was not published yet becomes a final result. A file
+/// whose name is not a valid result name (`a b.txt`, `ä.txt`) is skipped, with a warning in the
+/// job's log: the handler succeeded, and its other results are kept.
 async fn publish_leftovers(ctx: &JobContext) -> Result<(), HandlerError> {
     let mut names = Vec::new();
     collect_files(&ctx.output_dir, &ctx.output_dir, &mut names)
         .await
         .map_err(|e| HandlerError::retryable("workspace", format!("cannot list outputs: {e}")))?;
     names.sort();
+    let mut skipped = Vec::new();
     for name in names {
+        if let Err(msg) = crate::domain::validate_result_name(&name) {
+            tracing::warn!(output = %name, "leftover output skipped: invalid result name");
+            skipped.push(format!(
+                "ferry: warning: output {name:?} was not published: a result name {msg}"
+            ));
+            continue;
+        }
         if !ctx.is_published(&name) {
             ctx.publish(&name, Some(guess_content_type(&name)), true)
                 .await?;
         }
+    }
+    // The supervisor has flushed its last log lines already: record these directly.
+    if let Err(err) = ctx.services.append_logs(&ctx.lease, skipped).await {
+        tracing::warn!(error = %err, "could not record skipped outputs in the job's log");
     }
     Ok(())
 }

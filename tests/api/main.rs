@@ -6,6 +6,7 @@ mod contract;
 mod errors;
 mod handlers;
 mod helpers;
+mod hostile_clients;
 mod http_edges;
 mod job_requests;
 mod jobs;
