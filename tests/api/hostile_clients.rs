@@ -152,8 +152,10 @@ where
 
 // --- A stalled client cannot take the service down --------------------------------------------
 
-/// More than a part on either backend, so a multipart write is under way when the body stalls.
-const STALL_AFTER: usize = 6 << 20;
+/// Several parts on either backend, so a multipart write is under way when the body stalls;
+/// and more than the connection's buffers can hold, so the server is surely reading the body
+/// (and holds a slot) once the client has sent it.
+const STALL_AFTER: usize = 16 << 20;
 
 async fn a_stalled_body_is_cut_off_frees_its_slot_and_leaves_nothing() {
     let app = spawn_tuned(
@@ -267,16 +269,20 @@ async fn one_address_gets_only_its_share_of_the_upload_slots() {
         },
     )
     .await;
-    let mut stalled: Vec<TcpStream> = (0..2)
-        .map(|i| app.partial_post("/v1/uploads", "", 1_000_000, &bytes(1000, i)))
-        .collect();
-    // Wait until the server holds both (a third upload from this address is refused).
+    // Uploads from this address that stall, opened until the server refuses one more: an
+    // upload racing a stalled one may take a share first, so open stalled ones until two are
+    // held.
+    let mut stalled: Vec<TcpStream> = Vec::new();
     let start = Instant::now();
     let refused = loop {
+        if stalled.len() < 10 {
+            let seed = stalled.len() as u64;
+            stalled.push(app.partial_post("/v1/uploads", "", 1_000_000, &bytes(1000, seed)));
+        }
         let res = app
             .client
             .post(app.url("/v1/uploads"))
-            .body(bytes(1000, 3))
+            .body(bytes(1000, 20))
             .send()
             .await
             .unwrap();
@@ -305,18 +311,29 @@ async fn one_address_gets_only_its_share_of_the_upload_slots() {
         .unwrap();
     let res = other
         .post(app.url("/v1/uploads"))
-        .body(bytes(1000, 4))
+        .body(bytes(1000, 21))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 201, "{:?}", res.text().await);
-    // The share comes back when the client's uploads end.
-    for stream in &mut stalled {
-        stream.write_all(&bytes(1_000_000 - 1000, 5)).unwrap();
-        let (status, text) = read_answer(stream);
-        assert_eq!(status, 201, "{text}");
+    // The shares come back when the stalled uploads end (here: their client goes away).
+    drop(stalled);
+    let start = Instant::now();
+    loop {
+        let res = app
+            .client
+            .post(app.url("/v1/uploads"))
+            .body(bytes(1000, 22))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 201 {
+            break;
+        }
+        assert_eq!(res.status(), 429);
+        assert!(start.elapsed() < WITHIN, "the shares never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    app.upload(bytes(1000, 6)).await;
 }
 
 /// Whether the server process still holds `object` of the store open: the local file (SQLite
