@@ -34,7 +34,8 @@ pub struct Services {
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Uploads in progress per client address (see `limits.max_uploads_per_client`).
     pub upload_clients: uploads::ClientShares,
-    /// When the reconciler last swept the blob store for orphans (ms since the epoch; 0: never).
+    /// When this process's reconciler last finished sweeping the blob store for orphans (ms since
+    /// the epoch; 0: never; `i64::MAX` while it sweeps).
     pub last_orphan_sweep_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 

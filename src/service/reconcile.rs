@@ -47,8 +47,6 @@ pub struct Repairs {
     pub dispatched: usize,
     pub expired_uploads: usize,
     pub purged_deliveries: u64,
-    /// Objects deleted because no row points to them (see [`super::orphans`]).
-    pub orphans: usize,
 }
 
 impl Services {
@@ -141,26 +139,37 @@ impl Services {
             .exec(&self.db.orm)
             .await?;
 
-        repairs.orphans = self.sweep_orphans_if_due().await?;
+        self.start_orphan_sweep_if_due();
 
         Ok(repairs)
     }
 
-    /// Sweeps the blob store for orphans once `queue.orphan_sweep_interval` has passed since this
-    /// process last did (real time: the sweep compares with objects' own timestamps).
-    async fn sweep_orphans_if_due(&self) -> ServiceResult<usize> {
-        let now = now_ms();
+    /// Starts a sweep of the blob store for orphans, in the background (a large store takes a
+    /// while to list, and the other repairs must not wait for it), once
+    /// `queue.orphan_sweep_interval` has passed since this process's last sweep ended. Real
+    /// time: the sweep compares with the objects' own timestamps.
+    fn start_orphan_sweep_if_due(&self) {
+        /// `last_orphan_sweep_ms` while a sweep runs: never due.
+        const RUNNING: i64 = i64::MAX;
         let every = self.settings.queue.orphan_sweep_interval.as_millis() as i64;
         let last = self.last_orphan_sweep_ms.load(Ordering::Relaxed);
-        if now - last < every
+        if now_ms() - last < every
             || self
                 .last_orphan_sweep_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(last, RUNNING, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
         {
-            return Ok(0);
+            return;
         }
-        self.sweep_orphans().await
+        let services = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = services.sweep_orphans().await {
+                tracing::warn!(error = %err, "sweeping orphaned objects failed; retried later");
+            }
+            services
+                .last_orphan_sweep_ms
+                .store(now_ms(), Ordering::Relaxed);
+        });
     }
 
     /// When the earliest job waiting out a retry backoff becomes due, if any: the reconciler

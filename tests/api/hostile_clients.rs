@@ -259,10 +259,7 @@ async fn a_body_below_the_minimum_rate_is_cut_off() {
 
 async fn one_address_gets_only_its_share_of_the_upload_slots() {
     let app = spawn_tuned(
-        TestConfig {
-            max_concurrent_uploads: 4,
-            ..TestConfig::default()
-        },
+        TestConfig::default(),
         Tuning {
             limits: "max_uploads_per_client = 2\ntransfer_idle_timeout = \"60s\"",
             ..Tuning::default()
@@ -292,7 +289,7 @@ async fn one_address_gets_only_its_share_of_the_upload_slots() {
         assert_eq!(res.status(), 201, "{:?}", res.text().await);
         assert!(
             start.elapsed() < WITHIN,
-            "one address may hold every upload slot"
+            "one address may hold as many upload slots as it likes"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
@@ -375,8 +372,12 @@ fn server_holds_object(app: &TestApp, object: &Path) -> bool {
 }
 
 async fn a_reader_that_stops_reading_a_download_releases_the_stored_object() {
+    // A lease long enough for a loaded machine to store 64 MiB in S3 while the job runs.
     let app = spawn_tuned(
-        TestConfig::default(),
+        TestConfig {
+            lease_ttl: "20s",
+            ..TestConfig::default()
+        },
         Tuning {
             limits: "transfer_idle_timeout = \"1s\"",
             hostile_handler: true,
@@ -386,7 +387,12 @@ async fn a_reader_that_stops_reading_a_download_releases_the_stored_object() {
     )
     .await;
     const SIZE: usize = 64 << 20;
-    let job = run_hostile(&app, json!([{"name": "big.bin", "bytes": SIZE}])).await;
+    let job = run_hostile(
+        &app,
+        json!([{"name": "big.bin", "bytes": SIZE, "publish": true,
+                "content_type": "application/octet-stream"}]),
+    )
+    .await;
     assert_eq!(job["status"], "succeeded", "{job}");
     let id = job["id"].as_str().unwrap();
     let object = match app.backend {
@@ -810,16 +816,43 @@ async fn objects_no_row_points_to_are_swept() {
     let stale = format!("jobs/{}/results/1/out.json", &done_id[4..]);
     let gone = format!("jobs/{}/results/2/x.json", uuid::Uuid::now_v7().simple());
     let pending = format!("jobs/{}/results/1/pending.json", &running_id[4..]);
-    for key in [&stale, &gone, &pending] {
+    // And uploads whose process died before recording them: once old enough (only a local
+    // folder lets the test age an object), never while they may still be recorded.
+    let fresh_upload = format!("uploads/{}", uuid::Uuid::now_v7().simple());
+    let old_upload = format!("uploads/{}", uuid::Uuid::now_v7().simple());
+    for key in [&stale, &gone, &pending, &fresh_upload, &old_upload] {
         store_directly(&app, key, b"{}").await;
     }
+    if app.backend == Backend::Sqlite {
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(app.data_dir().join("blobs").join(&old_upload))
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+    }
     wait_until("the orphans are deleted", || async {
-        !stored(&app, &stale).await && !stored(&app, &gone).await
+        !stored(&app, &stale).await
+            && !stored(&app, &gone).await
+            && (app.backend != Backend::Sqlite || !stored(&app, &old_upload).await)
+    })
+    .await;
+    // A later orphan is deleted by a later pass, which starts once the first pass has ended:
+    // by then that pass has looked at everything stored before it started.
+    let marker = format!("jobs/{}/results/1/marker", uuid::Uuid::now_v7().simple());
+    store_directly(&app, &marker, b"{}").await;
+    wait_until("a later pass deleted a later orphan", || async {
+        !stored(&app, &marker).await
     })
     .await;
     assert!(
         stored(&app, &pending).await,
         "the running attempt's object was deleted"
+    );
+    assert!(
+        stored(&app, &fresh_upload).await,
+        "an upload that may still be recorded was deleted"
     );
     // The job's own results are untouched.
     for result in app.results(done_id).await {
