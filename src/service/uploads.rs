@@ -67,12 +67,6 @@ impl ClientShares {
             client,
         })
     }
-
-    /// Uploads `client` has in progress.
-    pub fn in_progress(&self, client: IpAddr) -> usize {
-        let counts = self.0.lock().expect("client shares lock");
-        counts.get(&client).copied().unwrap_or(0)
-    }
 }
 
 impl Drop for ClientShare {

@@ -517,7 +517,11 @@ async fn result_content_types_are_checked_and_downloads_never_render() {
 
     // What a browser would render is an attachment; nothing is sniffed or run.
     let page = "<script>alert(document.cookie)</script>";
-    let published = |name: &str, text: &str, content_type: &str| json!({"name": name, "text": text, "publish": true, "content_type": content_type});
+    let published = |name: &str, text: &str, content_type: &str| {
+        let mut file = json!({"name": name, "text": text, "publish": true});
+        file["content_type"] = json!(content_type);
+        file
+    };
     let job = run_hostile(
         &app,
         json!([
