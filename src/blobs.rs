@@ -384,6 +384,19 @@ impl Blobs {
             .map_err(BlobError::from_store)
     }
 
+    /// Every object under `prefix` with when it was last written, as a stream (for the
+    /// reconciler's sweep of objects no row points to; a listing may be large).
+    pub fn list_objects(
+        &self,
+        prefix: &str,
+    ) -> BoxStream<'static, Result<(String, chrono::DateTime<chrono::Utc>), BlobError>> {
+        self.store
+            .list(Some(&Path::from(prefix)))
+            .map_ok(|meta| (meta.location.to_string(), meta.last_modified))
+            .map_err(BlobError::from_store)
+            .boxed()
+    }
+
     /// Checks that the store answers (readiness probe).
     pub async fn ping(&self) -> Result<(), BlobError> {
         let probe = Path::from(format!("readyz/{}", Uuid::now_v7().simple()));

@@ -76,6 +76,16 @@ pub struct Limits {
     /// Largest `params` of a job, as JSON, in bytes. Command handlers get them in an environment
     /// variable, which Linux limits to 128 KiB.
     pub max_params_bytes: usize,
+    /// Uploads one client address may have in progress at once, so that no single client can
+    /// take every slot. Behind a reverse proxy every client has the proxy's address.
+    pub max_uploads_per_client: usize,
+    /// A request body the client stops sending, or a download it stops reading, for this long
+    /// is cut off (`408 body_timeout` for a body), freeing what it held.
+    #[serde(with = "humantime_serde")]
+    pub transfer_idle_timeout: Duration,
+    /// Bytes per second a body or download must move on average over each
+    /// `transfer_idle_timeout` of waiting for the client; slower ones are cut off. 0: no minimum.
+    pub transfer_min_rate: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,6 +110,10 @@ pub struct QueueSettings {
     /// Time a canceled or timed-out command gets between SIGTERM and SIGKILL.
     #[serde(with = "humantime_serde")]
     pub kill_grace: Duration,
+    /// How often the reconciler lists the blob store for objects no row points to (results an
+    /// attempt stored before its worker died, uploads whose process died before recording them).
+    #[serde(with = "humantime_serde")]
+    pub orphan_sweep_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,6 +166,9 @@ impl Default for Limits {
             max_log_bytes_per_job: 1 << 20,
             progress_event_interval: Duration::from_secs(5),
             max_params_bytes: 64 << 10,
+            max_uploads_per_client: 8,
+            transfer_idle_timeout: Duration::from_secs(30),
+            transfer_min_rate: 1024,
         }
     }
 }
@@ -179,6 +196,7 @@ impl Default for QueueSettings {
             retry_base_delay: Duration::from_secs(2),
             retry_max_delay: Duration::from_secs(600),
             kill_grace: Duration::from_secs(10),
+            orphan_sweep_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -303,6 +321,15 @@ impl Settings {
         }
         if self.limits.max_concurrent_uploads == 0 {
             bail!("limits.max_concurrent_uploads must be at least 1");
+        }
+        if self.limits.max_uploads_per_client == 0 {
+            bail!("limits.max_uploads_per_client must be at least 1");
+        }
+        if self.limits.transfer_idle_timeout.is_zero() {
+            bail!("limits.transfer_idle_timeout must be positive");
+        }
+        if self.queue.orphan_sweep_interval.is_zero() {
+            bail!("queue.orphan_sweep_interval must be positive");
         }
         if self.limits.upload_part_bytes < 64 << 10 {
             bail!("limits.upload_part_bytes must be at least 65536");

@@ -15,11 +15,12 @@ use crate::{
     error_code::ErrorCode,
     ids::JobId,
     service::{
-        Services,
+        Services, body_timeout_detail,
         jobs::{
             DEFAULT_INPUT_NAME, Idempotency, IdempotencyKey, JobFilter, JobRequest, JobView,
             Submitted,
         },
+        pacing::{Pace, Stalled, paced_body},
     },
     time::parse_rfc3339,
 };
@@ -122,34 +123,34 @@ pub async fn create(
     Ok(submitted.map_or_else(closing, submitted_response))
 }
 
-async fn create_from_json(
-    services: &Services,
-    req: &HttpRequest,
-    mut body: web::Payload,
-) -> Result<Submitted, ApiError> {
+/// Whether the request says its body is JSON (`application/json` or any `+json` type).
+fn has_json_body(req: &HttpRequest) -> bool {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !(mime.eq_ignore_ascii_case("application/json")
-        || mime.to_ascii_lowercase().ends_with("+json"))
-    {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send the job as application/json, or the raw file with ?kind=… in the URL",
-        ));
-    }
-    let key = idempotency_key(req)?;
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || mime.ends_with("+json")
+}
+
+/// Reads a JSON job request, paced like any body and capped at `limits.max_json_bytes`.
+async fn read_json_body(services: &Services, body: web::Payload) -> Result<Vec<u8>, ApiError> {
     let limit = services.settings.limits.max_json_bytes;
-    let mut bytes = web::BytesMut::new();
+    let mut body = std::pin::pin!(paced_body(body, Pace::of(&services.settings.limits)));
+    let mut bytes = Vec::new();
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
+        let chunk = chunk.map_err(|e| match e.downcast_ref::<Stalled>() {
+            Some(stalled) => ApiError::new(ErrorCode::BodyTimeout, body_timeout_detail(stalled)),
+            None => ApiError::new(
                 ErrorCode::BodyIncomplete,
                 format!("cannot read the body: {e}"),
-            )
+            ),
         })?;
         if bytes.len() + chunk.len() > limit {
             return Err(ApiError::new(
@@ -161,6 +162,22 @@ async fn create_from_json(
         }
         bytes.extend_from_slice(&chunk);
     }
+    Ok(bytes)
+}
+
+async fn create_from_json(
+    services: &Services,
+    req: &HttpRequest,
+    body: web::Payload,
+) -> Result<Submitted, ApiError> {
+    if !has_json_body(req) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the job as application/json, or the raw file with ?kind=… in the URL",
+        ));
+    }
+    let key = idempotency_key(req)?;
+    let bytes = read_json_body(services, body).await?;
     let job_in: JobIn = serde_json::from_slice::<serde_json::Value>(&bytes)
         .map_err(|e| {
             ApiError::new(
@@ -214,6 +231,15 @@ async fn create_from_file(
             "query parameters are only for the one-request form, which needs ?kind=…",
         ));
     };
+    // A JSON body is a job request (`JobIn`), never a file: storing it as the input would hide
+    // the client's mistake until the handler chokes on it.
+    if has_json_body(req) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "a JSON body is a job request and takes no query parameters; to make a JSON file \
+             the input of a one-request job, send it as application/octet-stream",
+        ));
+    }
     let params = match &query.params {
         None => serde_json::Map::new(),
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {

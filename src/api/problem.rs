@@ -80,7 +80,10 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status);
         res.insert_header((header::CONTENT_TYPE, CONTENT_TYPE));
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
             res.insert_header((header::RETRY_AFTER, "5"));
         }
         res.json(&self.problem)

@@ -1,6 +1,12 @@
 //! `/v1/jobs/{id}/results`: the artifact list and streamed downloads with byte ranges and
 //! conditional requests (`Range`, `If-None-Match`, read with actix's typed headers), for `GET`
 //! and `HEAD`.
+//!
+//! A result's bytes come from a handler, which may be hostile: downloads are never sniffed
+//! (`nosniff`), run nothing (a `Content-Security-Policy` that allows nothing, in a sandbox) and
+//! arrive as attachments unless their type is one a browser only displays. A download is paced
+//! like an upload ([`crate::service::pacing`]): a client that stops reading releases the stored
+//! object's stream after `limits.transfer_idle_timeout`.
 
 use std::ops::Range;
 
@@ -9,7 +15,10 @@ use actix_web::{
     error::ParseError,
     http::{
         Method, StatusCode,
-        header::{self, ByteRangeSpec, ETag, EntityTag, Header, IfNoneMatch},
+        header::{
+            self, ByteRangeSpec, ContentDisposition, DispositionParam, DispositionType, ETag,
+            EntityTag, Header, IfNoneMatch,
+        },
     },
     web,
 };
@@ -21,7 +30,13 @@ use super::{
     problem::ApiError,
     wire::{ResultList, ResultOut},
 };
-use crate::{error_code::ErrorCode, service::Services};
+use crate::{
+    error_code::ErrorCode,
+    service::{
+        Services,
+        pacing::{Pace, paced_download},
+    },
+};
 
 pub async fn list(
     services: web::Data<Services>,
@@ -36,20 +51,20 @@ pub async fn list(
 /// What a download sends for its `Range` header (RFC 9110 §14.2).
 #[derive(Debug, PartialEq, Eq)]
 enum Selection {
-    /// No `Range`, another unit, or several ranges (which RFC 9110 lets a server answer with
-    /// the whole representation; we do not send multipart bodies).
+    /// No `Range`, one that does not parse, another unit, or several ranges (RFC 9110 lets a
+    /// server ignore an invalid `Range` and answer several with the whole representation; we
+    /// do not send multipart bodies).
     Whole,
     /// One satisfiable byte range, end exclusive.
     Part(Range<u64>),
-    /// One range that does not fit, or a malformed header: `416`.
+    /// One well-formed range that does not fit: `416`.
     Unsatisfiable,
 }
 
 /// Resolves a `Range` header (absent, or as actix parsed it) against the result's size.
 fn select(range: Option<Result<header::Range, ParseError>>, size: u64) -> Selection {
     match range {
-        None | Some(Ok(header::Range::Unregistered(..))) => Selection::Whole,
-        Some(Err(_)) => Selection::Unsatisfiable,
+        None | Some(Err(_)) | Some(Ok(header::Range::Unregistered(..))) => Selection::Whole,
         Some(Ok(header::Range::Bytes(specs))) => match specs.as_slice() {
             [spec] => satisfiable(spec, size)
                 .map(Selection::Part)
@@ -61,7 +76,34 @@ fn select(range: Option<Result<header::Range, ParseError>>, size: u64) -> Select
 
 fn satisfiable(spec: &ByteRangeSpec, size: u64) -> Option<Range<u64>> {
     let (first, last) = spec.to_satisfiable_range(size)?;
-    Some(first..last + 1)
+    // `last` is below `size` here; saturate anyway, so no header can overflow the end.
+    Some(first..last.saturating_add(1))
+}
+
+/// A result may be anything a handler wrote: if a browser renders it anyway, it may load and
+/// run nothing, and runs sandboxed (no scripts, no forms, no same origin).
+const RESULT_CSP: &str = "default-src 'none'; sandbox";
+
+/// Whether a browser only displays this type (text, JSON, common raster images); anything else
+/// (HTML, SVG, XML, PDF, scripts, unknown types) is sent as an attachment, to be saved, not
+/// opened.
+fn displayed_inline(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "text/plain"
+            | "text/csv"
+            | "application/json"
+            | "image/png"
+            | "image/jpeg"
+            | "image/gif"
+            | "image/webp"
+    ) || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Whether `If-None-Match` lets the client keep its copy: `*`, or any of its tags equal to
@@ -117,8 +159,9 @@ pub async fn download(
         Some(futures_util::stream::empty::<Result<bytes::Bytes, std::io::Error>>().boxed_local())
     } else {
         let stream = services.open_result(&row, range.clone()).await?;
+        let pace = Pace::of(&services.settings.limits);
         Some(
-            stream
+            paced_download(stream, pace)
                 .map_err(|e| {
                     tracing::error!(error = %e, "streaming a result failed midway");
                     std::io::Error::other(e.to_string())
@@ -139,9 +182,18 @@ pub async fn download(
     };
     let len = range.as_ref().map(|r| r.end - r.start).unwrap_or(size);
     res.insert_header((header::CONTENT_TYPE, row.content_type.clone()))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, RESULT_CSP))
         .insert_header(ETag(etag))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header(("Repr-Digest", digest_header::header_value(&row.sha256)));
+    if !displayed_inline(&row.content_type) {
+        let file_name = name.rsplit('/').next().unwrap_or(&name).to_owned();
+        res.insert_header(ContentDisposition {
+            disposition: DispositionType::Attachment,
+            parameters: vec![DispositionParam::Filename(file_name)],
+        });
+    }
     match stream {
         None => Ok(res.body(Vec::<u8>::new())),
         // `no_chunking` sets `Content-Length: len`; for HEAD the (empty) body is never sent.
@@ -191,11 +243,40 @@ mod tests {
         assert_eq!(range(Some("bytes=8-100"), 10), Part(8..10));
         assert_eq!(range(Some("bytes=10-"), 10), Unsatisfiable);
         assert_eq!(range(Some("bytes=-0"), 10), Unsatisfiable);
-        assert_eq!(range(Some("bytes=5-2"), 10), Unsatisfiable);
-        assert_eq!(range(Some("bytes=x-"), 10), Unsatisfiable);
         assert_eq!(range(Some("bytes=0-"), 0), Unsatisfiable);
+        assert_eq!(range(Some("bytes=0-18446744073709551615"), 10), Part(0..10));
+        assert_eq!(
+            range(Some("bytes=18446744073709551615-"), 10),
+            Unsatisfiable
+        );
+        assert_eq!(range(Some("bytes=-18446744073709551615"), 10), Part(0..10));
+        // What does not parse is ignored, as if absent (RFC 9110 §14.2).
+        assert_eq!(range(Some("bytes=x-"), 10), Whole);
+        assert_eq!(range(Some("bytes=5-2"), 10), Whole);
+        assert_eq!(range(Some("bytes="), 10), Whole);
+        assert_eq!(range(Some("bytes=0-99999999999999999999"), 10), Whole);
+        assert_eq!(range(Some("nonsense"), 10), Whole);
         assert_eq!(range(Some("bytes=0-1,4-5"), 10), Whole);
         assert_eq!(range(Some("items=0-1"), 10), Whole);
+    }
+
+    #[test]
+    fn only_types_a_browser_merely_displays_are_inline() {
+        for inline in ["text/plain; charset=utf-8", "application/json", "image/PNG"] {
+            assert!(displayed_inline(inline), "{inline}");
+        }
+        for attachment in [
+            "text/html; charset=utf-8",
+            "image/svg+xml",
+            "application/xhtml+xml",
+            "text/xml",
+            "application/pdf",
+            "text/javascript",
+            "application/octet-stream",
+            "",
+        ] {
+            assert!(!displayed_inline(attachment), "{attachment}");
+        }
     }
 
     #[test]

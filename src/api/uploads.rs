@@ -33,6 +33,8 @@ pub(crate) fn upload_meta(req: &HttpRequest) -> Result<UploadMeta, ApiError> {
             .map(str::to_owned),
         declared_length,
         expected_sha256: digest_header::expected_sha256(req.headers())?,
+        // The connection's own peer, never a forwarding header a client could forge.
+        client: req.peer_addr().map(|addr| addr.ip()),
     })
 }
 

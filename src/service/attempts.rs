@@ -101,12 +101,32 @@ pub struct LogBudget {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
+    /// The result's name, or its content type, is not valid.
     #[error("{0}")]
     InvalidName(String),
     #[error("the lease on this job was lost")]
     LeaseLost,
     #[error(transparent)]
     Service(#[from] ServiceError),
+}
+
+/// A result's content type is sent as a header of its downloads: it must be one media type
+/// (`type/subtype` with optional parameters, RFC 9110 §8.3.1) of printable ASCII, never a
+/// line break that would end the header.
+fn validate_content_type(content_type: &str) -> Result<(), &'static str> {
+    if content_type.is_empty() || content_type.len() > 255 {
+        return Err("must be 1-255 characters");
+    }
+    if !content_type
+        .bytes()
+        .all(|b| b == b' ' || b.is_ascii_graphic())
+    {
+        return Err("may only contain printable ASCII (no line breaks or control characters)");
+    }
+    match content_type.parse::<mime::Mime>() {
+        Ok(media) if !media.subtype().as_str().is_empty() => Ok(()),
+        _ => Err("is not a media type such as text/plain or application/json"),
+    }
 }
 
 impl Services {
@@ -359,6 +379,9 @@ impl Services {
     ) -> Result<result::Model, PublishError> {
         validate_result_name(name)
             .map_err(|msg| PublishError::InvalidName(format!("result name {name:?} {msg}")))?;
+        validate_content_type(content_type).map_err(|msg| {
+            PublishError::InvalidName(format!("result content type {content_type:?} {msg}"))
+        })?;
         let key = keys::result(lease.job_id, lease.attempt, name);
         let stored = self
             .blobs
@@ -520,5 +543,34 @@ impl Services {
             .saturating_mul(1u32 << (attempt.clamp(1, 20) - 1) as u32)
             .min(q.retry_max_delay);
         exp.mul_f64(rand::rng().random_range(0.75..1.25))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_content_type;
+
+    #[test]
+    fn content_types_are_single_printable_media_types() {
+        for good in [
+            "application/json",
+            "text/plain; charset=utf-8",
+            "image/svg+xml",
+            "multipart/mixed; boundary=\"a b\"",
+        ] {
+            assert!(validate_content_type(good).is_ok(), "{good:?} refused");
+        }
+        for bad in [
+            "",
+            "text/plain\r\nX-Injected: 1",
+            "text/plain\n",
+            "text/plain; charset=\"\u{e4}\"",
+            "json",
+            "text/",
+            "a/b c",
+        ] {
+            assert!(validate_content_type(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(validate_content_type(&format!("text/{}", "x".repeat(300))).is_err());
     }
 }

@@ -28,9 +28,9 @@ use crate::{
     time::now_ms,
 };
 
-/// An in-flight idempotency reservation older than this is presumed abandoned (its request
-/// died with its process) and may be taken over.
-const IDEMPOTENCY_IN_FLIGHT_STALE_MS: i64 = 15 * 60 * 1000;
+/// A reservation recorded without a lease (by a process older than the lease) is presumed
+/// abandoned this long after it was made.
+const IDEMPOTENCY_UNLEASED_STALE_MS: i64 = 15 * 60 * 1000;
 
 pub const MAX_PRIORITY: i32 = 100;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
@@ -96,9 +96,36 @@ pub struct JobFilter {
 /// Outcome of presenting an `Idempotency-Key`.
 enum Reservation {
     /// The key is ours: go ahead and create the job.
-    Reserved,
+    Reserved(HeldKey),
     /// The key already created this job: replay it.
     Replay(Box<JobView>),
+}
+
+/// An idempotency key reserved by this request: `holder` is a token of its own, so that only it
+/// can renew the reservation's lease or record its job — not a retry that took the key over
+/// after this request's lease ran out.
+#[derive(Clone, Debug)]
+pub(crate) struct HeldKey {
+    key: String,
+    holder: String,
+}
+
+/// Gives a reservation back if the request holding it is dropped midway (its client went
+/// away): a retry need not wait for the lease to run out.
+struct ReleaseOnDrop<'a> {
+    services: &'a Services,
+    held: Option<HeldKey>,
+}
+
+impl Drop for ReleaseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = self.held.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let services = self.services.clone();
+            runtime.spawn(async move { services.release_idempotency_key(&held).await });
+        }
+    }
 }
 
 /// A checked `Idempotency-Key` header value.
@@ -274,40 +301,62 @@ impl Services {
 
     /// Runs `create` under an idempotency key: replays what the key created before, or reserves
     /// the key (handing it to `create`, which records it with the job) and releases it again if
-    /// `create` fails, so the client can retry with it.
+    /// `create` fails or is dropped, so the client can retry with it. While `create` runs, the
+    /// reservation's lease is renewed; if this process dies, the lease runs out within
+    /// `queue.lease_ttl` and a retry takes the key over.
     async fn idempotently<F, Fut>(
         &self,
         idempotency: Option<Idempotency>,
         create: F,
     ) -> ServiceResult<Submitted>
     where
-        F: FnOnce(Option<String>) -> Fut,
+        F: FnOnce(Option<HeldKey>) -> Fut,
         Fut: std::future::Future<Output = ServiceResult<JobView>>,
     {
         let Some(idempotency) = idempotency else {
             return create(None).await.map(Submitted::Created);
         };
-        if let Reservation::Replay(view) = self.reserve_idempotency_key(&idempotency).await? {
-            return Ok(Submitted::Replayed(*view));
-        }
-        match create(Some(idempotency.key.clone())).await {
+        let held = match self.reserve_idempotency_key(&idempotency).await? {
+            Reservation::Replay(view) => return Ok(Submitted::Replayed(*view)),
+            Reservation::Reserved(held) => held,
+        };
+        let mut release = ReleaseOnDrop {
+            services: self,
+            held: Some(held.clone()),
+        };
+        let outcome = tokio::select! {
+            outcome = create(Some(held.clone())) => outcome,
+            never = self.renew_idempotency_lease(&held) => match never {},
+        };
+        release.held = None;
+        match outcome {
             Ok(view) => Ok(Submitted::Created(view)),
             Err(err) => {
-                self.release_idempotency_key(&idempotency.key).await;
+                self.release_idempotency_key(&held).await;
                 Err(err)
             }
         }
+    }
+
+    fn idempotency_lease_ms(&self) -> i64 {
+        self.settings.queue.lease_ttl.as_millis() as i64
     }
 
     /// Claims the key for this request, or says what to replay.
     async fn reserve_idempotency_key(&self, idem: &Idempotency) -> ServiceResult<Reservation> {
         let (key, fingerprint) = (idem.key.as_str(), idem.fingerprint.as_str());
         let now = now_ms();
+        let held = HeldKey {
+            key: key.to_owned(),
+            holder: Uuid::now_v7().simple().to_string(),
+        };
         let inserted = idempotency_key::Entity::insert(idempotency_key::ActiveModel {
             key: Set(key.to_owned()),
             fingerprint: Set(fingerprint.to_owned()),
             job_id: Set(None),
             created_at_ms: Set(now),
+            holder: Set(Some(held.holder.clone())),
+            lease_expires_at_ms: Set(Some(now + self.idempotency_lease_ms())),
         })
         .on_conflict(
             OnConflict::column(idempotency_key::Column::Key)
@@ -317,7 +366,7 @@ impl Services {
         .exec_without_returning(&self.db.orm)
         .await?;
         if inserted == 1 {
-            return Ok(Reservation::Reserved);
+            return Ok(Reservation::Reserved(held));
         }
         let existing = idempotency_key::Entity::find_by_id(key.to_owned())
             .one(&self.db.orm)
@@ -335,32 +384,79 @@ impl Services {
                  for a new request",
             ));
         }
-        match existing.job_id {
-            Some(job_id) => Ok(Reservation::Replay(Box::new(
+        if let Some(job_id) = existing.job_id {
+            return Ok(Reservation::Replay(Box::new(
                 self.get_job(JobId(job_id)).await?,
-            ))),
-            None if now - existing.created_at_ms > IDEMPOTENCY_IN_FLIGHT_STALE_MS => {
-                let taken = idempotency_key::Entity::update_many()
-                    .col_expr(idempotency_key::Column::CreatedAtMs, Expr::value(now))
-                    .filter(idempotency_key::Column::Key.eq(key))
-                    .filter(idempotency_key::Column::CreatedAtMs.eq(existing.created_at_ms))
-                    .filter(idempotency_key::Column::JobId.is_null())
-                    .exec(&self.db.orm)
-                    .await?;
-                if taken.rows_affected == 1 {
-                    Ok(Reservation::Reserved)
-                } else {
-                    Err(in_flight())
+            )));
+        }
+        let expires = existing
+            .lease_expires_at_ms
+            .unwrap_or(existing.created_at_ms + IDEMPOTENCY_UNLEASED_STALE_MS);
+        if expires >= now {
+            return Err(in_flight());
+        }
+        // The holder stopped renewing (its process died): take the key over, unless another
+        // retry just did (the holder token is the compare-and-set).
+        let mut take_over = idempotency_key::Entity::update_many()
+            .col_expr(
+                idempotency_key::Column::Holder,
+                Expr::value(held.holder.clone()),
+            )
+            .col_expr(
+                idempotency_key::Column::LeaseExpiresAtMs,
+                Expr::value(now + self.idempotency_lease_ms()),
+            )
+            .filter(idempotency_key::Column::Key.eq(key))
+            .filter(idempotency_key::Column::JobId.is_null());
+        take_over = match &existing.holder {
+            Some(holder) => take_over.filter(idempotency_key::Column::Holder.eq(holder.as_str())),
+            None => take_over.filter(idempotency_key::Column::Holder.is_null()),
+        };
+        if take_over.exec(&self.db.orm).await?.rows_affected == 1 {
+            tracing::info!(
+                idempotency_key = key,
+                "took over an idempotency key whose request stopped renewing it"
+            );
+            Ok(Reservation::Reserved(held))
+        } else {
+            Err(in_flight())
+        }
+    }
+
+    /// Keeps a reservation's lease alive while its request runs; never returns (the request
+    /// finishing drops it).
+    async fn renew_idempotency_lease(&self, held: &HeldKey) -> std::convert::Infallible {
+        let every = self.settings.queue.lease_ttl / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            let renewed = idempotency_key::Entity::update_many()
+                .col_expr(
+                    idempotency_key::Column::LeaseExpiresAtMs,
+                    Expr::value(now_ms() + self.idempotency_lease_ms()),
+                )
+                .filter(idempotency_key::Column::Key.eq(held.key.as_str()))
+                .filter(idempotency_key::Column::Holder.eq(held.holder.as_str()))
+                .filter(idempotency_key::Column::JobId.is_null())
+                .exec(&self.db.orm)
+                .await;
+            match renewed {
+                Ok(r) if r.rows_affected == 0 => {
+                    // Taken over after a long stall: the job this request may still create is
+                    // refused when it tries to record the key (see `create_job`).
+                    tracing::warn!(idempotency_key = %held.key, "idempotency reservation lost");
+                    return std::future::pending().await;
                 }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "renewing an idempotency key failed"),
             }
-            None => Err(in_flight()),
         }
     }
 
     /// Gives a reservation back after the request failed.
-    async fn release_idempotency_key(&self, key: &str) {
+    async fn release_idempotency_key(&self, held: &HeldKey) {
         let res = idempotency_key::Entity::delete_many()
-            .filter(idempotency_key::Column::Key.eq(key))
+            .filter(idempotency_key::Column::Key.eq(held.key.as_str()))
+            .filter(idempotency_key::Column::Holder.eq(held.holder.as_str()))
             .filter(idempotency_key::Column::JobId.is_null())
             .exec(&self.db.orm)
             .await;
@@ -375,7 +471,7 @@ impl Services {
         &self,
         spec: JobSpec,
         input_ids: BTreeMap<String, String>,
-        idempotency_key: Option<String>,
+        idempotency_key: Option<HeldKey>,
     ) -> ServiceResult<JobView> {
         if input_ids.is_empty() {
             return Err(ServiceError::invalid(
@@ -489,14 +585,26 @@ impl Services {
         let created = JobEvent::Queued;
         tx.append_event(id.0, created.kind(), created.data())
             .await?;
-        if let Some(key) = idempotency_key {
-            tx.execute(
-                &idempotency_key::Entity::update_many()
-                    .col_expr(idempotency_key::Column::JobId, Expr::value(id.0))
-                    .filter(idempotency_key::Column::Key.eq(key))
-                    .into_query(),
-            )
-            .await?;
+        if let Some(held) = idempotency_key {
+            let recorded = tx
+                .execute(
+                    &idempotency_key::Entity::update_many()
+                        .col_expr(idempotency_key::Column::JobId, Expr::value(id.0))
+                        .col_expr(
+                            idempotency_key::Column::LeaseExpiresAtMs,
+                            Expr::value(Option::<i64>::None),
+                        )
+                        .filter(idempotency_key::Column::Key.eq(held.key.as_str()))
+                        .filter(idempotency_key::Column::Holder.eq(held.holder.as_str()))
+                        .filter(idempotency_key::Column::JobId.is_null())
+                        .into_query(),
+                )
+                .await?;
+            if recorded != 1 {
+                // A retry took the key over while this request stalled: it creates the job.
+                // Dropping `tx` rolls this one back.
+                return Err(in_flight());
+            }
         }
         lifecycle::dispatch(&mut tx, &Dispatchable::from(&row), dispatch_id).await?;
         tx.commit().await?;

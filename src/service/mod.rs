@@ -4,6 +4,8 @@
 pub mod attempts;
 pub mod jobs;
 pub mod lifecycle;
+pub mod orphans;
+pub mod pacing;
 pub mod reconcile;
 pub mod results;
 pub mod uploads;
@@ -30,6 +32,11 @@ pub struct Services {
     pub kinds: Arc<BTreeMap<String, KindDefaults>>,
     /// Permits for uploads in progress (see `limits.max_concurrent_uploads`).
     pub upload_slots: Arc<tokio::sync::Semaphore>,
+    /// Uploads in progress per client address (see `limits.max_uploads_per_client`).
+    pub upload_clients: uploads::ClientShares,
+    /// When this process's reconciler last finished sweeping the blob store for orphans (ms since
+    /// the epoch; 0: never; `i64::MAX` while it sweeps).
+    pub last_orphan_sweep_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Services {
@@ -52,6 +59,8 @@ impl Services {
             upload_slots: Arc::new(tokio::sync::Semaphore::new(
                 settings.limits.max_concurrent_uploads,
             )),
+            upload_clients: uploads::ClientShares::default(),
+            last_orphan_sweep_ms: Arc::default(),
             settings: Arc::new(settings),
             kinds: Arc::new(kinds),
         })
@@ -144,10 +153,13 @@ impl From<crate::blobs::BlobError> for ServiceError {
                 ErrorCode::PayloadTooLarge,
                 format!("the body exceeds the limit of {limit} bytes"),
             ),
-            BlobError::Source(cause) => (
-                ErrorCode::BodyIncomplete,
-                format!("the request body could not be read completely: {cause}"),
-            ),
+            BlobError::Source(cause) => match cause.downcast_ref::<pacing::Stalled>() {
+                Some(stalled) => (ErrorCode::BodyTimeout, body_timeout_detail(stalled)),
+                None => (
+                    ErrorCode::BodyIncomplete,
+                    format!("the request body could not be read completely: {cause}"),
+                ),
+            },
             other => {
                 tracing::error!(error = %other, "blob store operation failed");
                 (
@@ -158,6 +170,11 @@ impl From<crate::blobs::BlobError> for ServiceError {
         };
         Self::new(code, detail).caused_by(err)
     }
+}
+
+/// What a client whose body was cut off is told.
+pub fn body_timeout_detail(stalled: &pacing::Stalled) -> String {
+    format!("{stalled}; the request was cut off and nothing was kept. Send the body without pauses")
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;

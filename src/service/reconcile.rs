@@ -11,8 +11,12 @@
 //! - Work folders on this machine ([`Services::sweep_work_folders`], run by workers) of attempts
 //!   that no longer run — their worker was killed, or their job was deleted, retried or settled —
 //!   are removed, and whatever processes those attempts left are killed.
+//! - Every `queue.orphan_sweep_interval`, objects no row points to are deleted
+//!   ([`super::orphans`]): results an attempt stored before its worker died (or whose
+//!   replacement's cleanup was cut short), and uploads whose process died between storing the
+//!   bytes and recording them.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::atomic::Ordering};
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
@@ -140,7 +144,37 @@ impl Services {
             .exec(&self.db.orm)
             .await?;
 
+        self.start_orphan_sweep_if_due();
+
         Ok(repairs)
+    }
+
+    /// Starts a sweep of the blob store for orphans, in the background (a large store takes a
+    /// while to list, and the other repairs must not wait for it), once
+    /// `queue.orphan_sweep_interval` has passed since this process's last sweep ended. Real
+    /// time: the sweep compares with the objects' own timestamps.
+    fn start_orphan_sweep_if_due(&self) {
+        /// `last_orphan_sweep_ms` while a sweep runs: never due.
+        const RUNNING: i64 = i64::MAX;
+        let every = self.settings.queue.orphan_sweep_interval.as_millis() as i64;
+        let last = self.last_orphan_sweep_ms.load(Ordering::Relaxed);
+        if now_ms() - last < every
+            || self
+                .last_orphan_sweep_ms
+                .compare_exchange(last, RUNNING, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let services = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = services.sweep_orphans().await {
+                tracing::warn!(error = %err, "sweeping orphaned objects failed; retried later");
+            }
+            services
+                .last_orphan_sweep_ms
+                .store(now_ms(), Ordering::Relaxed);
+        });
     }
 
     /// When the earliest job waiting out a retry backoff becomes due, if any: the reconciler

@@ -1,9 +1,19 @@
 //! Uploads: stream a body into the blob store, verify it, record it. A row exists only for a
 //! complete, durable upload, so a client that disconnects midway leaves nothing behind.
 //!
+//! Each upload holds one of `limits.max_concurrent_uploads` slots of this process and one of
+//! `limits.max_uploads_per_client` of its client's address, and its body is paced
+//! ([`super::pacing`]): a client that stalls is cut off and its slots are free again.
+//!
 //! Deleting and expiring share one path: the row is first marked expired (so no job can attach
 //! it any more), then the bytes are deleted, then the row. A crash between the steps leaves an
 //! expired row, which the reconciler finishes deleting.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -13,7 +23,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{ServiceError, ServiceResult, Services};
+use super::{
+    ServiceError, ServiceResult, Services,
+    pacing::{Pace, paced_body},
+};
 use crate::{
     blobs::keys, error_code::ErrorCode, ids::UploadId, storage::entities::upload, time::now_ms,
 };
@@ -25,6 +38,47 @@ pub struct UploadMeta {
     pub declared_length: Option<u64>,
     /// From `Repr-Digest` / `Content-Digest`.
     pub expected_sha256: Option<[u8; 32]>,
+    /// The address the request came from (the connection's peer), for its share of the slots.
+    pub client: Option<IpAddr>,
+}
+
+/// Uploads in progress per client address.
+#[derive(Clone, Debug, Default)]
+pub struct ClientShares(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+/// One upload of a client in progress; given back when dropped.
+#[derive(Debug)]
+pub struct ClientShare {
+    shares: ClientShares,
+    client: IpAddr,
+}
+
+impl ClientShares {
+    /// Takes one of `client`'s `max` shares, if it has one left.
+    fn take(&self, client: IpAddr, max: usize) -> Option<ClientShare> {
+        let mut counts = self.0.lock().expect("client shares lock");
+        let count = counts.entry(client).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientShare {
+            shares: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientShare {
+    fn drop(&mut self) {
+        let mut counts = self.shares.0.lock().expect("client shares lock");
+        if let Some(count) = counts.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.client);
+            }
+        }
+    }
 }
 
 impl Services {
@@ -60,8 +114,13 @@ impl Services {
                 ),
             )
         })?;
+        let _share = match meta.client {
+            None => None,
+            Some(client) => Some(self.take_client_share(client)?),
+        };
         let id = UploadId::new();
         let key = keys::upload(id.0);
+        let body = paced_body(body, Pace::of(&self.settings.limits));
         let stored = self
             .blobs
             .put_stream(&key, body, self.settings.limits.max_upload_bytes)
@@ -117,6 +176,19 @@ impl Services {
             }
             Err(err) => reject(err.into()).await,
         }
+    }
+
+    fn take_client_share(&self, client: IpAddr) -> ServiceResult<ClientShare> {
+        let max = self.settings.limits.max_uploads_per_client;
+        self.upload_clients.take(client, max).ok_or_else(|| {
+            ServiceError::new(
+                ErrorCode::ClientUploadsAtCapacity,
+                format!(
+                    "{client} already sends {max} uploads at once, its share of this server's \
+                     upload slots; retry when one of them has finished"
+                ),
+            )
+        })
     }
 
     pub async fn get_upload(&self, id: UploadId) -> ServiceResult<upload::Model> {

@@ -22,7 +22,7 @@ use crate::{
     queue::Dispatch,
     service::{
         Services,
-        attempts::{ClaimedJob, LeaseState, Outcome},
+        attempts::{ClaimedJob, LeaseState, LogBudget, Outcome},
     },
     workspace::{AttemptDir, Owner},
 };
@@ -291,18 +291,37 @@ fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailur
 
 /// Every file in the output folder that was not published yet becomes a final result. The
 /// whole folder is checked first: anything in it that is not a regular file (a link, a pipe…)
-/// fails the attempt and nothing of it is published.
+/// fails the attempt and nothing of it is published. A file whose name is not a valid result
+/// name (`a b.txt`, `ä.txt`) is skipped, with a warning in the job's log: the handler
+/// succeeded, and its other results are kept.
 async fn publish_leftovers(ctx: &JobContext) -> Result<(), HandlerError> {
     let workspace = ctx.workspace.clone();
-    let names = tokio::task::spawn_blocking(move || workspace.list_outputs())
+    let listing = tokio::task::spawn_blocking(move || workspace.list_outputs())
         .await
         .map_err(|e| HandlerError::retryable("workspace", e.to_string()))?
         .map_err(output_error)?;
-    for name in names {
+    let skipped: Vec<String> = listing
+        .skipped
+        .iter()
+        .map(|(name, why)| {
+            tracing::warn!(output = %name, "leftover output skipped: {why}");
+            format!("ferry: warning: output {name:?} was not published: {why}")
+        })
+        .collect();
+    for name in listing.names {
         if !ctx.is_published(&name) {
             ctx.publish(&name, Some(guess_content_type(&name)), true)
                 .await?;
         }
+    }
+    // The supervisor has flushed its last log lines already: record these directly.
+    let mut budget = LogBudget::default();
+    if let Err(err) = ctx
+        .services
+        .append_logs(&ctx.lease, skipped, &mut budget)
+        .await
+    {
+        tracing::warn!(error = %err, "could not record skipped outputs in the job's log");
     }
     Ok(())
 }

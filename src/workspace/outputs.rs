@@ -130,19 +130,30 @@ impl AttemptDir {
         unreachable!("a valid result name has at least one segment")
     }
 
-    /// The names of every file in the output folder, sorted. Refuses the whole folder — so
-    /// nothing of it is published — if anything in it is not a regular file with one link or a
-    /// folder, or has a name that cannot be a result's.
-    pub fn list_outputs(&self) -> Result<Vec<String>, OutputError> {
-        let mut names = Vec::new();
+    /// The names of every file in the output folder, sorted, and the entries skipped because
+    /// their names cannot be a result's (with why; never opened, so harmless whatever they are).
+    /// Refuses the whole folder — so nothing of it is published — if anything else in it is not
+    /// a regular file with one link or a folder.
+    pub fn list_outputs(&self) -> Result<Listing, OutputError> {
+        let mut listing = Listing::default();
         walk(
             Dir::from_fd(self.open_outputs()?).map_err(io::Error::from)?,
             "",
-            &mut names,
+            &mut listing,
         )?;
-        names.sort();
-        Ok(names)
+        listing.names.sort();
+        listing.skipped.sort();
+        Ok(listing)
     }
+}
+
+/// What the output folder holds.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Files that can be published, by result name.
+    pub names: Vec<String>,
+    /// Entries whose names cannot be results' (`a b.txt`, `ä.txt`, not UTF-8), with why.
+    pub skipped: Vec<(String, String)>,
 }
 
 fn check_file(name: &str, stat: &FileStat) -> Result<(), OutputError> {
@@ -162,7 +173,7 @@ fn check_file(name: &str, stat: &FileStat) -> Result<(), OutputError> {
     Ok(())
 }
 
-fn walk(mut dir: Dir, prefix: &str, names: &mut Vec<String>) -> Result<(), OutputError> {
+fn walk(mut dir: Dir, prefix: &str, listing: &mut Listing) -> Result<(), OutputError> {
     let entries: Vec<Vec<u8>> = dir
         .iter()
         .map(|entry| entry.map(|e| e.file_name().to_bytes().to_vec()))
@@ -174,34 +185,33 @@ fn walk(mut dir: Dir, prefix: &str, names: &mut Vec<String>) -> Result<(), Outpu
         }
         let Some(segment) = std::str::from_utf8(&raw).ok() else {
             let shown = OsStr::from_bytes(&raw).to_string_lossy().into_owned();
-            return Err(refused(format!(
-                "output {prefix}{shown:?} has a name that is not UTF-8; nothing was published"
-            )));
+            let why = "its name is not UTF-8".to_owned();
+            listing.skipped.push((format!("{prefix}{shown}"), why));
+            continue;
         };
         let name = format!("{prefix}{segment}");
-        validate_result_name(&name).map_err(|msg| {
-            refused(format!(
-                "output {name:?} cannot be a result: its path {msg}; nothing was published"
-            ))
-        })?;
+        if let Err(msg) = validate_result_name(&name) {
+            listing.skipped.push((name, format!("a result name {msg}")));
+            continue;
+        }
         let c_name = std::ffi::CString::new(raw).map_err(io::Error::other)?;
         let stat = fstatat(&dir, c_name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(io::Error::from)?;
         if is(&stat, SFlag::S_IFDIR) {
             let sub = open_sub(&dir, &c_name, &name)?;
-            walk(sub, &format!("{name}/"), names)?;
+            walk(sub, &format!("{name}/"), listing)?;
         } else {
             check_file(&name, &stat).map_err(|err| match err {
                 OutputError::Refused(msg) => refused(format!("{msg}; nothing was published")),
                 other => other,
             })?;
-            if names.len() >= MAX_OUTPUT_FILES {
+            if listing.names.len() + listing.skipped.len() >= MAX_OUTPUT_FILES {
                 return Err(refused(format!(
                     "the output folder holds more than {MAX_OUTPUT_FILES} files; nothing was \
                      published"
                 )));
             }
-            names.push(name);
+            listing.names.push(name);
         }
     }
     Ok(())
@@ -250,7 +260,7 @@ mod tests {
         std::io::Read::read_to_string(&mut file, &mut text).unwrap();
         assert_eq!(text, "{}");
         assert_eq!(
-            a.list_outputs().unwrap(),
+            a.list_outputs().unwrap().names,
             vec!["masks/deep/m.json", "report.txt"]
         );
     }
@@ -279,10 +289,12 @@ mod tests {
         std::fs::remove_file(a.outputs.join("pipe")).unwrap();
 
         std::fs::write(a.outputs.join("bad name.txt"), "x").unwrap();
-        assert!(refusal(a.list_outputs()).contains("cannot be a result"));
+        let listing = a.list_outputs().unwrap();
+        assert!(listing.names.is_empty());
+        assert_eq!(listing.skipped[0].0, "bad name.txt", "skipped, not refused");
         std::fs::remove_file(a.outputs.join("bad name.txt")).unwrap();
 
-        assert!(a.list_outputs().unwrap().is_empty());
+        assert_eq!(a.list_outputs().unwrap(), Listing::default());
     }
 
     #[test]
@@ -304,7 +316,7 @@ mod tests {
         std::fs::rename(&a.path, root.path().join("moved")).unwrap();
         symlink(&host, &a.path).unwrap();
         assert!(
-            a.list_outputs().unwrap().is_empty(),
+            a.list_outputs().unwrap().names.is_empty(),
             "Ferry reads its own folder"
         );
     }

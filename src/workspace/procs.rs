@@ -31,8 +31,9 @@ pub enum Whose<'a> {
     Attempt { job: Uuid, folder: &'a str },
 }
 
-/// SIGKILLs every process of this user that belongs to `whose`; returns how many signals were
-/// sent.
+/// SIGKILLs every process of this user that belongs to `whose`; returns how many processes were
+/// signalled (a dying process may still show its environment for a moment and be signalled again
+/// in the next round: it counts once).
 pub fn kill(whose: Whose) -> usize {
     let job = match whose {
         Whose::Job(job) | Whose::Attempt { job, .. } => job,
@@ -51,7 +52,7 @@ pub fn kill(whose: Whose) -> usize {
                 })
             })
     };
-    let mut killed = 0;
+    let mut signalled = std::collections::BTreeSet::new();
     for _ in 0..ROUNDS {
         let found = tagged(&matches);
         if found.is_empty() {
@@ -59,10 +60,11 @@ pub fn kill(whose: Whose) -> usize {
         }
         for pid in found {
             if signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                killed += 1;
+                signalled.insert(pid);
             }
         }
     }
+    let killed = signalled.len();
     if killed > 0 {
         let job_id = crate::ids::JobId(job);
         tracing::info!(%job_id, ?whose, killed, "killed processes left by an attempt");
@@ -99,12 +101,22 @@ mod tests {
     fn processes_carrying_an_attempts_tags_are_killed_and_no_others() {
         let job = Uuid::now_v7();
         let spawn = |folder: &str| {
-            std::process::Command::new("sleep")
+            let child = std::process::Command::new("sleep")
                 .arg("60")
                 .env("FERRY_JOB_ID", format!("job_{}", job.simple()))
                 .env("FERRY_INPUT_DIR", format!("/work/owner/{folder}/inputs"))
                 .spawn()
-                .expect("spawn sleep")
+                .expect("spawn sleep");
+            // `spawn` returns once the child execs, but /proc shows its environment only when
+            // the kernel has finished setting up the new image: wait for that.
+            let environ = format!("/proc/{}/environ", child.id());
+            let start = std::time::Instant::now();
+            let tagged = |env: Vec<u8>| env.windows(6).any(|w| w == b"FERRY_");
+            while !std::fs::read(&environ).is_ok_and(tagged) {
+                assert!(start.elapsed() < std::time::Duration::from_secs(10));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            child
         };
         let mut first = spawn("job-1-aaaa");
         let mut again = spawn("job-1-bbbb");

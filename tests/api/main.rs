@@ -10,6 +10,7 @@ mod contract;
 mod errors;
 mod handlers;
 mod helpers;
+mod hostile_clients;
 mod hostile_handlers;
 mod http_edges;
 mod in_process;

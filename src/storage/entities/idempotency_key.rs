@@ -1,4 +1,5 @@
-//! `ferry_idempotency_keys`: `Idempotency-Key` → the job it created (NULL while in flight).
+//! `ferry_idempotency_keys`: `Idempotency-Key` → the job it created (NULL while in flight, when
+//! the request holding the key renews its lease).
 
 use sea_orm::entity::prelude::*;
 
@@ -11,6 +12,10 @@ pub struct Model {
     pub fingerprint: String,
     pub job_id: Option<Uuid>,
     pub created_at_ms: i64,
+    /// Which request holds the reservation (a random token); only it may record its job.
+    pub holder: Option<String>,
+    /// While in flight: the reservation is presumed abandoned after this (its holder renews it).
+    pub lease_expires_at_ms: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
