@@ -9,6 +9,11 @@ use anyhow::Context;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// How long requests in flight get to finish when the server stops.
+const HTTP_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// How long workers get to stop, beyond the handlers' `kill_grace`, before they are abandoned.
+const WORKER_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 use crate::{
     api,
     cli::Command,
@@ -48,6 +53,8 @@ pub struct Application {
     server: Option<(actix_web::dev::Server, ServerHandle)>,
     workers: JoinSet<()>,
     shutdown: CancellationToken,
+    /// Handlers' SIGTERM-to-SIGKILL grace: stopping workers may take this long.
+    kill_grace: std::time::Duration,
 }
 
 impl Application {
@@ -85,6 +92,7 @@ impl Application {
                     .default_service(web::to(api::problem::not_found))
             })
             .disable_signals()
+            .shutdown_timeout(HTTP_SHUTDOWN_GRACE_SECS)
             .listen(listener)?
             .run();
             let handle = server.handle();
@@ -111,6 +119,7 @@ impl Application {
             server,
             workers,
             shutdown,
+            kill_grace: settings.queue.kill_grace,
         })
     }
 
@@ -148,7 +157,18 @@ impl Application {
             self.shutdown.cancelled().await;
         }
         self.shutdown.cancel();
-        while self.workers.join_next().await.is_some() {}
+        // Bounded: a stop must not hang on a stuck task. An attempt abandoned here keeps its
+        // lease until it expires; then the reconciler settles it and the job runs again.
+        let grace = self.kill_grace + WORKER_SHUTDOWN_GRACE;
+        let drained = async { while self.workers.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::error!(
+                ?grace,
+                "workers did not stop in time; abandoning them (their attempts are retried once \
+                 their leases expire)"
+            );
+            self.workers.abort_all();
+        }
         Ok(())
     }
 }

@@ -257,7 +257,7 @@ async fn decide(
             )
         }
         (Some(StopReason::Shutdown), _) => Some(Outcome::Requeue),
-        (None, Some(Ok(Ok(())))) => match publish_leftovers(ctx).await {
+        (None, Some(Ok(Ok(())))) => match keeping_lease(ctx, publish_leftovers(ctx)).await {
             Ok(()) => Some(Outcome::Succeeded),
             Err(err) => failed(&err.code, &err.message, err.retryable),
         },
@@ -286,6 +286,25 @@ fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailur
         detail: detail.to_owned(),
         retryable,
         attempt,
+    }
+}
+
+/// Runs `work` while renewing the attempt's lease, as the supervisor did while the handler ran:
+/// publishing large leftover outputs can take longer than `lease_ttl`, and an attempt whose
+/// lease expired meanwhile would be settled as lost although its handler succeeded.
+async fn keeping_lease<T>(ctx: &JobContext, work: impl std::future::Future<Output = T>) -> T {
+    let every = ctx.services.settings.queue.lease_ttl / 3;
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tokio::time::sleep(every) => {
+                if let Err(err) = ctx.services.heartbeat(&ctx.lease, true).await {
+                    // A database hiccup: the lease has slack until it expires.
+                    tracing::warn!(error = %err, "renewing the lease while publishing failed");
+                }
+            }
+        }
     }
 }
 

@@ -232,3 +232,39 @@ crate::matrix!(
     a_queued_job_is_canceled_at_once_and_never_runs,
     a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt,
 );
+
+/// Publishing a large leftover output can take longer than the lease: the worker keeps renewing
+/// it meanwhile, so the attempt that succeeded is not settled as lost. SQLite only: moto
+/// assembles a multipart upload in memory, and the point is the lease, not the store.
+#[tokio::test]
+async fn publishing_a_large_leftover_output_keeps_the_lease() {
+    run_on(Backend::Sqlite, async {
+        let app = TestApp::spawn_with(TestConfig {
+            lease_ttl: "1s",
+            ..TestConfig::default()
+        })
+        .await;
+        let job = app
+            .submit("model", bytes(100, 90), json!({"big_output_mb": 768}))
+            .await;
+        let id = job["id"].as_str().unwrap();
+        let done = app
+            .wait_job(id, Duration::from_secs(120), |j| {
+                j["status"] != "queued" && j["status"] != "running"
+            })
+            .await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(
+            done["attempt"], 1,
+            "the attempt was settled as lost: {done}"
+        );
+        let big = app
+            .results(id)
+            .await
+            .into_iter()
+            .find(|r| r["name"] == "big.bin")
+            .expect("big.bin published");
+        assert_eq!(big["size"], 768u64 << 20);
+    })
+    .await
+}

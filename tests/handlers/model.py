@@ -3,7 +3,8 @@
 
 FERRY_PARAMS chooses what it does:
   mode = "ok"       read every input, report progress, publish an intermediate result, wait for
-                    params.gate (a file path) to exist if given, then write the final output.
+                    params.gate (a file path) to exist if given, then write the final output
+                    (plus params.big_output_mb MiB in big.bin, if given).
   mode = "fail"     print to stderr and exit 3 (a retryable failure).
   mode = "declare"  declare a permanent error on stdout, then exit 0.
   mode = "sleep"    write its pid to params.pid_file and sleep for a long time.
@@ -49,6 +50,11 @@ while gate and not os.path.exists(gate):
 if params.get("echo_env"):
     env = {k: v for k, v in os.environ.items() if k.startswith("FERRY_")}
     (outputs / "env.json").write_text(json.dumps({"env": env, "cwd": os.getcwd()}))
+if params.get("big_output_mb"):
+    # A large leftover output, published after the process exits.
+    with open(outputs / "big.bin", "wb") as f:
+        for _ in range(int(params["big_output_mb"])):
+            f.write(b"\x5a" * (1 << 20))
 (outputs / "masks").mkdir(exist_ok=True)
 (outputs / "masks" / "mask.json").write_text(json.dumps({"inputs": digests, "attempt": os.environ["FERRY_ATTEMPT"]}))
 say(progress=100, stage="done")
