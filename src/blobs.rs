@@ -30,16 +30,40 @@ pub mod keys {
     use uuid::Uuid;
 
     pub fn upload(id: Uuid) -> Path {
-        Path::from(format!("uploads/{}", id.simple()))
+        Path::from(format!("{UPLOADS}/{}", id.simple()))
     }
 
     /// Results are keyed by attempt so a stale attempt can never overwrite a newer one's bytes.
     pub fn result(job: Uuid, attempt: i32, name: &str) -> Path {
-        Path::from(format!("jobs/{}/results/{attempt}/{name}", job.simple()))
+        Path::from(format!("{JOBS}/{}/results/{attempt}/{name}", job.simple()))
     }
 
     pub fn job_prefix(job: Uuid) -> Path {
-        Path::from(format!("jobs/{}", job.simple()))
+        Path::from(format!("{JOBS}/{}", job.simple()))
+    }
+
+    /// Where every job's objects live, and every upload's.
+    pub const JOBS: &str = "jobs";
+    pub const UPLOADS: &str = "uploads";
+
+    /// The job and attempt of a key made by [`result`]; `None` for any other key.
+    pub fn parse_result(key: &str) -> Option<(Uuid, i32)> {
+        let mut parts = key.splitn(5, '/');
+        let (Some(JOBS), Some(job), Some("results"), Some(attempt), Some(_name)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        Some((Uuid::try_parse(job).ok()?, attempt.parse().ok()?))
+    }
+
+    /// The upload of a key made by [`upload`]; `None` for any other key.
+    pub fn parse_upload(key: &str) -> Option<Uuid> {
+        Uuid::try_parse(key.strip_prefix(UPLOADS)?.strip_prefix('/')?).ok()
     }
 }
 
@@ -504,6 +528,26 @@ fn open_s3(
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn keys_parse_back_to_what_made_them_and_nothing_else() {
+        let job = uuid::Uuid::now_v7();
+        let result = keys::result(job, 2, "masks/a.json");
+        assert_eq!(keys::parse_result(result.as_ref()), Some((job, 2)));
+        assert_eq!(keys::parse_upload(keys::upload(job).as_ref()), Some(job));
+        for other in [
+            "jobs/x/results/1/a",
+            &format!("jobs/{}/results/one/a", job.simple()),
+            &format!("jobs/{}/other/1/a", job.simple()),
+            &format!("jobs/{}/results/1", job.simple()),
+            keys::upload(job).as_ref(),
+            "readyz/abc",
+        ] {
+            assert_eq!(keys::parse_result(other), None, "{other}");
+        }
+        assert_eq!(keys::parse_upload("uploads/x"), None);
+        assert_eq!(keys::parse_upload(result.as_ref()), None);
+    }
 
     #[tokio::test]
     async fn only_idle_staging_files_are_swept() {

@@ -130,10 +130,6 @@ fn validate_content_type(content_type: &str) -> Result<(), &'static str> {
 }
 
 impl Services {
-    fn lease_ttl_ms(&self) -> i64 {
-        self.settings.queue.lease_ttl.as_millis() as i64
-    }
-
     /// Takes the job for a new attempt if this delivery is current; `None` for a stale or
     /// duplicate delivery (job gone, already running or finished, canceled, or superseded).
     pub async fn claim(

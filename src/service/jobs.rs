@@ -338,10 +338,6 @@ impl Services {
         }
     }
 
-    fn idempotency_lease_ms(&self) -> i64 {
-        self.settings.queue.lease_ttl.as_millis() as i64
-    }
-
     /// Claims the key for this request, or says what to replay.
     async fn reserve_idempotency_key(&self, idem: &Idempotency) -> ServiceResult<Reservation> {
         let (key, fingerprint) = (idem.key.as_str(), idem.fingerprint.as_str());
@@ -356,7 +352,7 @@ impl Services {
             job_id: Set(None),
             created_at_ms: Set(now),
             holder: Set(Some(held.holder.clone())),
-            lease_expires_at_ms: Set(Some(now + self.idempotency_lease_ms())),
+            lease_expires_at_ms: Set(Some(now + self.lease_ttl_ms())),
         })
         .on_conflict(
             OnConflict::column(idempotency_key::Column::Key)
@@ -404,7 +400,7 @@ impl Services {
             )
             .col_expr(
                 idempotency_key::Column::LeaseExpiresAtMs,
-                Expr::value(now + self.idempotency_lease_ms()),
+                Expr::value(now + self.lease_ttl_ms()),
             )
             .filter(idempotency_key::Column::Key.eq(key))
             .filter(idempotency_key::Column::JobId.is_null());
@@ -432,7 +428,7 @@ impl Services {
             let renewed = idempotency_key::Entity::update_many()
                 .col_expr(
                     idempotency_key::Column::LeaseExpiresAtMs,
-                    Expr::value(now_ms() + self.idempotency_lease_ms()),
+                    Expr::value(now_ms() + self.lease_ttl_ms()),
                 )
                 .filter(idempotency_key::Column::Key.eq(held.key.as_str()))
                 .filter(idempotency_key::Column::Holder.eq(held.holder.as_str()))

@@ -40,6 +40,11 @@ pub struct Services {
 }
 
 impl Services {
+    /// A lease's length (attempts and idempotency reservations alike), in milliseconds.
+    pub(crate) fn lease_ttl_ms(&self) -> i64 {
+        self.settings.queue.lease_ttl.as_millis() as i64
+    }
+
     /// Opens the database (migrating it) and the blob store that `settings` name, for handlers
     /// of `kinds`.
     pub async fn open(

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use super::{ServiceResult, Services};
 use crate::{
+    blobs::keys,
     domain::JobStatus,
     storage::entities::{job, result, upload},
 };
@@ -30,45 +31,23 @@ const BATCH: usize = 500;
 /// An upload's bytes without a row are only an orphan once this old.
 pub const UPLOAD_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// A result object's key, parsed.
+/// A result object's key, with the job and attempt it names.
 struct ResultKey {
     key: String,
     job: Uuid,
     attempt: i32,
 }
 
-fn parse_result_key(key: &str) -> Option<ResultKey> {
-    let mut parts = key.splitn(5, '/');
-    let (Some("jobs"), Some(job), Some("results"), Some(attempt), Some(_name)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
-    Some(ResultKey {
-        key: key.to_owned(),
-        job: Uuid::try_parse(job).ok()?,
-        attempt: attempt.parse().ok()?,
-    })
-}
-
-fn parse_upload_key(key: &str) -> Option<Uuid> {
-    let id = key.strip_prefix("uploads/")?;
-    Uuid::try_parse(id).ok()
-}
-
 impl Services {
     /// One sweep over the whole store; returns how many objects it deleted.
     pub async fn sweep_orphans(&self) -> ServiceResult<usize> {
         let mut deleted = 0;
-        let mut listing = self.blobs.list_objects("jobs");
+        let mut listing = self.blobs.list_objects(keys::JOBS);
         let mut batch = Vec::new();
         while let Some(object) = listing.next().await {
-            if let Some(parsed) = parse_result_key(&object?.0) {
-                batch.push(parsed);
+            let key = object?.0;
+            if let Some((job, attempt)) = keys::parse_result(&key) {
+                batch.push(ResultKey { key, job, attempt });
             }
             if batch.len() >= BATCH {
                 deleted += self.sweep_results(std::mem::take(&mut batch)).await?;
@@ -77,12 +56,12 @@ impl Services {
         deleted += self.sweep_results(batch).await?;
 
         let cutoff = crate::time::now_ms() - UPLOAD_GRACE.as_millis() as i64;
-        let mut listing = self.blobs.list_objects("uploads");
+        let mut listing = self.blobs.list_objects(keys::UPLOADS);
         let mut batch = Vec::new();
         while let Some(object) = listing.next().await {
             let (key, written) = object?;
             if written.timestamp_millis() < cutoff
-                && let Some(id) = parse_upload_key(&key)
+                && let Some(id) = keys::parse_upload(&key)
             {
                 batch.push((key, id));
             }
@@ -166,32 +145,5 @@ impl Services {
             deleted += 1;
         }
         Ok(deleted)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_keys_shaped_like_ferrys_are_considered() {
-        let job = Uuid::now_v7();
-        let key = format!("jobs/{}/results/2/masks/a.json", job.simple());
-        let parsed = parse_result_key(&key).expect("a result key");
-        assert_eq!((parsed.job, parsed.attempt), (job, 2));
-        for other in [
-            "jobs/x/results/1/a",
-            &format!("jobs/{}/results/one/a", job.simple()),
-            &format!("jobs/{}/other/1/a", job.simple()),
-            &format!("jobs/{}/results/1", job.simple()),
-            "readyz/abc",
-        ] {
-            assert!(parse_result_key(other).is_none(), "{other}");
-        }
-        assert_eq!(
-            parse_upload_key(&format!("uploads/{}", job.simple())),
-            Some(job)
-        );
-        assert_eq!(parse_upload_key("uploads/x"), None);
     }
 }

@@ -191,7 +191,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    //! Real time, with margins wide enough that a slow machine changes nothing.
+    //! Paused time (tokio's test clock): deterministic, and no real waiting.
     use super::*;
 
     fn pace(idle_ms: u64, min_rate: u64) -> Pace {
@@ -201,14 +201,14 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_goes_quiet_is_cut_off_after_the_idle_timeout() {
         let mut pacer = Pacer::new(pace(300, 0));
         let quiet = pacer.wait(std::future::pending::<()>()).await;
         assert_eq!(quiet, Err(Stalled::Idle(Duration::from_millis(300))));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_trickle_below_the_minimum_rate_is_cut_off_at_the_end_of_its_stretch() {
         let mut pacer = Pacer::new(pace(300, 1000));
         let mut outcome = Ok(());
@@ -228,7 +228,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_steady_client_is_never_cut_off() {
         let mut pacer = Pacer::new(pace(300, 10));
         for _ in 0..30 {

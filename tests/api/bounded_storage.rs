@@ -61,16 +61,10 @@ async fn log_rows(app: &TestApp) -> i64 {
 }
 
 async fn logs_of(app: &TestApp, id: &str, tail: u32) -> (String, Vec<String>) {
-    let res = app
-        .client
-        .get(app.url(&format!("/v1/jobs/{id}/logs?tail={tail}")))
-        .send()
-        .await
-        .expect("GET logs");
-    assert_eq!(res.status(), 200);
-    let text = res.text().await.expect("logs body");
-    let body: Value = serde_json::from_str(&text).expect("logs JSON");
-    let lines = body["items"]
+    let reply = app.job_logs(id, &format!("tail={tail}")).await;
+    assert_eq!(reply.status, 200);
+    let text = String::from_utf8(reply.bytes).expect("logs body");
+    let lines = reply.body["items"]
         .as_array()
         .expect("items")
         .iter()
@@ -356,17 +350,11 @@ async fn params_too_large_for_a_command_are_refused_at_creation() {
     }
     // The one-request form: refused before the body is read.
     let params = json!({"mode": "lines", "blob": "b".repeat(2_000)}).to_string();
-    let res = app
-        .client
-        .post(app.url("/v1/jobs"))
-        .query(&[("kind", "model"), ("params", params.as_str())])
-        .body("scan")
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    let body: Value = res.json().await.unwrap();
-    assert_problem(status, &body, 422, "invalid_field");
+    let params: String = url::form_urlencoded::byte_serialize(params.as_bytes()).collect();
+    let query = format!("kind=model&params={params}");
+    let reply = app.create_job_from_file(&query, "scan", &[]).await;
+    let body = reply.body;
+    assert_problem(reply.status, &body, 422, "invalid_field");
     assert_eq!(body["errors"][0]["field"], "params", "{body}");
     // Up to the limit is fine, and the handler gets them.
     let (status, job) = app
@@ -391,13 +379,7 @@ async fn a_deleted_job_gets_no_log_lines_after_its_deletion() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    assert_eq!(app.delete_job(&id).await.status, 204);
     // The handler ignores SIGTERM and logs on until SIGKILL; then its worker gives the attempt
     // up, after its last flush.
     wait_process_gone(pid, WITHIN, "the handler is killed").await;

@@ -631,7 +631,8 @@ concurrency = {concurrency}
         }
     }
 
-    fn blobs(&self) -> ferry::blobs::Blobs {
+    /// The test's S3 bucket, opened as Ferry opens it (PostgreSQL + S3 configuration only).
+    pub fn blobs(&self) -> ferry::blobs::Blobs {
         let endpoint = self.s3_endpoint.as_deref().expect("S3 endpoint");
         s3_blobs(endpoint, self.bucket.as_deref().expect("bucket"), "ferry")
     }

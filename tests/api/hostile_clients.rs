@@ -744,23 +744,6 @@ async fn an_idempotency_key_held_by_a_killed_replica_is_free_within_seconds() {
     );
 }
 
-/// The test's S3 bucket, opened as Ferry opens it.
-fn bucket(app: &TestApp) -> ferry::blobs::Blobs {
-    let endpoint = app.s3_endpoint.clone().expect("S3 endpoint");
-    let options = [
-        ("aws_endpoint", endpoint.as_str()),
-        ("aws_region", "us-east-1"),
-        ("aws_access_key_id", "ferry-test"),
-        ("aws_secret_access_key", "ferry-test-secret"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let bucket = app.bucket.as_deref().expect("bucket");
-    ferry::blobs::Blobs::open(&format!("s3://{bucket}/ferry"), 5 << 20, &options)
-        .expect("open bucket")
-}
-
 /// Stores `data` at `key` directly in the test's blob store, as a crashed process would have.
 async fn store_directly(app: &TestApp, key: &str, data: &[u8]) {
     match app.backend {
@@ -771,7 +754,7 @@ async fn store_directly(app: &TestApp, key: &str, data: &[u8]) {
         }
         Backend::PostgresS3 => {
             let chunk: Result<bytes::Bytes, std::io::Error> = Ok(data.to_vec().into());
-            bucket(app)
+            app.blobs()
                 .put_stream(
                     &object_store::path::Path::from(key),
                     futures_util::stream::iter([chunk]),
@@ -787,7 +770,7 @@ async fn store_directly(app: &TestApp, key: &str, data: &[u8]) {
 async fn stored(app: &TestApp, key: &str) -> bool {
     match app.backend {
         Backend::Sqlite => app.data_dir().join("blobs").join(key).exists(),
-        Backend::PostgresS3 => match bucket(app).head(&object_store::path::Path::from(key)).await {
+        Backend::PostgresS3 => match app.blobs().head(&object_store::path::Path::from(key)).await {
             Ok(_) => true,
             Err(ferry::blobs::BlobError::NotFound) => false,
             Err(e) => panic!("head {key}: {e}"),

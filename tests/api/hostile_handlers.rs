@@ -237,13 +237,7 @@ async fn a_killed_workers_work_folder_is_removed_when_the_job_is_deleted() {
         json!({"mode": "sleep", "pid_dir": pid_dir}),
     )
     .await;
-    let res = app
-        .client
-        .delete(app.url(&format!("/v1/jobs/{id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 204);
+    assert_eq!(app.delete_job(&id).await.status, 204);
     // Whichever Ferry process shares that machine's work folder removes it: here the API
     // process at once, or a worker when it starts.
     app.spawn_worker();

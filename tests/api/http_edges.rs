@@ -196,20 +196,7 @@ async fn delete_blobs(app: &TestApp, sub: &str) {
             }
         }
         Backend::PostgresS3 => {
-            let endpoint = app.s3_endpoint.clone().expect("S3 endpoint");
-            let options = [
-                ("aws_endpoint", endpoint.as_str()),
-                ("aws_region", "us-east-1"),
-                ("aws_access_key_id", "ferry-test"),
-                ("aws_secret_access_key", "ferry-test-secret"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-            let bucket = app.bucket.as_deref().expect("bucket");
-            let blobs =
-                ferry::blobs::Blobs::open(&format!("s3://{bucket}/ferry"), 5 << 20, &options)
-                    .expect("open bucket");
+            let blobs = app.blobs();
             blobs
                 .delete_prefix(&object_store::path::Path::from(sub))
                 .await
@@ -358,14 +345,9 @@ async fn a_relative_data_dir_gives_handlers_absolute_folders() {
     let id = job["id"].as_str().unwrap();
     let done = app.wait_status(id, "succeeded", WITHIN).await;
     assert_eq!(done["attempt"], 1, "{done}");
-    let res = app
-        .client
-        .get(app.url(&format!("/v1/jobs/{id}/results/env.json")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let seen: Value = res.json().await.unwrap();
+    let reply = app.download_result(id, "env.json", &[]).await;
+    assert_eq!(reply.status, 200);
+    let seen: Value = serde_json::from_slice(&reply.bytes).expect("env.json");
     let work = cwd.join("relative-data").join("work");
     for var in ["FERRY_INPUT_DIR", "FERRY_OUTPUT_DIR"] {
         let dir = Path::new(seen["env"][var].as_str().unwrap());
