@@ -13,7 +13,7 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
    201 (sent once the blob is stored and its row committed); every upload is checked against
    the size and sha256 the API reports;
 3. 4 such uploads at once: aggregate throughput and the server's peak RSS (VmHWM);
-4. N no-op jobs (`POST /v1/jobs?kind=noop`, raw body) from C keep-alive client threads, then
+4. N no-op jobs (`POST /v1/kinds/noop/jobs`, raw body) from C keep-alive client threads, then
    light polling until all succeeded: throughput from server timestamps (N / (last finished_at -
    first created_at)), dispatch latency (started_at - created_at) and other percentiles.
 
@@ -467,7 +467,7 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
         for i in iter(take, None):
             t0 = time.monotonic()
             try:
-                status, data = client.call("POST", "/v1/jobs?kind=noop", f"noop {i}\n".encode(),
+                status, data = client.call("POST", "/v1/kinds/noop/jobs", f"noop {i}\n".encode(),
                                            {"Content-Type": "application/octet-stream"})
             except (http.client.HTTPException, OSError) as e:
                 status, data = 0, repr(e).encode()
@@ -494,7 +494,7 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
                                   for k in ("created", "started", "finished"))
     first, span = min(created), max(finished) - min(created)
     attempts = collections.Counter(j.get("attempt") for j in jobs)
-    title = f"No-op jobs — {label(cfg)}: {n_jobs} x POST /v1/jobs?kind=noop, {n_clients} keep-alive clients"
+    title = f"No-op jobs — {label(cfg)}: {n_jobs} x POST /v1/kinds/noop/jobs, {n_clients} keep-alive clients"
     return title, [
         ("accepted (HTTP codes)", f"{len(ids)} of {n_jobs}   ("
                                   + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))

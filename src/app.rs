@@ -87,6 +87,7 @@ impl Application {
             let api_services = services.clone();
             let server = HttpServer::new(move || {
                 App::new()
+                    .wrap(middleware::from_fn(api::problem::negotiate_problem_type))
                     .wrap(middleware::Logger::new("%r %s %b %Dms").log_target("ferry::http"))
                     .configure(api::configure(api_services.clone()))
                     .default_service(web::to(api::problem::not_found))

@@ -1,5 +1,5 @@
-//! `/v1/jobs`: create (JSON, or raw file + query for curl users), read, list, cancel, delete,
-//! and the job's event log and handler logs.
+//! `/v1/jobs`: create (JSON; or the raw file to `/v1/kinds/{kind}/jobs`, for curl users),
+//! read, list, cancel, delete, and the job's event log and handler logs.
 
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, http::header, web};
 use futures_util::StreamExt;
@@ -63,29 +63,23 @@ fn submitted_response(submitted: Submitted) -> HttpResponse {
     }
 }
 
-/// Query parameters of the one-request form: `POST /v1/jobs?kind=K[&input=NAME]` + raw body.
+/// Query parameters of the one-request form: `POST /v1/kinds/{kind}/jobs` + raw body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateQuery {
-    pub kind: Option<String>,
+pub struct FileJobQuery {
     pub input: Option<String>,
-    /// A JSON object, URL-encoded.
-    pub params: Option<String>,
+    /// The handler's parameters: a JSON object, URL-encoded. Not called `params`, which
+    /// generated clients use for their own variables.
+    pub params_json: Option<String>,
     pub priority: Option<i32>,
     pub timeout: Option<String>,
     pub max_attempts: Option<u32>,
 }
 
-impl CreateQuery {
-    fn is_empty(&self) -> bool {
-        self.kind.is_none()
-            && self.input.is_none()
-            && self.params.is_none()
-            && self.priority.is_none()
-            && self.timeout.is_none()
-            && self.max_attempts.is_none()
-    }
-}
+/// The JSON form takes no query parameters: any is `400 invalid_query`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
 
 fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else {
@@ -104,22 +98,28 @@ fn invalid_field(field: &str, msg: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidField, msg.clone()).with_field(field, msg)
 }
 
+/// `POST /v1/jobs`: a JSON job request naming uploaded inputs.
 pub async fn create(
     services: web::Data<Services>,
     req: HttpRequest,
-    query: web::Query<CreateQuery>,
+    _query: web::Query<NoQuery>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
-    let submitted = async {
-        if query.is_empty() {
-            create_from_json(&services, &req, body).await
-        } else {
-            create_from_file(&services, &req, query, body).await
-        }
-    }
-    .await;
-    // Either form carries a body that an error may leave unread.
+    let submitted = create_from_json(&services, &req, body).await;
+    // The body may be left unread by an error.
+    Ok(submitted.map_or_else(closing, submitted_response))
+}
+
+/// `POST /v1/kinds/{kind}/jobs`: the one-request form, the raw input file as the body.
+pub async fn create_with_file(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    kind: web::Path<String>,
+    query: web::Query<FileJobQuery>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let submitted =
+        create_from_file(&services, &req, kind.into_inner(), query.into_inner(), body).await;
     Ok(submitted.map_or_else(closing, submitted_response))
 }
 
@@ -173,7 +173,8 @@ async fn create_from_json(
     if !has_json_body(req) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
-            "send the job as application/json, or the raw file with ?kind=… in the URL",
+            "send the job as application/json, or send the raw file to \
+             POST /v1/kinds/{kind}/jobs",
         ));
     }
     let key = idempotency_key(req)?;
@@ -221,35 +222,30 @@ async fn create_from_json(
 async fn create_from_file(
     services: &Services,
     req: &HttpRequest,
-    query: CreateQuery,
+    kind: String,
+    query: FileJobQuery,
     body: web::Payload,
 ) -> Result<Submitted, ApiError> {
     let key = idempotency_key(req)?;
-    let Some(kind) = query.kind else {
-        return Err(ApiError::new(
-            ErrorCode::InvalidQuery,
-            "query parameters are only for the one-request form, which needs ?kind=…",
-        ));
-    };
     // A JSON body is a job request (`JobIn`), never a file: storing it as the input would hide
     // the client's mistake until the handler chokes on it.
     if has_json_body(req) {
         return Err(ApiError::new(
             ErrorCode::UnsupportedMediaType,
-            "a JSON body is a job request and takes no query parameters; to make a JSON file \
-             the input of a one-request job, send it as application/octet-stream",
+            "a JSON body is a job request: send it to POST /v1/jobs; to make a JSON file the \
+             input of a one-request job, send it as application/octet-stream",
         ));
     }
-    let params = match &query.params {
+    let params = match &query.params_json {
         None => serde_json::Map::new(),
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => {
                 return Err(ApiError::new(
                     ErrorCode::InvalidField,
-                    "params must be a URL-encoded JSON object",
+                    "params_json must be a URL-encoded JSON object",
                 )
-                .with_field("params", "not a JSON object"));
+                .with_field("params_json", "not a JSON object"));
             }
         },
     };
@@ -267,13 +263,21 @@ async fn create_from_file(
             )
         }
     };
-    let spec = services.job_spec(JobRequest {
-        kind,
-        params,
-        priority: query.priority,
-        timeout,
-        max_attempts: query.max_attempts,
-    })?;
+    let spec = services
+        .job_spec(JobRequest {
+            kind,
+            params,
+            priority: query.priority,
+            timeout,
+            max_attempts: query.max_attempts,
+        })
+        .map_err(|mut e| {
+            // Here the handler's parameters arrive as the `params_json` query parameter.
+            if e.field.as_deref() == Some("params") {
+                e.field = Some("params_json".to_owned());
+            }
+            e
+        })?;
     let input = query.input.unwrap_or_else(|| DEFAULT_INPUT_NAME.to_owned());
     crate::domain::validate_input_name(&input)
         .map_err(|msg| invalid_field("input", format!("input name {msg}")))?;

@@ -26,6 +26,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("head", "/v1/uploads/{id}"),
     ("delete", "/v1/uploads/{id}"),
     ("post", "/v1/jobs"),
+    ("post", "/v1/kinds/{kind}/jobs"),
     ("get", "/v1/jobs"),
     ("head", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -78,6 +79,9 @@ pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(
                 readable(resource("/v1/jobs/{id}"), jobs::get)
                     .route(web::delete().to(jobs::delete)),
+            )
+            .service(
+                resource("/v1/kinds/{kind}/jobs").route(web::post().to(jobs::create_with_file)),
             )
             .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .service(readable(resource("/v1/jobs/{id}/events"), jobs::events))

@@ -1,9 +1,17 @@
 //! RFC 9457 problem responses. Every error Ferry sends — its own, actix's extractor errors,
-//! unknown routes and wrong methods — is `application/problem+json` with a stable `code`.
+//! unknown routes and wrong methods — is `application/problem+json` with a stable `code`, or
+//! the same body as `application/json` for a client that accepts only that
+//! ([`negotiate_problem_type`]).
 
 use actix_web::{
     HttpRequest, HttpResponse, ResponseError,
-    http::{StatusCode, header},
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    http::{
+        StatusCode,
+        header::{self, Header},
+    },
+    middleware::Next,
 };
 use serde::Serialize;
 
@@ -150,4 +158,98 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
         res.headers_mut().insert(header::ALLOW, value);
     }
     res
+}
+
+/// The media type a problem is sent as: `application/problem+json`, unless the client's
+/// `Accept` rules it out but accepts `application/json` — as OpenAPI-generated clients do that
+/// only decode `application/json` error bodies (progenitor). The body is the same either way.
+fn problem_media_type(accept: Option<&header::Accept>) -> &'static str {
+    let Some(accept) = accept else {
+        return CONTENT_TYPE;
+    };
+    // The quality the client gives a media type: that of the most specific range matching it
+    // (RFC 9110 §12.5.1), 0 when none does.
+    let quality = |media_type: &str| {
+        accept
+            .iter()
+            .filter_map(|item| {
+                let range = &item.item;
+                let specificity = match (range.type_().as_str(), range.subtype().as_str()) {
+                    _ if range.essence_str() == media_type => 2,
+                    ("application", "*") => 1,
+                    ("*", "*") => 0,
+                    _ => return None,
+                };
+                Some((specificity, item.quality))
+            })
+            .max_by_key(|(specificity, _)| *specificity)
+            .map(|(_, quality)| quality)
+            .unwrap_or(header::Quality::ZERO)
+    };
+    let zero = header::Quality::ZERO;
+    if quality(CONTENT_TYPE) == zero && quality(mime::APPLICATION_JSON.as_ref()) > zero {
+        mime::APPLICATION_JSON.as_ref()
+    } else {
+        CONTENT_TYPE
+    }
+}
+
+/// Middleware: relabels a problem response as `application/json` for a client that does not
+/// accept `application/problem+json` but does accept `application/json`.
+pub async fn negotiate_problem_type(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let accept = header::Accept::parse(req.request()).ok();
+    let mut res = next.call(req).await?;
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == CONTENT_TYPE.as_bytes());
+    if is_problem {
+        let media_type = problem_media_type(accept.as_ref());
+        if media_type != CONTENT_TYPE {
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(media_type),
+            );
+        }
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn media_type_for(accept: &str) -> &'static str {
+        let req = actix_web::test::TestRequest::default()
+            .insert_header((header::ACCEPT, accept))
+            .to_http_request();
+        problem_media_type(header::Accept::parse(&req).ok().as_ref())
+    }
+
+    #[test]
+    fn a_problem_is_json_only_for_clients_that_accept_nothing_else() {
+        assert_eq!(problem_media_type(None), CONTENT_TYPE);
+        for accept in [
+            "*/*",
+            "application/*",
+            "application/problem+json",
+            "application/json, application/problem+json",
+            "application/json, */*;q=0.1",
+            "text/html, application/*;q=0.5",
+        ] {
+            assert_eq!(media_type_for(accept), CONTENT_TYPE, "{accept}");
+        }
+        for accept in [
+            "application/json",
+            "application/json;q=0.9, text/plain",
+            "application/*, application/problem+json;q=0",
+        ] {
+            assert_eq!(media_type_for(accept), "application/json", "{accept}");
+        }
+        // Neither is acceptable: the truth is sent anyway.
+        assert_eq!(media_type_for("text/plain"), CONTENT_TYPE);
+    }
 }

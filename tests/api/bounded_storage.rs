@@ -351,11 +351,11 @@ async fn params_too_large_for_a_command_are_refused_at_creation() {
     // The one-request form: refused before the body is read.
     let params = json!({"mode": "lines", "blob": "b".repeat(2_000)}).to_string();
     let params: String = url::form_urlencoded::byte_serialize(params.as_bytes()).collect();
-    let query = format!("kind=model&params={params}");
-    let reply = app.create_job_from_file(&query, "scan", &[]).await;
+    let query = format!("params_json={params}");
+    let reply = app.create_job_from_file("model", &query, "scan", &[]).await;
     let body = reply.body;
     assert_problem(reply.status, &body, 422, "invalid_field");
-    assert_eq!(body["errors"][0]["field"], "params", "{body}");
+    assert_eq!(body["errors"][0]["field"], "params_json", "{body}");
     // Up to the limit is fine, and the handler gets them.
     let (status, job) = app
         .post_job(json!({"kind": "model", "inputs": {"scan": upload["id"]},

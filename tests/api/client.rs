@@ -151,17 +151,18 @@ impl TestApp {
             .await
     }
 
-    /// `POST /v1/jobs?query` with the input file as the body (the one-request form).
+    /// `POST /v1/kinds/{kind}/jobs?query` with the input file as the body (the one-request
+    /// form).
     pub async fn create_job_from_file(
         &self,
+        kind: &str,
         query: &str,
         body: impl Into<reqwest::Body>,
         headers: Headers<'_>,
     ) -> Reply {
-        self.request("post", &with_query("/v1/jobs", query), |r| {
-            with_headers(r, headers).body(body)
-        })
-        .await
+        let path = with_query(&format!("/v1/kinds/{kind}/jobs"), query);
+        self.request("post", &path, |r| with_headers(r, headers).body(body))
+            .await
     }
 
     /// [`TestApp::create_job`] without headers; the status and the parsed body.

@@ -26,6 +26,7 @@ fn dummy_path(template: &str) -> String {
     template
         .replace("{id}", id)
         .replace("{name}", "masks/report.json")
+        .replace("{kind}", "noop")
 }
 
 #[tokio::test]
@@ -116,6 +117,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("get", "/v1/uploads/{id}"), 404),
         (("delete", "/v1/uploads/{id}"), 404),
         (("post", "/v1/jobs"), 422),
+        (("post", "/v1/kinds/{kind}/jobs"), 202),
         (("get", "/v1/jobs"), 200),
         (("get", "/v1/jobs/{id}"), 404),
         (("delete", "/v1/jobs/{id}"), 404),
@@ -140,7 +142,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         assert_eq!(spec().template(&path), Some(template), "{path}");
         let reply = app
             .request(method, &path, |r| match (method, template) {
-                ("post", "/v1/uploads") => r.body("hello"),
+                ("post", "/v1/uploads" | "/v1/kinds/{kind}/jobs") => r.body("hello"),
                 ("post", "/v1/jobs") => r.json(&json!({})),
                 _ => r,
             })

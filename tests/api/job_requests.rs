@@ -54,47 +54,65 @@ async fn a_bad_one_request_job_is_refused_before_its_body_is_read() {
     let app = TestApp::spawn().await;
     // Each request declares a 1 GiB body and sends 64 KiB of it: the answer must come without
     // the rest, and nothing may be stored.
-    for (query, extra_header, status, code, field) in [
+    for (path, extra_header, status, code, field) in [
         (
-            "kind=model&priority=101",
+            "/v1/kinds/model/jobs?priority=101",
             "",
             422,
             "invalid_field",
             "priority",
         ),
         (
-            "kind=model&max_attempts=0",
+            "/v1/kinds/model/jobs?max_attempts=0",
             "",
             422,
             "invalid_field",
             "max_attempts",
         ),
-        ("kind=model&timeout=0", "", 422, "invalid_field", "timeout"),
         (
-            "kind=model&timeout=1000h",
+            "/v1/kinds/model/jobs?timeout=0",
             "",
             422,
             "invalid_field",
             "timeout",
         ),
         (
-            "kind=model&timeout=soon",
+            "/v1/kinds/model/jobs?timeout=1000h",
             "",
             422,
             "invalid_field",
             "timeout",
         ),
-        ("kind=no-such-kind", "", 422, "unknown_kind", "kind"),
-        ("kind=model&input=..", "", 422, "invalid_field", "input"),
         (
-            "kind=model&params=%5B1%5D",
+            "/v1/kinds/model/jobs?timeout=soon",
             "",
             422,
             "invalid_field",
-            "params",
+            "timeout",
         ),
         (
-            "kind=model",
+            "/v1/kinds/no-such-kind/jobs",
+            "",
+            422,
+            "unknown_kind",
+            "kind",
+        ),
+        (
+            "/v1/kinds/model/jobs?input=..",
+            "",
+            422,
+            "invalid_field",
+            "input",
+        ),
+        (
+            "/v1/kinds/model/jobs?params_json=%5B1%5D",
+            "",
+            422,
+            "invalid_field",
+            "params_json",
+        ),
+        (
+            "/v1/kinds/model/jobs",
             "Idempotency-Key: \r\n",
             400,
             "invalid_idempotency_key",
@@ -102,22 +120,17 @@ async fn a_bad_one_request_job_is_refused_before_its_body_is_read() {
         ),
     ] {
         let headers = format!("Content-Type: application/octet-stream\r\n{extra_header}");
-        let stream = app.partial_post(
-            &format!("/v1/jobs?{query}"),
-            &headers,
-            1 << 30,
-            &bytes(64 << 10, 1),
-        );
+        let stream = app.partial_post(path, &headers, 1 << 30, &bytes(64 << 10, 1));
         let started = Instant::now();
         let (got_status, body) = tokio::task::spawn_blocking(move || read_answer(stream))
             .await
             .expect("reader");
         assert_problem(got_status, &body, status, code);
         if !field.is_empty() {
-            assert_eq!(body["errors"][0]["field"], field, "{query}: {body}");
+            assert_eq!(body["errors"][0]["field"], field, "{path}: {body}");
         }
         eprintln!(
-            "{query}: answered {got_status} after {:?}",
+            "{path}: answered {got_status} after {:?}",
             started.elapsed()
         );
     }

@@ -106,7 +106,8 @@ async fn the_one_request_form_streams_the_body_and_queues_the_job() {
     let data = bytes(300_000, 12);
     let reply = app
         .create_job_from_file(
-            "kind=digest&input=ct&params=%7B%22chunk_size%22%3A4096%7D\
+            "digest",
+            "input=ct&params_json=%7B%22chunk_size%22%3A4096%7D\
              &priority=5&timeout=90&max_attempts=1",
             data.clone(),
             &[
@@ -130,7 +131,7 @@ async fn the_one_request_form_streams_the_body_and_queues_the_job() {
 
     // An unknown kind is refused before the body is stored.
     let reply = app
-        .create_job_from_file("kind=nope", data.clone(), &[])
+        .create_job_from_file("nope", "", data.clone(), &[])
         .await;
     reply.assert_problem(422, "unknown_kind");
     assert_eq!(reply.field_errors(), ["kind"]);
@@ -141,12 +142,13 @@ async fn the_one_request_form_streams_the_body_and_queues_the_job() {
     // Parameters that are no JSON object, a body that does not match its digest, and a
     // declared length over the limit are refused too.
     let reply = app
-        .create_job_from_file("kind=digest&params=%5B%5D", data.clone(), &[])
+        .create_job_from_file("digest", "params_json=%5B%5D", data.clone(), &[])
         .await;
     reply.assert_problem(422, "invalid_field");
-    assert_eq!(reply.field_errors(), ["params"]);
+    assert_eq!(reply.field_errors(), ["params_json"]);
     app.create_job_from_file(
-        "kind=digest",
+        "digest",
+        "",
         data,
         &[("repr-digest", &repr_digest(b"something else"))],
     )
@@ -154,7 +156,7 @@ async fn the_one_request_form_streams_the_body_and_queues_the_job() {
     .assert_problem(400, "digest_mismatch");
     let reply = app
         .raw_request(
-            "POST /v1/jobs?kind=digest HTTP/1.1\r\nHost: ferry\r\n\
+            "POST /v1/kinds/digest/jobs HTTP/1.1\r\nHost: ferry\r\n\
              content-length: 999999999999999\r\n\r\n",
         )
         .await;
@@ -320,7 +322,7 @@ async fn an_idempotency_key_replays_the_same_job_and_rejects_a_different_body() 
 async fn a_key_whose_request_is_still_uploading_is_in_flight() {
     use std::io::Write;
     let app = TestApp::spawn().await;
-    let path = "/v1/jobs?kind=noop";
+    let path = "/v1/kinds/noop/jobs";
     let mut slow = app.partial_post(
         path,
         "Idempotency-Key: scan-7\r\n",
@@ -330,7 +332,8 @@ async fn a_key_whose_request_is_still_uploading_is_in_flight() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The same request again while the first is still sending its body.
     app.create_job_from_file(
-        "kind=noop",
+        "noop",
+        "",
         bytes(2_000_000, 15),
         &[("idempotency-key", "scan-7")],
     )

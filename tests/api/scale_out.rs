@@ -16,7 +16,7 @@ const WITHIN: Duration = Duration::from_secs(60);
 /// A `model` job on `data`, created in one request through the replica at `base`.
 async fn submit_to(app: &TestApp, base: &str, data: Vec<u8>) -> Value {
     let reply = app
-        .request_at(base, "post", "/v1/jobs?kind=model", |r| r.body(data))
+        .request_at(base, "post", "/v1/kinds/model/jobs", |r| r.body(data))
         .await;
     assert_eq!(reply.status, 202, "{}", reply.body);
     reply.body
@@ -160,7 +160,7 @@ async fn workers_and_api_survive_terminated_database_connections() {
         let start = Instant::now();
         loop {
             let reply = app
-                .create_job_from_file("kind=model", bytes(100, 90 + i), &[])
+                .create_job_from_file("model", "", bytes(100, 90 + i), &[])
                 .await;
             if reply.status == 202 {
                 ids.push(reply.body["id"].as_str().unwrap().to_owned());

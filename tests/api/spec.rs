@@ -302,11 +302,30 @@ impl Spec {
         let content = response["content"]
             .as_object()
             .ok_or_else(|| format!("{what}: the spec declares no body, got {body}"))?;
-        let json_types: Vec<&String> = content.keys().filter(|k| is_json(k)).collect();
-        let [media] = json_types[..] else {
-            return Err(format!(
-                "{what}: expected one JSON media type in the spec, found {json_types:?}"
-            ));
+        // A problem is documented as `application/problem+json` and, for clients that accept
+        // only `application/json`, as that too, with the same schema.
+        const PROBLEM: &str = "application/problem+json";
+        let json_types: Vec<&str> = content
+            .keys()
+            .map(String::as_str)
+            .filter(|k| is_json(k))
+            .collect();
+        let media = match json_types[..] {
+            [one] => one,
+            _ if content.contains_key(PROBLEM) => {
+                let twin = &content["application/json"]["schema"];
+                if json_types.len() != 2 || *twin != content[PROBLEM]["schema"] {
+                    return Err(format!(
+                        "{what}: a problem's JSON media types differ: {json_types:?}"
+                    ));
+                }
+                PROBLEM
+            }
+            _ => {
+                return Err(format!(
+                    "{what}: expected one JSON media type in the spec, found {json_types:?}"
+                ));
+            }
         };
         self.validate(&content[media]["schema"], body)
             .map_err(|errors| {
