@@ -248,7 +248,8 @@ class Flow {
         params: { path, header: { "If-None-Match": `"${result.sha256}"` } },
         parseAs: "stream",
       });
-      check(again.response.status === 304, `${result.name} If-None-Match: ${again.response.status}`);
+      const status = again.response.status;
+      check(status === 304, `${result.name} If-None-Match: ${status}`);
     }
     step(`${id}: ${results.length} result(s) downloaded, SHA-256 checked`);
   }

@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod contract;
 mod errors;
+mod generated_clients;
 mod handlers;
 mod helpers;
 mod hostile_clients;
