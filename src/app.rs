@@ -44,6 +44,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let app = Application::build(settings, registry, false).await?;
             app.run_until_stopped().await
         }
+        // `main` hands client commands to `client_cli` before any server setting is read.
+        Command::Client(_) => anyhow::bail!("client commands do not run a server"),
     }
 }
 

@@ -15,7 +15,8 @@ use crate::telemetry::LogFormat;
     long_about = "Ferry accepts large uploads, queues jobs durably, runs them on workers \
                   (external commands or built-in handlers) and serves progress, intermediate and \
                   final results over HTTP.\n\nSettings come from an optional TOML file (--config), \
-                  then FERRY_* environment variables, then these flags."
+                  then FERRY_* environment variables, then these flags.\n\nThe client commands \
+                  (submit, jobs, results, uploads) talk to a running server; see their --help."
 )]
 pub struct Cli {
     /// TOML configuration file. Without it, ./ferry.toml is read when present.
@@ -54,6 +55,9 @@ pub enum Command {
         #[command(flatten)]
         common: CommonArgs,
     },
+    /// Client commands, talking to a running server over HTTP.
+    #[command(flatten)]
+    Client(crate::client_cli::ClientCommand),
 }
 
 /// Settings shared by every command.
@@ -73,11 +77,14 @@ pub struct CommonArgs {
 }
 
 impl Command {
-    pub fn common(&self) -> &CommonArgs {
+    /// The server settings given on the command line; none for client commands, which do not
+    /// read the server's settings.
+    pub fn common(&self) -> Option<&CommonArgs> {
         match self {
             Command::Serve { common, .. }
             | Command::Worker { common }
-            | Command::Migrate { common } => common,
+            | Command::Migrate { common } => Some(common),
+            Command::Client(_) => None,
         }
     }
 }

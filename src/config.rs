@@ -234,11 +234,11 @@ struct CommandLine {
 
 impl CommandLine {
     fn of(cli: &Cli) -> Self {
-        let common = cli.command.common();
+        let common = cli.command.common().cloned().unwrap_or_default();
         let mut flags = CommandLine {
-            data_dir: common.data_dir.clone(),
-            database_url: common.database_url.clone(),
-            blob_store: common.blob_store.clone(),
+            data_dir: common.data_dir,
+            database_url: common.database_url,
+            blob_store: common.blob_store,
             log_format: cli.log_format,
             ..CommandLine::default()
         };

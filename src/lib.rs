@@ -5,12 +5,14 @@
 //! actix types) → `storage` (sea-orm entities, transactions), `blobs` (object_store), `queue`
 //! (apalis dispatch) and `workspace` (work folders and handler processes on this machine).
 //! `worker` runs handlers and calls `service`, never `api`. `app` wires it all together for the
-//! `serve`, `worker` and `migrate` commands.
+//! `serve`, `worker` and `migrate` commands. `client_cli` is the other side: the `submit`, `jobs`,
+//! `results` and `uploads` commands, clients of a running server through `ferry-client`.
 
 pub mod api;
 pub mod app;
 pub mod blobs;
 pub mod cli;
+pub mod client_cli;
 pub mod config;
 pub mod domain;
 pub mod error_code;

@@ -6,6 +6,10 @@ use ferry::{config::Settings, telemetry::LogFormat};
 
 fn main() -> std::process::ExitCode {
     let cli = ferry::cli::Cli::parse();
+    // Client commands read their own settings (server, key), never the server's.
+    if let ferry::cli::Command::Client(command) = cli.command {
+        return ferry::client_cli::run(command);
+    }
     // Before logging is set up (its format is a setting): a bad configuration is printed as is.
     let settings = match Settings::load(&cli) {
         Ok(settings) => settings,

@@ -22,6 +22,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("head", "/readyz"),
     ("post", "/v1/uploads"),
+    ("get", "/v1/uploads"),
+    ("head", "/v1/uploads"),
     ("get", "/v1/uploads/{id}"),
     ("head", "/v1/uploads/{id}"),
     ("delete", "/v1/uploads/{id}"),
@@ -70,7 +72,10 @@ pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
         };
         cfg.service(readable(resource("/healthz"), health::live))
             .service(readable(resource("/readyz"), health::ready))
-            .service(resource("/v1/uploads").route(web::post().to(uploads::create)))
+            .service(
+                readable(resource("/v1/uploads"), uploads::list)
+                    .route(web::post().to(uploads::create)),
+            )
             .service(
                 readable(resource("/v1/uploads/{id}"), uploads::get)
                     .route(web::delete().to(uploads::delete)),

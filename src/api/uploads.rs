@@ -2,11 +2,20 @@
 
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
 
-use super::{digest_header, problem::ApiError, wire::UploadOut};
+use serde::Deserialize;
+
+use super::{
+    digest_header,
+    problem::ApiError,
+    wire::{UploadList, UploadOut},
+};
 use crate::{
     error_code::ErrorCode,
     ids::UploadId,
-    service::{Services, uploads::UploadMeta},
+    service::{
+        Services,
+        uploads::{UploadFilter, UploadMeta},
+    },
 };
 
 /// What the request's headers say about the body to come.
@@ -92,4 +101,59 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     services.delete_upload(parse_upload_id(&id)?).await?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub attached: Option<String>,
+    pub limit: Option<u64>,
+    pub next: Option<String>,
+}
+
+/// `GET /v1/uploads`: the same paging as `GET /v1/jobs` (newest first, `limit`, `next`).
+pub async fn list(
+    services: web::Data<Services>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = query.into_inner();
+    let invalid = |field: &str, msg: &str| {
+        ApiError::new(ErrorCode::InvalidQuery, msg).with_field(field, msg.to_owned())
+    };
+    let attached = match q.attached.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => return Err(invalid("attached", "attached must be true or false")),
+    };
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(invalid("limit", "limit must be between 1 and 200"));
+    }
+    let before_id = match &q.next {
+        None => None,
+        Some(cursor) => Some(
+            UploadId::parse(cursor)
+                .ok_or_else(|| {
+                    invalid(
+                        "next",
+                        "next must be the cursor returned by the previous page",
+                    )
+                })?
+                .0,
+        ),
+    };
+    let filter = UploadFilter {
+        attached,
+        before_id,
+        limit,
+    };
+    let (rows, more) = services.list_uploads(filter).await?;
+    let next = more
+        .then(|| rows.last().map(|row| UploadId(row.id).to_string()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(UploadList {
+        items: rows.iter().map(UploadOut::from).collect(),
+        next,
+    }))
 }

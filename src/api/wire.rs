@@ -36,6 +36,14 @@ impl From<&upload::Model> for UploadOut {
     }
 }
 
+/// One page of uploads, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UploadList {
+    pub items: Vec<UploadOut>,
+    /// Pass as `next` to get the following page; null on the last page.
+    pub next: Option<String>,
+}
+
 /// A job creation request (JSON form).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

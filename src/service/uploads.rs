@@ -18,7 +18,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -30,6 +30,16 @@ use super::{
 use crate::{
     blobs::keys, error_code::ErrorCode, ids::UploadId, storage::entities::upload, time::now_ms,
 };
+
+/// Which uploads `GET /v1/uploads` lists.
+#[derive(Clone, Debug, Default)]
+pub struct UploadFilter {
+    /// `Some(true)`: only inputs of a job; `Some(false)`: only uploads no job uses yet.
+    pub attached: Option<bool>,
+    /// Only uploads older than this one (the `next` cursor).
+    pub before_id: Option<Uuid>,
+    pub limit: u64,
+}
 
 /// What the client told us about an upload before sending it.
 #[derive(Clone, Debug, Default)]
@@ -201,6 +211,33 @@ impl Services {
             .one(&self.db.orm)
             .await?
             .ok_or_else(|| upload_not_found(id))
+    }
+
+    /// Unexpired uploads, newest first (ids are UUIDv7). Returns the page and whether more
+    /// uploads follow it.
+    pub async fn list_uploads(
+        &self,
+        filter: UploadFilter,
+    ) -> ServiceResult<(Vec<upload::Model>, bool)> {
+        let mut query = upload::Entity::find()
+            .filter(
+                upload::Column::ExpiresAtMs
+                    .is_null()
+                    .or(upload::Column::ExpiresAtMs.gt(now_ms())),
+            )
+            .order_by_desc(upload::Column::Id);
+        query = match filter.attached {
+            Some(true) => query.filter(upload::Column::JobId.is_not_null()),
+            Some(false) => query.filter(upload::Column::JobId.is_null()),
+            None => query,
+        };
+        if let Some(cursor) = filter.before_id {
+            query = query.filter(upload::Column::Id.lt(cursor));
+        }
+        let mut rows = query.limit(filter.limit + 1).all(&self.db.orm).await?;
+        let more = rows.len() as u64 > filter.limit;
+        rows.truncate(filter.limit as usize);
+        Ok((rows, more))
     }
 
     pub async fn delete_upload(&self, id: UploadId) -> ServiceResult<()> {

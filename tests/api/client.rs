@@ -134,6 +134,11 @@ impl TestApp {
         reply.body
     }
 
+    /// `GET /v1/uploads?query` (`query` may be empty).
+    pub async fn list_uploads(&self, query: &str) -> Reply {
+        self.get(&with_query("/v1/uploads", query)).await
+    }
+
     pub async fn get_upload(&self, id: &str) -> Reply {
         self.get(&format!("/v1/uploads/{id}")).await
     }

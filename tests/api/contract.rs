@@ -114,6 +114,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("get", "/healthz"), 200),
         (("get", "/readyz"), 200),
         (("post", "/v1/uploads"), 201),
+        (("get", "/v1/uploads"), 200),
         (("get", "/v1/uploads/{id}"), 404),
         (("delete", "/v1/uploads/{id}"), 404),
         (("post", "/v1/jobs"), 422),

@@ -229,7 +229,7 @@ async fn allow_lists_head_wherever_get_is_served() {
         ("PUT", job.to_owned(), "GET, HEAD, DELETE"),
         ("POST", "/healthz".to_owned(), "GET, HEAD"),
         ("PATCH", format!("{job}/results/a/b.json"), "GET, HEAD"),
-        ("HEAD", "/v1/uploads".to_owned(), "POST"),
+        ("PUT", "/v1/uploads".to_owned(), "POST, GET, HEAD"),
         ("HEAD", format!("{job}/cancel"), "POST"),
         ("DELETE", "/v1/jobs".to_owned(), "POST, GET, HEAD"),
     ] {

@@ -5,6 +5,7 @@
 
 mod bounded_storage;
 mod cli;
+mod cli_client;
 mod client;
 mod contract;
 mod errors;
@@ -21,6 +22,7 @@ mod lifecycle;
 mod queue_order;
 mod reliability;
 mod results;
+mod rust_client;
 mod scale_out;
 mod spec;
 mod uploads;

@@ -4,7 +4,7 @@ use std::{io::Write, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::{client::items, helpers::*};
 
 async fn an_upload_is_stored_with_its_size_and_sha256() {
     let app = TestApp::spawn().await;
@@ -235,6 +235,63 @@ async fn unused_uploads_expire() {
     assert_problem(status, &body, 422, "invalid_field");
 }
 
+async fn uploads_are_listed_newest_first_in_pages_and_by_attachment() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for seed in 0..3 {
+        ids.push(app.upload(bytes(100, 20 + seed)).await["id"].clone());
+    }
+    let (status, job) = app
+        .post_job(json!({"kind": "noop", "inputs": {"scan": ids[0]}}))
+        .await;
+    assert_eq!(status, 202);
+    let deleted = app.upload(bytes(100, 30)).await;
+    assert_eq!(
+        app.delete_upload(deleted["id"].as_str().unwrap())
+            .await
+            .status,
+        204
+    );
+
+    let page = app.list_uploads("limit=2").await;
+    assert_eq!(page.status, 200);
+    let listed: Vec<&Value> = items(&page).iter().map(|u| &u["id"]).collect();
+    assert_eq!(
+        listed,
+        [&ids[2], &ids[1]],
+        "newest first, deleted ones gone"
+    );
+    let next = page.body["next"]
+        .as_str()
+        .expect("a next cursor")
+        .to_owned();
+    let last = app.list_uploads(&format!("limit=2&next={next}")).await;
+    let rest: Vec<&Value> = items(&last).iter().map(|u| &u["id"]).collect();
+    assert_eq!(rest, [&ids[0]]);
+    assert_eq!(last.body["next"], Value::Null);
+    assert_eq!(items(&last)[0]["job_id"], job["id"]);
+
+    let attached = app.list_uploads("attached=true").await;
+    let attached: Vec<&Value> = items(&attached).iter().map(|u| &u["id"]).collect();
+    assert_eq!(attached, [&ids[0]]);
+    let unattached = app.list_uploads("attached=false").await;
+    let unattached: Vec<&Value> = items(&unattached).iter().map(|u| &u["id"]).collect();
+    assert_eq!(unattached, [&ids[2], &ids[1]]);
+
+    for (query, field) in [
+        ("attached=maybe", "attached"),
+        ("limit=0", "limit"),
+        ("next=job_0192f1d4a8e97c3b9e5d2a7f6c1b0e34", "next"),
+    ] {
+        let reply = app.list_uploads(query).await;
+        reply.assert_problem(400, "invalid_query");
+        assert_eq!(reply.field_errors(), [field], "{query}");
+    }
+    app.list_uploads("colour=blue")
+        .await
+        .assert_problem(400, "invalid_query");
+}
+
 /// A server process of its own: the figure is that process's peak memory.
 async fn a_one_gib_upload_keeps_server_memory_bounded() {
     let app = TestApp::spawn_process(TestConfig::default()).await;
@@ -280,6 +337,7 @@ crate::matrix!(
     an_oversized_upload_is_refused_before_or_while_reading,
     a_client_that_disconnects_midway_leaves_no_row_and_no_file,
     an_upload_can_be_deleted_unless_a_job_uses_it,
+    uploads_are_listed_newest_first_in_pages_and_by_attachment,
     unused_uploads_expire,
     a_one_gib_upload_keeps_server_memory_bounded,
 );
