@@ -21,5 +21,6 @@ mod queue_order;
 mod reliability;
 mod results;
 mod scale_out;
+mod schemathesis;
 mod spec;
 mod uploads;
