@@ -36,6 +36,7 @@ error_codes! {
     InvalidQuery = ("invalid_query", 400): "A query parameter is unknown or out of range.",
     InvalidJson = ("invalid_json", 400): "The body is not JSON.",
     BodyIncomplete = ("body_incomplete", 400): "The body ended before its declared length.",
+    EmptyBody = ("empty_body", 400): "An upload's body has no bytes.",
     DigestMismatch = ("digest_mismatch", 400): "SHA-256 differs from the digest header.",
     InvalidDigestHeader = ("invalid_digest_header", 400): "A digest header cannot be parsed.",
     InvalidContentLength = ("invalid_content_length", 400): "Content-Length is not a number.",

@@ -92,10 +92,11 @@ impl Drop for ClientShare {
 }
 
 impl Services {
-    /// Fails fast, before any byte is read, when the declared length is over the limit.
+    /// Fails fast, before any byte is read, when the declared length is zero or over the limit.
     fn check_declared_length(&self, declared: Option<u64>) -> ServiceResult<()> {
         let limit = self.settings.limits.max_upload_bytes;
         match declared {
+            Some(0) => Err(empty_body()),
             Some(len) if len > limit => Err(ServiceError::new(
                 ErrorCode::PayloadTooLarge,
                 format!("Content-Length {len} exceeds the upload limit of {limit} bytes"),
@@ -152,6 +153,9 @@ impl Services {
                 ),
             ))
             .await;
+        }
+        if stored.size == 0 {
+            return reject(empty_body()).await;
         }
         if let Some(expected) = meta.expected_sha256
             && expected != stored.sha256
@@ -279,6 +283,17 @@ impl Services {
             .await?;
         Ok(())
     }
+}
+
+/// An upload without bytes is refused: it is almost always a client that lost its file (curl
+/// sends an empty body, with a mere warning, when `--data-binary @FILE` cannot read FILE), and
+/// a job would run on nothing. HTTP cannot tell a missing body from an empty one.
+fn empty_body() -> ServiceError {
+    ServiceError::new(
+        ErrorCode::EmptyBody,
+        "the body is empty: an upload needs at least one byte (did the client fail to read its \
+         file?)",
+    )
 }
 
 fn upload_not_found(id: UploadId) -> ServiceError {

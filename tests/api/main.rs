@@ -24,5 +24,6 @@ mod reliability;
 mod results;
 mod rust_client;
 mod scale_out;
+mod schemathesis;
 mod spec;
 mod uploads;

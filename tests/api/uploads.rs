@@ -130,6 +130,35 @@ async fn an_oversized_upload_is_refused_before_or_while_reading() {
     assert_eq!(app.create_upload(bytes(1 << 20, 4), &[]).await.status, 201);
 }
 
+/// Found by schemathesis (a POST without a body was taken as a 0-byte file): an empty body is
+/// refused, whether declared (`Content-Length: 0`) or chunked, in both upload forms, and nothing
+/// is kept.
+async fn an_empty_body_is_refused_and_leaves_nothing() {
+    let app = TestApp::spawn().await;
+    app.create_upload(Vec::new(), &[])
+        .await
+        .assert_problem(400, "empty_body");
+    let chunked = app
+        .create_upload(
+            reqwest::Body::wrap_stream(futures_util::stream::iter(Vec::<
+                Result<Vec<u8>, std::io::Error>,
+            >::new())),
+            &[],
+        )
+        .await;
+    chunked.assert_problem(400, "empty_body");
+    app.create_job_from_file("digest", "", Vec::new(), &[])
+        .await
+        .assert_problem(400, "empty_body");
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
+        0
+    );
+    app.wait_no_blobs("").await;
+    // One byte is enough.
+    assert_eq!(app.create_upload(vec![0u8], &[]).await.status, 201);
+}
+
 async fn a_client_that_disconnects_midway_leaves_no_row_and_no_file() {
     let app = TestApp::spawn().await;
     let stream = app.partial_post(
@@ -336,6 +365,7 @@ crate::matrix!(
     a_matching_repr_digest_is_accepted_and_a_wrong_one_rejected_leaving_nothing,
     an_oversized_upload_is_refused_before_or_while_reading,
     a_client_that_disconnects_midway_leaves_no_row_and_no_file,
+    an_empty_body_is_refused_and_leaves_nothing,
     an_upload_can_be_deleted_unless_a_job_uses_it,
     uploads_are_listed_newest_first_in_pages_and_by_attachment,
     unused_uploads_expire,
