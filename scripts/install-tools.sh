@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs the pinned contract and client tools (tools/requirements.txt, tools/package.json)
 # and exports where they are, for the tests that use them:
-#   FERRY_TOOLS_PYTHON   a python with openapi-python-client, schemathesis, openapi-spec-validator
-#   FERRY_TOOLS_NPM_BIN  node_modules/.bin with redocly, openapi-typescript, tsc
+#   TEST_TOOLS_PYTHON   a python with openapi-python-client, schemathesis, openapi-spec-validator
+#   TEST_TOOLS_NPM_BIN  node_modules/.bin with redocly, openapi-typescript, tsc
 # Source it (`source scripts/install-tools.sh`); .ci/run does. The Python venv lives outside
-# the clone (FERRY_TOOLS_DIR, /var/tmp/ferry-tools by default) and is rebuilt only when the
+# the clone (TEST_TOOLS_DIR, /var/tmp/ferry-tools by default) and is rebuilt only when the
 # requirements change; npm installs from its lock file into tools/node_modules.
 # No `set -e` here: this file is sourced, and must not change the caller's shell options.
 _ferry_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_tools_dir="${FERRY_TOOLS_DIR:-/var/tmp/ferry-tools}"
+_tools_dir="${TEST_TOOLS_DIR:-/var/tmp/ferry-tools}"
 _venv="$_tools_dir/venv"
 _stamp="$(sha256sum "$_ferry_root/tools/requirements.txt" | cut -c1-16)"
 mkdir -p "$_tools_dir"
@@ -21,9 +21,9 @@ if [[ ! -x "$_venv/bin/python" || "$(cat "$_venv/.ferry-stamp" 2>/dev/null)" != 
 fi
 (cd "$_ferry_root/tools" && npm ci --no-audit --no-fund --prefer-offline --loglevel=error) ||
   return 1
-export FERRY_TOOLS_PYTHON="$_venv/bin/python"
-export FERRY_TOOLS_NPM_BIN="$_ferry_root/tools/node_modules/.bin"
+export TEST_TOOLS_PYTHON="$_venv/bin/python"
+export TEST_TOOLS_NPM_BIN="$_ferry_root/tools/node_modules/.bin"
 export REDOCLY_TELEMETRY=off
 echo "tools: $("$_venv/bin/schemathesis" --version | head -1)," \
   "openapi-python-client $("$_venv/bin/openapi-python-client" --version | awk '{print $NF}')," \
-  "tsc $("$FERRY_TOOLS_NPM_BIN/tsc" --version | awk '{print $NF}')"
+  "tsc $("$TEST_TOOLS_NPM_BIN/tsc" --version | awk '{print $NF}')"

@@ -17,6 +17,10 @@ use crate::{
     telemetry::LogFormat,
 };
 
+/// `FERRY_*` variables that are not server settings: `FERRY_CONFIG` (the `--config` flag) and
+/// the client commands' `FERRY_SERVER`, `FERRY_API_KEY` and `FERRY_CLIENT_CONFIG`.
+const CLIENT_ENV: &[&str] = &["CONFIG", "SERVER", "API_KEY", "CLIENT_CONFIG"];
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -268,7 +272,9 @@ impl Settings {
             None => figment = figment.merge(Toml::file("ferry.toml")),
         }
         let mut settings: Settings = figment
-            .merge(Env::prefixed("FERRY_").ignore(&["CONFIG"]).split("__"))
+            // The client commands' variables share the prefix; a shell that sets them for
+            // `ferry submit` must still be able to run `ferry serve`.
+            .merge(Env::prefixed("FERRY_").ignore(CLIENT_ENV).split("__"))
             .merge(Serialized::defaults(CommandLine::of(cli)))
             .extract()
             .context("invalid configuration")?;

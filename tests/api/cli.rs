@@ -95,3 +95,35 @@ fn bad_configuration_fails_with_a_readable_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
 }
+
+#[test]
+fn the_client_commands_variables_are_not_server_settings() {
+    // A shell set up for `ferry submit` (FERRY_SERVER, FERRY_API_KEY, FERRY_CLIENT_CONFIG) can
+    // still run the server, while a misspelt server variable is still refused.
+    let dir = tempfile::tempdir().unwrap();
+    let migrate = |extra: (&str, &str)| {
+        Command::new(BIN)
+            .args(["migrate", "--data-dir"])
+            .arg(dir.path())
+            .current_dir(dir.path())
+            .env("FERRY_SERVER", "http://127.0.0.1:9")
+            .env("FERRY_API_KEY", "fk_test")
+            .env("FERRY_CLIENT_CONFIG", "/nonexistent/client.toml")
+            .env(extra.0, extra.1)
+            .output()
+            .unwrap()
+    };
+    let out = migrate(("FERRY_LOG_FORMAT", "text"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = migrate(("FERRY_LISSEN", "127.0.0.1:1"));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lissen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -5,18 +5,20 @@
 //!
 //! The clients are generated afresh from the spec into the test's own folder on every run, as a
 //! user would generate them; nothing generated is committed or edited. The tools are the pinned
-//! ones of tools/ (`scripts/install-tools.sh`), found through `FERRY_TOOLS_PYTHON` and
-//! `FERRY_TOOLS_NPM_BIN`; a missing tool skips the test with a notice, except under `CI=true`,
+//! ones of tools/ (`scripts/install-tools.sh`), found through `TEST_TOOLS_PYTHON` and
+//! `TEST_TOOLS_NPM_BIN`; a missing tool skips the test with a notice, except under `CI=true`,
 //! where it fails.
 
 use std::{
-    ffi::OsString,
     path::{Path, PathBuf},
     process::Command,
     time::Instant,
 };
 
-use crate::helpers::{TestApp, TestConfig};
+use crate::{
+    helpers::{TestApp, TestConfig},
+    tools::{self, path_with},
+};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -26,7 +28,7 @@ crate::matrix!(
 );
 
 async fn python_client_runs_the_whole_flow() {
-    let Some(python) = available(python_tools()) else {
+    let Some(python) = tools::or_skip("the Python client flow", python_tools()) else {
         return;
     };
     let app = TestApp::spawn_process(TestConfig::default()).await;
@@ -61,7 +63,7 @@ async fn python_client_runs_the_whole_flow() {
 }
 
 async fn typescript_client_runs_the_whole_flow() {
-    let Some(npm_bin) = available(npm_tools()) else {
+    let Some(npm_bin) = tools::or_skip("the TypeScript client flow", npm_tools()) else {
         return;
     };
     let app = TestApp::spawn_process(TestConfig::default()).await;
@@ -146,24 +148,13 @@ fn server_log_tail(app: &TestApp) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
-/// `dir` first on the caller's PATH.
-fn path_with(dir: &Path) -> OsString {
-    let mut dirs = vec![dir.to_path_buf()];
-    dirs.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    std::env::join_paths(dirs).expect("a PATH")
-}
-
 /// The python of the tools venv, with openapi-python-client beside it.
 fn python_tools() -> Result<PathBuf, String> {
-    let python = std::env::var_os("FERRY_TOOLS_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/tmp/ferry-tools/venv/bin/python"));
+    let python = tools::python();
     let generator = python.with_file_name("openapi-python-client");
     if !python.exists() || !generator.exists() {
         return Err(format!(
-            "no openapi-python-client beside {} (FERRY_TOOLS_PYTHON)",
+            "no openapi-python-client beside {} (TEST_TOOLS_PYTHON)",
             python.display()
         ));
     }
@@ -175,7 +166,7 @@ fn python_tools() -> Result<PathBuf, String> {
 fn npm_tools() -> Result<PathBuf, String> {
     // scripts/install-tools.sh installs into tools/node_modules; a machine's shared install is
     // the fallback.
-    let bin = std::env::var_os("FERRY_TOOLS_NPM_BIN")
+    let bin = std::env::var_os("TEST_TOOLS_NPM_BIN")
         .map(PathBuf::from)
         .or_else(|| {
             let local = Path::new(ROOT).join("tools/node_modules/.bin");
@@ -191,7 +182,7 @@ fn npm_tools() -> Result<PathBuf, String> {
     ] {
         if !needed.exists() {
             return Err(format!(
-                "{} is missing (FERRY_TOOLS_NPM_BIN; `npm ci` in tools/)",
+                "{} is missing (TEST_TOOLS_NPM_BIN; `npm ci` in tools/)",
                 needed.display()
             ));
         }
@@ -199,19 +190,5 @@ fn npm_tools() -> Result<PathBuf, String> {
     match Command::new("node").arg("--version").output() {
         Ok(out) if out.status.success() => Ok(bin),
         _ => Err("node is not on PATH".into()),
-    }
-}
-
-/// The tool, or `None` after a notice that the test is skipped (a failure under `CI=true`).
-fn available<T>(found: Result<T, String>) -> Option<T> {
-    match found {
-        Ok(tool) => Some(tool),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but a generated-client tool is missing: {why}")
-        }
-        Err(why) => {
-            eprintln!("NOTICE: skipping a generated-client test: {why} (.ci/run installs it)");
-            None
-        }
     }
 }

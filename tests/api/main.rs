@@ -26,4 +26,5 @@ mod rust_client;
 mod scale_out;
 mod schemathesis;
 mod spec;
+mod tools;
 mod uploads;

@@ -6,34 +6,29 @@
 //! failures: the few checks an operation cannot pass are listed in the configuration and in the
 //! operation's `x-contract-exceptions`, and a test here keeps the two lists the same.
 //!
-//! schemathesis comes from `FERRY_TOOLS_PYTHON`'s folder (default: the venv
+//! schemathesis comes from `TEST_TOOLS_PYTHON`'s folder (default: the venv
 //! scripts/install-tools.sh builds). Without it the test prints a notice and passes, unless
 //! `CI=true`.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::{helpers::*, tools};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
 const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
 const PINNED: &str = "4.32.5";
-const DEFAULT_PYTHON: &str = "/var/tmp/ferry-tools/venv/bin/python";
 /// Far above a normal run (about a minute); reached only if schemathesis or the server hangs.
 const WALL_CLOCK: Duration = Duration::from_secs(600);
 
 /// The pinned `schemathesis` script, or why it cannot run.
 fn schemathesis_script() -> Result<PathBuf, String> {
-    let python = std::env::var("FERRY_TOOLS_PYTHON")
-        .ok()
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| DEFAULT_PYTHON.to_owned());
-    let script = Path::new(&python).with_file_name("schemathesis");
+    let script = tools::python().with_file_name("schemathesis");
     let version = Command::new(&script)
         .arg("--version")
         .output()
@@ -49,24 +44,8 @@ fn schemathesis_script() -> Result<PathBuf, String> {
     Ok(script)
 }
 
-/// The script, or `None` after a notice (a panic with `CI=true`).
-fn schemathesis_or_skip() -> Option<PathBuf> {
-    match schemathesis_script() {
-        Ok(script) => Some(script),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("CI=true but schemathesis cannot run: {why}")
-        }
-        Err(why) => {
-            eprintln!(
-                "NOTICE: skipping the schemathesis run: {why} (source scripts/install-tools.sh)"
-            );
-            None
-        }
-    }
-}
-
 async fn schemathesis_finds_no_failure_on_a_live_server() {
-    let Some(script) = schemathesis_or_skip() else {
+    let Some(script) = tools::or_skip("the schemathesis run", schemathesis_script()) else {
         return;
     };
     // Small uploads keep fuzzed bodies (and the bytes each case stores) small.
