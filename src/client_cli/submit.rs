@@ -81,7 +81,13 @@ pub async fn run(ctx: &Context, args: SubmitArgs) -> Result<(), Failure> {
     let mut inputs = HashMap::new();
     let mut uploads = Vec::new();
     for (file, name) in args.files.iter().zip(&names) {
-        let upload = transfer::upload_file(&ctx.client, &ctx.server, file, &bars).await?;
+        let upload = match transfer::upload_file(&ctx.client, &ctx.server, file, &bars).await {
+            Ok(upload) => upload,
+            Err(failure) => {
+                discard(ctx, &uploads).await;
+                return Err(failure);
+            }
+        };
         if !ctx.json {
             eprintln!("uploaded {} as {}", file.display(), upload.id.as_str());
         }
@@ -95,14 +101,13 @@ pub async fn run(ctx: &Context, args: SubmitArgs) -> Result<(), Failure> {
         .kind(args.kind.clone())
         .inputs(inputs)
         .params(Some(params));
-    let job = ctx
-        .client
-        .create_job()
-        .body(request)
-        .send()
-        .await
-        .map_err(|err| ctx.failed(err))?
-        .into_inner();
+    let job = match ctx.client.create_job().body(request).send().await {
+        Ok(answer) => answer.into_inner(),
+        Err(err) => {
+            discard(ctx, &uploads).await;
+            return Err(ctx.failed(err));
+        }
+    };
     if !args.wait {
         if ctx.json {
             print_json(&json!({"job": job, "uploads": uploads}));
@@ -128,6 +133,23 @@ pub async fn run(ctx: &Context, args: SubmitArgs) -> Result<(), Failure> {
         }
     }
     job_outcome(&job)
+}
+
+/// Deletes the uploads made for a job that could not be created (an unknown kind, a bad
+/// parameter, a later file that failed), rather than leave them to wait out the server's upload
+/// TTL. Best effort: the failure being reported matters more than a failed clean-up.
+async fn discard(ctx: &Context, uploads: &[types::Upload]) {
+    for upload in uploads {
+        let deleted = ctx
+            .client
+            .delete_upload()
+            .id(upload.id.as_str())
+            .send()
+            .await;
+        if deleted.is_err() && !ctx.json {
+            eprintln!("could not delete upload {}", upload.id.as_str());
+        }
+    }
 }
 
 /// Exit status of a finished job: a failed or canceled one is a [`Failure::Job`] with the

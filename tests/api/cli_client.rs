@@ -144,6 +144,18 @@ async fn a_failing_job_exits_1_with_its_error() {
     assert!(err.contains("(invalid_input)"), "{err}");
     // Not a terminal: no bars, no control characters.
     assert!(!err.contains('\u{1b}'), "{err:?}");
+
+    // A job that cannot be created: exit 3 with the problem, and the upload made for it is
+    // deleted rather than left to expire.
+    let args = ["submit", "scan.bin", "--kind", "no-such-kind"];
+    let out = ferry(&app, dir.path(), &args).await;
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("(unknown_kind, HTTP 422)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(items(&app.list_uploads("attached=false").await).is_empty());
 }
 
 async fn jobs_results_and_uploads_commands_work_on_a_live_server() {
