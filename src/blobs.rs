@@ -162,6 +162,12 @@ impl Blobs {
         let (store, prefix) = if matches!(url.scheme(), "s3" | "s3a") {
             open_s3(spec, &url, part_bytes, &config)?
         } else {
+            // As for S3 (see `open_s3`), but the URL parser only takes string keys, which
+            // cannot switch the total timeout off: a day bounds a whole request instead.
+            let mut config = config;
+            for (key, value) in [("timeout", "24h"), ("read_timeout", "300s")] {
+                config.entry(key.into()).or_insert_with(|| value.into());
+            }
             object_store::parse_url_opts(&url, config)
                 .with_context(|| format!("cannot configure blob store {spec:?}"))?
         };
@@ -494,11 +500,15 @@ fn open_s3(
             "limits.upload_part_bytes must be at least 5 MiB for S3 (its minimum part size)"
         );
     }
-    // Completing a multi-GiB multipart upload can take a slow store well over object_store's
-    // default 30 s request timeout; connection failures still surface at once. Set before the
-    // configuration keys, which may adjust the client further (`aws_allow_http`).
+    // No limit on a whole request: a download is paced by the HTTP client reading it, and a
+    // multi-GiB result read at a modest rate takes hours (a total timeout cut every download at
+    // that mark). A stalled store is caught instead by the read timeout, which waits for each
+    // answer or body chunk: long enough for a slow store to complete a multi-GiB multipart
+    // upload, which object_store's default 30 s is not. Connection failures still surface at
+    // once. Set before the configuration keys, which may adjust the client further.
     let client = object_store::ClientOptions::new()
-        .with_timeout(Duration::from_secs(300))
+        .with_timeout_disabled()
+        .with_read_timeout(Duration::from_secs(300))
         .with_connect_timeout(Duration::from_secs(5));
     let mut builder = object_store::aws::AmazonS3Builder::new()
         .with_client_options(client)
