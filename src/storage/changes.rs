@@ -1,0 +1,101 @@
+//! Wake-ups for requests waiting on a job to change (long-poll): who hears that a job's row
+//! changed, and how.
+//!
+//! A [`Tx`](super::Tx) records the jobs it changed (`Tx::job_changed`); its commit announces
+//! them. On SQLite, where one process owns the database, that is an in-process broadcast sent
+//! after the commit. On PostgreSQL, several processes share the database, so the commit carries a
+//! `NOTIFY` (issued in the same transaction, delivered only if it commits); each process keeps one
+//! listening connection that fans the notifications out in-process ([`JobChanges::listen`]).
+//!
+//! Wake-ups are hints, never the truth: a waiter re-reads the job after every wake-up and at its
+//! deadline, so a lost notification (listener reconnecting, broadcast lag) only delays an answer.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::{sync::broadcast, time::Instant};
+use uuid::Uuid;
+
+/// The PostgreSQL channel job changes are announced on; the payload is the job's UUID.
+pub const CHANNEL: &str = "ferry_job_changed";
+
+/// Wake-ups buffered per waiter; a waiter that falls further behind re-reads its job.
+const BUFFER: usize = 1024;
+
+/// This process's fan-out of job changes (cheap to clone; clones share it).
+#[derive(Clone, Debug)]
+pub struct JobChanges {
+    sender: broadcast::Sender<Uuid>,
+}
+
+impl Default for JobChanges {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(BUFFER).0,
+        }
+    }
+}
+
+/// One waiter's view of [`JobChanges`], taken before it reads the job so that no change between
+/// the read and the wait goes unheard.
+pub struct Subscription(broadcast::Receiver<Uuid>);
+
+impl JobChanges {
+    /// Tells this process's waiters that `job_id` changed (after the change committed).
+    pub fn announce(&self, job_id: Uuid) {
+        // No receiver is not an error: nobody waits.
+        let _ = self.sender.send(job_id);
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        Subscription(self.sender.subscribe())
+    }
+
+    /// Relays PostgreSQL notifications of job changes (from every process sharing the database)
+    /// to this process's waiters, on one connection of `pool`, until the pool closes. Returns
+    /// once the listener is subscribed, so changes committed afterwards are heard.
+    pub async fn listen(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        let changes = self.clone();
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(note) => {
+                        if let Ok(id) = note.payload().parse::<Uuid>() {
+                            changes.announce(id);
+                        }
+                    }
+                    Err(_) if pool.is_closed() => return,
+                    Err(e) => {
+                        // `recv` reconnects by itself next time; what was sent meanwhile is
+                        // lost, which only delays waiters until their deadline.
+                        tracing::warn!(error = %e, "job change listener lost its connection");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Subscription {
+    /// Waits until `job_id` may have changed, or until `deadline`. Returns early also when
+    /// wake-ups were missed (lag), since the job may be among them.
+    pub async fn changed(&mut self, job_id: Uuid, deadline: Instant) {
+        let wait = async {
+            loop {
+                match self.0.recv().await {
+                    Ok(id) if id == job_id => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    // The process is shutting down: the deadline answers.
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, wait).await;
+    }
+}
