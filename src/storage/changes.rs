@@ -9,6 +9,8 @@
 //!
 //! Wake-ups are hints, never the truth: a waiter re-reads the job after every wake-up and at its
 //! deadline, so a lost notification (listener reconnecting, broadcast lag) only delays an answer.
+//! On SQLite a separate `ferry worker` process on the same file cannot reach this process, so
+//! waiters there also re-read their job every [`SQLITE_BACKSTOP`].
 
 use std::time::Duration;
 
@@ -19,6 +21,9 @@ use uuid::Uuid;
 /// The PostgreSQL channel job changes are announced on; the payload is the job's UUID.
 pub const CHANNEL: &str = "ferry_job_changed";
 
+/// How often a waiter on SQLite re-reads its job without a wake-up (see the module notes).
+pub const SQLITE_BACKSTOP: Duration = Duration::from_secs(1);
+
 /// Wake-ups buffered per waiter; a waiter that falls further behind re-reads its job.
 const BUFFER: usize = 1024;
 
@@ -26,19 +31,35 @@ const BUFFER: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct JobChanges {
     sender: broadcast::Sender<Uuid>,
+    /// How often a waiter re-reads its job even without a wake-up; `None`: only at its deadline.
+    backstop: Option<Duration>,
 }
 
-impl Default for JobChanges {
-    fn default() -> Self {
+impl JobChanges {
+    /// For a database only this process writes to, or whose writers all announce (PostgreSQL).
+    pub fn announced() -> Self {
         Self {
             sender: broadcast::channel(BUFFER).0,
+            backstop: None,
+        }
+    }
+
+    /// For SQLite: a separate `ferry worker` process may write to the same file and cannot reach
+    /// this process's waiters, so they also re-read their job every `every`.
+    pub fn with_backstop(every: Duration) -> Self {
+        Self {
+            backstop: Some(every),
+            ..Self::announced()
         }
     }
 }
 
 /// One waiter's view of [`JobChanges`], taken before it reads the job so that no change between
 /// the read and the wait goes unheard.
-pub struct Subscription(broadcast::Receiver<Uuid>);
+pub struct Subscription {
+    receiver: broadcast::Receiver<Uuid>,
+    backstop: Option<Duration>,
+}
 
 impl JobChanges {
     /// Tells this process's waiters that `job_id` changed (after the change committed).
@@ -48,7 +69,10 @@ impl JobChanges {
     }
 
     pub fn subscribe(&self) -> Subscription {
-        Subscription(self.sender.subscribe())
+        Subscription {
+            receiver: self.sender.subscribe(),
+            backstop: self.backstop,
+        }
     }
 
     /// Relays PostgreSQL notifications of job changes (from every process sharing the database)
@@ -83,11 +107,15 @@ impl JobChanges {
 
 impl Subscription {
     /// Waits until `job_id` may have changed, or until `deadline`. Returns early also when
-    /// wake-ups were missed (lag), since the job may be among them.
+    /// wake-ups were missed (lag), since the job may be among them, and after the backstop.
     pub async fn changed(&mut self, job_id: Uuid, deadline: Instant) {
+        let until = match self.backstop {
+            Some(every) => deadline.min(Instant::now() + every),
+            None => deadline,
+        };
         let wait = async {
             loop {
-                match self.0.recv().await {
+                match self.receiver.recv().await {
                     Ok(id) if id == job_id => return,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => return,
@@ -96,6 +124,6 @@ impl Subscription {
                 }
             }
         };
-        let _ = tokio::time::timeout_at(deadline, wait).await;
+        let _ = tokio::time::timeout_at(until, wait).await;
     }
 }

@@ -139,7 +139,7 @@ impl Db {
                 orm,
                 pool: Pool::Sqlite(pool),
                 queue_pool: Pool::Sqlite(queue_pool),
-                changes: JobChanges::default(),
+                changes: JobChanges::with_backstop(changes::SQLITE_BACKSTOP),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -157,7 +157,7 @@ impl Db {
                 orm,
                 pool: Pool::Postgres(pool.clone()),
                 queue_pool: Pool::Postgres(pool),
-                changes: JobChanges::default(),
+                changes: JobChanges::announced(),
             });
         }
         anyhow::bail!(
