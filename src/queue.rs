@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 use uuid::Uuid;
 
-use crate::storage::{Db, Pool, StorageError, Tx};
+use crate::storage::{Db, Pool, StorageError, Tx, TxInner};
 
 /// The payload of an apalis task.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,12 +74,14 @@ pub async fn enqueue(
         .priority(priority.max(0) as usize)
         .run_at_timestamp(run_at_secs)
         .build();
-    match tx {
-        Tx::Sqlite(tx) => apalis_sqlite::queries::push_tasks(&mut **tx, &queue_name(kind), &[task])
-            .await
-            .map_err(|e| StorageError::Queue(e.into())),
+    match &mut tx.inner {
+        TxInner::Sqlite(tx) => {
+            apalis_sqlite::queries::push_tasks(&mut **tx, &queue_name(kind), &[task])
+                .await
+                .map_err(|e| StorageError::Queue(e.into()))
+        }
         // The insert's NOTIFY fires when `tx` commits, waking listening workers at once.
-        Tx::Postgres(tx) => {
+        TxInner::Postgres(tx) => {
             apalis_postgres::queries::push_tasks(&mut **tx, &queue_name(kind), vec![task])
                 .await
                 .map_err(|e| StorageError::Queue(e.into()))

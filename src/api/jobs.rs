@@ -1,11 +1,20 @@
 //! `/v1/jobs`: create (JSON; or the raw file to `/v1/kinds/{kind}/jobs`, for curl users),
 //! read, list, cancel, delete, and the job's event log and handler logs.
 
-use actix_web::{HttpRequest, HttpResponse, http::StatusCode, http::header, web};
+use std::time::Duration;
+
+use actix_web::{
+    HttpRequest, HttpResponse,
+    http::StatusCode,
+    http::header::{self, ETag, IfNoneMatch},
+    web,
+};
 use futures_util::StreamExt;
 use serde::Deserialize;
+use tokio::time::Instant;
 
 use super::{
+    conditional::{etag_of, not_modified, typed, wait_preference},
     problem::ApiError,
     uploads::{closing, upload_meta},
     wire::{EventList, EventOut, JobIn, JobList, JobOut, LogLineOut, LogList, TimeoutIn},
@@ -15,7 +24,7 @@ use crate::{
     error_code::ErrorCode,
     ids::JobId,
     service::{
-        Services, body_timeout_detail,
+        ServiceError, Services, body_timeout_detail,
         jobs::{
             DEFAULT_INPUT_NAME, Idempotency, IdempotencyKey, JobFilter, JobRequest, JobView,
             Submitted,
@@ -292,12 +301,51 @@ async fn create_from_file(
         .await?)
 }
 
+/// The job (`GET`, `HEAD`), with an `ETag`; `304` when `If-None-Match` holds it. With
+/// `Prefer: wait=N`, an unchanged job is answered only once it changes or `N` seconds passed.
+/// No database connection is held while waiting: the job is read again on every wake-up.
 pub async fn get(
     services: web::Data<Services>,
     id: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let view = services.get_job(parse_job_id(&id)?).await?;
-    Ok(job_response(StatusCode::OK, &view))
+    let id = parse_job_id(&id)?;
+    let if_none_match = typed::<IfNoneMatch>(&req);
+    let wait = wait_preference(&req);
+    // Subscribed before the first read, so a change right after it is heard.
+    let mut changes = wait.map(|_| services.db.changes().subscribe());
+    let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
+    loop {
+        let view = services.get_job(id).await?;
+        let body = serde_json::to_vec(&JobOut::from(&view))
+            .map_err(|e| ApiError::from(ServiceError::internal("serializing a job", e)))?;
+        let etag = etag_of(&body);
+        let unchanged = not_modified(&if_none_match, &etag);
+        if unchanged
+            && Instant::now() < deadline
+            && let Some(changes) = changes.as_mut()
+        {
+            changes.changed(id.0, deadline).await;
+            continue;
+        }
+        let mut res = if unchanged {
+            HttpResponse::NotModified()
+        } else {
+            HttpResponse::Ok()
+        };
+        res.insert_header(ETag(etag));
+        if let Some(wait) = wait {
+            res.insert_header(("preference-applied", format!("wait={wait}")));
+        }
+        if !view.job.status.is_finished() {
+            res.insert_header((header::RETRY_AFTER, POLL_AFTER_SECS));
+        }
+        return Ok(if unchanged {
+            res.finish()
+        } else {
+            res.content_type(mime::APPLICATION_JSON).body(body)
+        });
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! The HTTP API: thin actix handlers (extract → call a service → map to a wire type) and the
 //! route table. Every error leaves as an RFC 9457 problem.
 
+pub mod conditional;
 pub mod digest_header;
 pub mod health;
 pub mod jobs;

@@ -17,7 +17,7 @@ use actix_web::{
         Method, StatusCode,
         header::{
             self, ByteRangeSpec, ContentDisposition, DispositionParam, DispositionType, ETag,
-            EntityTag, Header, IfNoneMatch,
+            EntityTag, IfNoneMatch,
         },
     },
     web,
@@ -25,6 +25,7 @@ use actix_web::{
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::{
+    conditional::{not_modified, typed},
     digest_header,
     jobs::parse_job_id,
     problem::ApiError,
@@ -106,22 +107,6 @@ fn displayed_inline(content_type: &str) -> bool {
     ) || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Whether `If-None-Match` lets the client keep its copy: `*`, or any of its tags equal to
-/// ours under the weak comparison RFC 9110 §13.1.2 prescribes (`W/"x"` matches `"x"`). A
-/// header that does not parse matches nothing.
-fn not_modified(if_none_match: Option<Result<IfNoneMatch, ParseError>>, etag: &EntityTag) -> bool {
-    match if_none_match {
-        Some(Ok(IfNoneMatch::Any)) => true,
-        Some(Ok(IfNoneMatch::Items(tags))) => tags.iter().any(|tag| tag.weak_eq(etag)),
-        None | Some(Err(_)) => false,
-    }
-}
-
-/// Parses a typed header only when the request carries it, so "absent" and "malformed" differ.
-fn typed<H: Header>(req: &HttpRequest) -> Option<Result<H, ParseError>> {
-    req.headers().contains_key(H::name()).then(|| H::parse(req))
-}
-
 /// Streams a result (`GET`), or answers with the same status and headers without reading its
 /// bytes (`HEAD`: the blob store is asked only whether they are still there).
 pub async fn download(
@@ -133,7 +118,7 @@ pub async fn download(
     let row = services.get_result(parse_job_id(&id)?, &name).await?;
     let size = row.size as u64;
     let etag = EntityTag::new_strong(row.sha256.clone());
-    if not_modified(typed::<IfNoneMatch>(&req), &etag) {
+    if not_modified(&typed::<IfNoneMatch>(&req), &etag) {
         return Ok(HttpResponse::NotModified()
             .insert_header(ETag(etag))
             .finish());
@@ -283,7 +268,7 @@ mod tests {
     fn if_none_match_compares_weakly() {
         let ours = EntityTag::new_strong("abc".into());
         let matches = |value: Option<&str>| {
-            not_modified(typed(&request(header::IF_NONE_MATCH, value)), &ours)
+            not_modified(&typed(&request(header::IF_NONE_MATCH, value)), &ours)
         };
         assert!(matches(Some("\"abc\"")));
         assert!(matches(Some("W/\"abc\"")));

@@ -7,7 +7,7 @@ use ferry_client::types::{Job, JobStatus};
 
 use super::{
     Context,
-    output::{Failure, print_json},
+    output::{Bars, Failure, print_json},
 };
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -52,6 +52,9 @@ pub enum JobsCommand {
     Show {
         #[arg(value_name = "JOB_ID")]
         id: String,
+        /// Wait until the job has finished (long-polling the server), then show it.
+        #[arg(long)]
+        wait: bool,
     },
     /// Cancel a job (a running one stops within about a second).
     Cancel {
@@ -119,9 +122,13 @@ pub async fn run(ctx: &Context, command: JobsCommand) -> Result<(), Failure> {
                 eprintln!("more: --next {}", next.as_str());
             }
         }
-        JobsCommand::Show { id } => {
-            let job = client.get_job().id(id.as_str()).send().await;
-            let job = job.map_err(|e| ctx.failed(e))?.into_inner();
+        JobsCommand::Show { id, wait } => {
+            let job = if wait {
+                super::submit::follow(ctx, &id, &Bars::new(ctx.json)).await?
+            } else {
+                let job = client.get_job().id(id.as_str()).send().await;
+                job.map_err(|e| ctx.failed(e))?.into_inner()
+            };
             if ctx.json {
                 print_json(&job);
             } else {

@@ -170,23 +170,42 @@ pub fn job_outcome(job: &Job) -> Result<(), Failure> {
     }
 }
 
-/// Polls the job, waiting what its `Retry-After` says between polls, with a live bar of its
-/// progress and stage, until it has finished.
+/// How long each long-poll asks the server to hold the request while the job is unchanged.
+const LONG_POLL: &str = "wait=30";
+
+/// Follows the job with a live bar of its progress and stage until it has finished: each
+/// request long-polls (`Prefer: wait=…` with the last `ETag`), so the server answers as soon as
+/// the job changes. A server that does not apply the preference is polled at the pace its
+/// `Retry-After` says.
 pub async fn follow(ctx: &Context, id: &str, bars: &Bars) -> Result<Job, Failure> {
     let bar = bars.job(id);
+    let mut etag: Option<String> = None;
     loop {
-        let answer = ctx
-            .client
-            .get_job()
-            .id(id)
-            .send()
-            .await
-            .map_err(|err| ctx.failed(err))?;
-        let retry_after = answer
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
+        let mut request = ctx.client.get_job().id(id).prefer(LONG_POLL);
+        if let Some(tag) = &etag {
+            request = request.if_none_match(tag.as_str());
+        }
+        let (answer, headers) = match request.send().await {
+            Ok(answer) => {
+                let headers = answer.headers().clone();
+                (Some(answer), headers)
+            }
+            // Unchanged for the whole wait (`304`): ask again.
+            Err(ferry_client::Error::UnexpectedResponse(res)) if res.status().as_u16() == 304 => {
+                (None, res.headers().clone())
+            }
+            Err(err) => return Err(ctx.failed(err)),
+        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let long_polled = header("preference-applied").is_some();
+        let retry_after = header("retry-after").and_then(|v| v.trim().parse::<u64>().ok());
+        etag = header("etag").map(str::to_owned).or(etag);
+        let Some(answer) = answer else {
+            if !long_polled {
+                pace(retry_after).await;
+            }
+            continue;
+        };
         let job = answer.into_inner();
         if let Some(progress) = &job.progress {
             if let Some(percent) = progress.percent {
@@ -214,9 +233,15 @@ pub async fn follow(ctx: &Context, id: &str, bars: &Bars) -> Result<Job, Failure
             }
             return Ok(job);
         }
-        // The server says when to look again; a missing header means an unfinished job with no
-        // advice, so poll at a modest pace.
-        let wait = Duration::from_secs(retry_after.unwrap_or(1));
-        tokio::time::sleep(wait.max(Duration::from_millis(200))).await;
+        if !long_polled {
+            pace(retry_after).await;
+        }
     }
+}
+
+/// Waits before polling again a server that did not hold the request: what its `Retry-After`
+/// says; a missing header means an unfinished job with no advice, so a modest pace.
+async fn pace(retry_after: Option<u64>) {
+    let wait = Duration::from_secs(retry_after.unwrap_or(1));
+    tokio::time::sleep(wait.max(Duration::from_millis(200))).await;
 }

@@ -536,6 +536,7 @@ impl Services {
         let active: job::ActiveModel = row.clone().into();
         tx.execute(&job::Entity::insert(active).into_query())
             .await?;
+        tx.job_changed(id.0);
         let mut inputs = Vec::with_capacity(uploads.len());
         for (name, upload_row) in &uploads {
             let attached = tx
@@ -776,6 +777,8 @@ impl Services {
         ] {
             tx.execute(&rows).await?;
         }
+        // Waiting requests answer 404 at once.
+        tx.job_changed(id.0);
         tx.commit().await?;
         tracing::info!(job_id = %id, "job deleted with its inputs and results");
         Ok(())

@@ -456,6 +456,10 @@ pub async fn apply(
     if tx.execute(&update.into_query()).await? == 0 {
         return Ok(None);
     }
+    // Renewing a lease changes nothing a client sees; every other move does.
+    if !matches!(transition, Transition::Renew { .. }) {
+        tx.job_changed(job_id);
+    }
     let (attempt, event) = match transition {
         Transition::Claim { .. } => {
             let attempt = tx

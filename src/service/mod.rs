@@ -10,6 +10,7 @@ pub mod reconcile;
 pub mod results;
 pub mod uploads;
 
+use anyhow::Context as _;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use crate::{
@@ -53,6 +54,9 @@ impl Services {
     ) -> anyhow::Result<Services> {
         let db = Db::connect(&settings.database_url()).await?;
         db.migrate().await?;
+        db.listen_for_changes()
+            .await
+            .context("listening for job changes")?;
         let blobs = Blobs::open(
             &settings.blob_store(),
             settings.limits.upload_part_bytes,

@@ -11,6 +11,7 @@
 //! "an acknowledged job is never lost"). Writes take the lock up front (`BEGIN IMMEDIATE`) so
 //! concurrent writers queue on the busy timeout instead of failing with SQLITE_BUSY on upgrade.
 
+pub mod changes;
 pub mod entities;
 
 use std::{path::Path, str::FromStr, time::Duration};
@@ -35,6 +36,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 use uuid::Uuid;
 
 use crate::time::now_ms;
+use changes::JobChanges;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -88,6 +90,8 @@ pub struct Db {
     pool: Pool,
     /// The connections apalis' workers use (the same pool on PostgreSQL).
     queue_pool: Pool,
+    /// Announces committed job changes to waiting requests (see [`changes`]).
+    changes: JobChanges,
 }
 
 impl Db {
@@ -135,6 +139,7 @@ impl Db {
                 orm,
                 pool: Pool::Sqlite(pool),
                 queue_pool: Pool::Sqlite(queue_pool),
+                changes: JobChanges::with_backstop(changes::SQLITE_BACKSTOP),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -152,6 +157,7 @@ impl Db {
                 orm,
                 pool: Pool::Postgres(pool.clone()),
                 queue_pool: Pool::Postgres(pool),
+                changes: JobChanges::announced(),
             });
         }
         anyhow::bail!(
@@ -215,34 +221,68 @@ impl Db {
         Ok(self.orm.ping().await?)
     }
 
+    /// Job changes committed by this process (SQLite) or by any process sharing the database
+    /// (PostgreSQL, once [`Db::listen_for_changes`] ran).
+    pub fn changes(&self) -> &JobChanges {
+        &self.changes
+    }
+
+    /// On PostgreSQL, starts relaying other processes' job changes to this process's waiters
+    /// (one listening connection). On SQLite, nothing to do: changes are in-process.
+    pub async fn listen_for_changes(&self) -> Result<(), StorageError> {
+        if let Pool::Postgres(pool) = &self.pool {
+            self.changes.listen(pool).await?;
+        }
+        Ok(())
+    }
+
     /// Starts a write transaction.
     pub async fn begin(&self) -> Result<Tx, StorageError> {
-        match &self.pool {
-            Pool::Sqlite(pool) => Ok(Tx::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?)),
-            Pool::Postgres(pool) => Ok(Tx::Postgres(pool.begin().await?)),
-        }
+        let inner = match &self.pool {
+            Pool::Sqlite(pool) => TxInner::Sqlite(pool.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+        };
+        Ok(Tx {
+            inner,
+            changed_jobs: Vec::new(),
+            changes: self.changes.clone(),
+        })
     }
 }
 
 /// A write transaction on the shared pool, able to run sea-query statements and to enqueue a
-/// dispatch atomically with them.
-pub enum Tx {
+/// dispatch atomically with them. Its commit announces the jobs it changed (see [`changes`]).
+pub struct Tx {
+    pub inner: TxInner,
+    changed_jobs: Vec<Uuid>,
+    changes: JobChanges,
+}
+
+pub enum TxInner {
     Sqlite(sqlx::Transaction<'static, Sqlite>),
     Postgres(sqlx::Transaction<'static, Postgres>),
 }
 
 impl Tx {
+    /// Records that this transaction changed what `GET /v1/jobs/{job_id}` shows, so that
+    /// requests waiting on the job wake up once it commits.
+    pub fn job_changed(&mut self, job_id: Uuid) {
+        if !self.changed_jobs.contains(&job_id) {
+            self.changed_jobs.push(job_id);
+        }
+    }
+
     /// Runs an INSERT/UPDATE/DELETE; returns the number of rows it touched.
     pub async fn execute<S: SqlxBinder>(&mut self, stmt: &S) -> Result<u64, StorageError> {
-        match self {
-            Tx::Sqlite(tx) => {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => {
                 let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
                 Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
                     .execute(&mut **tx)
                     .await?
                     .rows_affected())
             }
-            Tx::Postgres(tx) => {
+            TxInner::Postgres(tx) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql), values)
                     .execute(&mut **tx)
@@ -257,14 +297,14 @@ impl Tx {
         &mut self,
         stmt: &S,
     ) -> Result<Option<i64>, StorageError> {
-        match self {
-            Tx::Sqlite(tx) => {
+        match &mut self.inner {
+            TxInner::Sqlite(tx) => {
                 let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
                 Ok(sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
                     .fetch_optional(&mut **tx)
                     .await?)
             }
-            Tx::Postgres(tx) => {
+            TxInner::Postgres(tx) => {
                 let (sql, values) = stmt.build_sqlx(PostgresQueryBuilder);
                 Ok(sqlx::query_scalar_with(sqlx::AssertSqlSafe(sql), values)
                     .fetch_optional(&mut **tx)
@@ -323,9 +363,24 @@ impl Tx {
     }
 
     pub async fn commit(self) -> Result<(), StorageError> {
-        match self {
-            Tx::Sqlite(tx) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
+        match self.inner {
+            TxInner::Sqlite(tx) => {
+                tx.commit().await?;
+                for job_id in self.changed_jobs {
+                    self.changes.announce(job_id);
+                }
+            }
+            TxInner::Postgres(mut tx) => {
+                // Delivered to every listening process if, and only if, the commit succeeds.
+                for job_id in &self.changed_jobs {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(changes::CHANNEL)
+                        .bind(job_id.to_string())
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+            }
         }
         Ok(())
     }

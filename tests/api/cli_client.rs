@@ -343,7 +343,38 @@ async fn the_api_key_is_sent_as_a_bearer_token() {
     assert!(head.contains("authorization: bearer s3cret"), "{head}");
 }
 
+/// `jobs show --wait` follows a job that is waiting on a gate (long-polling) and shows it once
+/// it has finished.
+async fn jobs_show_wait_follows_the_job_to_its_end() {
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let upload = app.upload(bytes(1000, 3)).await;
+    let (status, job) = app
+        .post_job(
+            serde_json::json!({"kind": "model", "inputs": {"scan": upload["id"]},
+                                     "params": {"gate": gate}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap();
+    app.wait_status(id, "running", std::time::Duration::from_secs(60))
+        .await;
+    let args = ["jobs", "show", "--wait", "--json", id];
+    let show = ferry(&app, dir.path(), &args);
+    let open_gate = async {
+        // Lets the command start following first (not required for the outcome).
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        std::fs::write(&gate, "go").unwrap();
+    };
+    let (shown, ()) = tokio::join!(show, open_gate);
+    let shown = json(&shown);
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+    assert_eq!(shown["result_count"], 2, "{shown}");
+}
+
 crate::matrix!(
+    jobs_show_wait_follows_the_job_to_its_end,
     submit_waits_and_downloads_results_whose_digests_match_the_inputs,
     a_failing_job_exits_1_with_its_error,
     jobs_results_and_uploads_commands_work_on_a_live_server,

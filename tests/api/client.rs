@@ -193,6 +193,14 @@ impl TestApp {
         self.get(&format!("/v1/jobs/{id}")).await
     }
 
+    /// `GET /v1/jobs/{id}` with extra headers (`If-None-Match`, `Prefer`, …), at replica `base`.
+    pub async fn get_job_at(&self, base: &str, id: &str, headers: Headers<'_>) -> Reply {
+        self.request_at(base, "get", &format!("/v1/jobs/{id}"), |r| {
+            with_headers(r, headers)
+        })
+        .await
+    }
+
     /// The job (asserts `200`).
     pub async fn job(&self, id: &str) -> Value {
         let reply = self.get_job(id).await;

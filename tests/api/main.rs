@@ -19,6 +19,7 @@ mod in_process;
 mod job_requests;
 mod jobs;
 mod lifecycle;
+mod long_poll;
 mod queue_order;
 mod reliability;
 mod results;

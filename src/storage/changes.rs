@@ -1,0 +1,129 @@
+//! Wake-ups for requests waiting on a job to change (long-poll): who hears that a job's row
+//! changed, and how.
+//!
+//! A [`Tx`](super::Tx) records the jobs it changed (`Tx::job_changed`); its commit announces
+//! them. On SQLite, where one process owns the database, that is an in-process broadcast sent
+//! after the commit. On PostgreSQL, several processes share the database, so the commit carries a
+//! `NOTIFY` (issued in the same transaction, delivered only if it commits); each process keeps one
+//! listening connection that fans the notifications out in-process ([`JobChanges::listen`]).
+//!
+//! Wake-ups are hints, never the truth: a waiter re-reads the job after every wake-up and at its
+//! deadline, so a lost notification (listener reconnecting, broadcast lag) only delays an answer.
+//! On SQLite a separate `ferry worker` process on the same file cannot reach this process, so
+//! waiters there also re-read their job every [`SQLITE_BACKSTOP`].
+
+use std::time::Duration;
+
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::{sync::broadcast, time::Instant};
+use uuid::Uuid;
+
+/// The PostgreSQL channel job changes are announced on; the payload is the job's UUID.
+pub const CHANNEL: &str = "ferry_job_changed";
+
+/// How often a waiter on SQLite re-reads its job without a wake-up (see the module notes).
+pub const SQLITE_BACKSTOP: Duration = Duration::from_secs(1);
+
+/// Wake-ups buffered per waiter; a waiter that falls further behind re-reads its job.
+const BUFFER: usize = 1024;
+
+/// This process's fan-out of job changes (cheap to clone; clones share it).
+#[derive(Clone, Debug)]
+pub struct JobChanges {
+    sender: broadcast::Sender<Uuid>,
+    /// How often a waiter re-reads its job even without a wake-up; `None`: only at its deadline.
+    backstop: Option<Duration>,
+}
+
+impl JobChanges {
+    /// For a database only this process writes to, or whose writers all announce (PostgreSQL).
+    pub fn announced() -> Self {
+        Self {
+            sender: broadcast::channel(BUFFER).0,
+            backstop: None,
+        }
+    }
+
+    /// For SQLite: a separate `ferry worker` process may write to the same file and cannot reach
+    /// this process's waiters, so they also re-read their job every `every`.
+    pub fn with_backstop(every: Duration) -> Self {
+        Self {
+            backstop: Some(every),
+            ..Self::announced()
+        }
+    }
+}
+
+/// One waiter's view of [`JobChanges`], taken before it reads the job so that no change between
+/// the read and the wait goes unheard.
+pub struct Subscription {
+    receiver: broadcast::Receiver<Uuid>,
+    backstop: Option<Duration>,
+}
+
+impl JobChanges {
+    /// Tells this process's waiters that `job_id` changed (after the change committed).
+    pub fn announce(&self, job_id: Uuid) {
+        // No receiver is not an error: nobody waits.
+        let _ = self.sender.send(job_id);
+    }
+
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            receiver: self.sender.subscribe(),
+            backstop: self.backstop,
+        }
+    }
+
+    /// Relays PostgreSQL notifications of job changes (from every process sharing the database)
+    /// to this process's waiters, on one connection of `pool`, until the pool closes. Returns
+    /// once the listener is subscribed, so changes committed afterwards are heard.
+    pub async fn listen(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        let changes = self.clone();
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(note) => {
+                        if let Ok(id) = note.payload().parse::<Uuid>() {
+                            changes.announce(id);
+                        }
+                    }
+                    Err(_) if pool.is_closed() => return,
+                    Err(e) => {
+                        // `recv` reconnects by itself next time; what was sent meanwhile is
+                        // lost, which only delays waiters until their deadline.
+                        tracing::warn!(error = %e, "job change listener lost its connection");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+impl Subscription {
+    /// Waits until `job_id` may have changed, or until `deadline`. Returns early also when
+    /// wake-ups were missed (lag), since the job may be among them, and after the backstop.
+    pub async fn changed(&mut self, job_id: Uuid, deadline: Instant) {
+        let until = match self.backstop {
+            Some(every) => deadline.min(Instant::now() + every),
+            None => deadline,
+        };
+        let wait = async {
+            loop {
+                match self.receiver.recv().await {
+                    Ok(id) if id == job_id => return,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => return,
+                    // The process is shutting down: the deadline answers.
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(until, wait).await;
+    }
+}
