@@ -325,6 +325,10 @@ concurrency = {concurrency}
             base: String::new(),
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(600))
+                // Below the server's 5 s keep-alive: a connection the server has closed is
+                // never reused, even when the test's runtime was blocked (e.g. waiting for a
+                // process to stop) and could not notice the close.
+                .pool_idle_timeout(Duration::from_secs(4))
                 .build()
                 .expect("client"),
             dir,
