@@ -6,7 +6,8 @@ The client is generated at test time into a temporary folder and imported from t
 (`--client-path`); nothing of it is committed or edited. Against `--server URL` this script:
 streams an upload, creates a `digest` job from it (JSON form) and a job from a file in one
 request (`createJobWithFile`, of the model kind `--model-kind`: its results have nested names
-such as `masks/mask.json`), waits for both by polling with the server's `Retry-After`,
+such as `masks/mask.json`), waits for the first with long-polls (`Prefer: wait`, `ETag`) and
+the second by polling with the server's `Retry-After`,
 lists and downloads their results checking each SHA-256 against the listing, reads the events
 (kinds and `seq` order), cancels a running job of the model kind (which, given
 `{"mode": "sleep"}`, sleeps until stopped), deletes a job, and parses two errors into the typed
@@ -23,7 +24,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Callable, NoReturn, TypeVar
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
@@ -87,7 +89,7 @@ class Flow:
             path, sha = self.make_file("scan.bin", 3 * 1024 * 1024 + 123)
             upload = self.upload(path, sha)
             job = self.create_job(upload.id)
-            self.wait_finished(job.id, "succeeded")
+            self.long_poll_finished(job.id, "succeeded")
             self.check_results(job.id, {"report.json"})
             self.check_events(job.id)
 
@@ -214,6 +216,40 @@ class Flow:
             check(job.status.value not in FINISHED, f"{job_id} finished as {job.status}: {job}")
             check(time.monotonic() < deadline, f"{job_id} not {what} in {WAIT_LIMIT_S} s")
             time.sleep(wait)
+
+    def long_poll_finished(self, job_id: str, want: str):
+        """Waits with long-polls: `Prefer: wait=N` and the last ETag in `If-None-Match`; the
+        server answers when the job changes (200, new ETag) or after N seconds (304)."""
+        from ferry_client.api.jobs import get_job
+        from ferry_client.models import Job
+        from ferry_client.types import UNSET
+
+        deadline = time.monotonic() + WAIT_LIMIT_S
+        etag, job, answers = None, None, 0
+        while job is None or job.status.value not in FINISHED:
+            check(time.monotonic() < deadline, f"{job_id} not finished in {WAIT_LIMIT_S} s")
+            res = get_job.sync_detailed(
+                job_id,
+                client=self.client,
+                prefer="wait=10",
+                if_none_match=UNSET if etag is None else etag,
+            )
+            answers += 1
+            check(
+                res.headers.get("Preference-Applied") == "wait=10",
+                f"getJob: Preference-Applied {res.headers.get('Preference-Applied')!r}",
+            )
+            if res.status_code == 304:
+                check(etag is not None, "getJob: 304 without If-None-Match")
+                continue
+            check(res.status_code == 200, f"getJob: status {res.status_code}: {res.content!r}")
+            job = typed(res.parsed, Job, "getJob")
+            new_etag = res.headers.get("ETag")
+            check(new_etag is not None and new_etag != etag, f"getJob: ETag {new_etag!r}")
+            etag = new_etag
+        step(f"{job_id} finished after {answers} long-poll answer(s)")
+        check(job.status.value == want, f"{job_id} ended {job.status}, not {want}: {job.error}")
+        return job
 
     def wait_finished(self, job_id: str, want: str):
         job = self.poll(job_id, lambda j: j.status.value in FINISHED, "finished")
