@@ -20,6 +20,7 @@ use crate::{
     config::Settings,
     service::Services,
     storage::Db,
+    webhooks::deliverer::Deliverer,
     worker::{self, Registry},
 };
 
@@ -76,11 +77,15 @@ impl Application {
         let shutdown = CancellationToken::new();
 
         let run_workers = !http || settings.workers;
-        let workers = if run_workers {
+        let mut workers = if run_workers {
             worker::start(services.clone(), registry.clone(), shutdown.clone()).await?
         } else {
             JoinSet::new()
         };
+        if settings.webhooks.deliver {
+            let deliverer = Arc::new(Deliverer::new(services.db.clone(), &settings)?);
+            workers.spawn(deliverer.run(shutdown.clone()));
+        }
 
         let (port, server) = if http {
             let listener = TcpListener::bind(&settings.listen)

@@ -46,6 +46,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub limits: Limits,
     pub queue: QueueSettings,
+    pub webhooks: WebhookSettings,
     pub handlers: BTreeMap<String, HandlerSettings>,
 }
 
@@ -122,6 +123,38 @@ pub struct QueueSettings {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Whether this process sends webhook deliveries (any number of processes may: each
+    /// delivery is sent by one at a time, under a lease).
+    pub deliver: bool,
+    /// A receiver that has not answered within this is given up on for this attempt.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Delays before each attempt of a delivery, each counted from the attempt before (the first
+    /// from the event); after the last, the delivery is recorded as failed. Default: Svix's schedule (at once, 5 s, 5 min, 30 min, 2 h, 5 h,
+    /// 10 h, 10 h). Each delay gets ±10 % jitter; a longer `Retry-After` is honoured.
+    pub retry_schedule: Vec<humantime_serde::Serde<Duration>>,
+    /// How long a rotated secret keeps signing next to the new one.
+    #[serde(with = "humantime_serde")]
+    pub secret_rotation_overlap: Duration,
+    /// Deliveries sent at once by this process.
+    pub concurrency: usize,
+    /// How often the deliverer looks for due deliveries without being woken by an event.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Allow receivers on loopback addresses (127.0.0.0/8, ::1): off, since a webhook URL must
+    /// not reach the server's own machine; on for tests and single-machine setups.
+    pub allow_loopback: bool,
+    /// Allow receivers on private, link-local and shared (CGNAT) networks. Cloud metadata
+    /// addresses stay refused even then.
+    pub allow_private_networks: bool,
+    /// The API's public base URL (`https://ferry.example.org`), to make result URLs in payloads
+    /// absolute; without it they are paths.
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct HandlerSettings {
     /// Program and arguments of an external command handler.
     pub command: Vec<String>,
@@ -153,6 +186,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             limits: Limits::default(),
             queue: QueueSettings::default(),
+            webhooks: WebhookSettings::default(),
             handlers: BTreeMap::new(),
         }
     }
@@ -201,6 +235,41 @@ impl Default for QueueSettings {
             retry_max_delay: Duration::from_secs(600),
             kill_grace: Duration::from_secs(10),
             orphan_sweep_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl WebhookSettings {
+    /// `retry_schedule` as plain durations.
+    pub fn retry_delays(&self) -> Vec<Duration> {
+        self.retry_schedule.iter().map(|d| **d).collect()
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(m * 60);
+        Self {
+            deliver: true,
+            timeout: Duration::from_secs(15),
+            retry_schedule: [
+                Duration::ZERO,
+                Duration::from_secs(5),
+                minutes(5),
+                minutes(30),
+                minutes(120),
+                minutes(300),
+                minutes(600),
+                minutes(600),
+            ]
+            .map(humantime_serde::Serde::from)
+            .to_vec(),
+            secret_rotation_overlap: Duration::from_secs(24 * 3600),
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+            allow_loopback: false,
+            allow_private_networks: false,
+            public_url: None,
         }
     }
 }
@@ -339,6 +408,18 @@ impl Settings {
         }
         if self.limits.upload_part_bytes < 64 << 10 {
             bail!("limits.upload_part_bytes must be at least 65536");
+        }
+        let webhooks = &self.webhooks;
+        if webhooks.retry_schedule.is_empty() || webhooks.concurrency == 0 {
+            bail!("webhooks.retry_schedule needs at least one delay; webhooks.concurrency >= 1");
+        }
+        if webhooks.timeout.is_zero() || webhooks.poll_interval.is_zero() {
+            bail!("webhooks.timeout and webhooks.poll_interval must be positive");
+        }
+        if let Some(public) = &webhooks.public_url
+            && !matches!(url::Url::parse(public), Ok(u) if u.scheme().starts_with("http"))
+        {
+            bail!("webhooks.public_url must be an http(s) URL, not {public:?}");
         }
         let limits = &self.limits;
         if !(64..=1 << 20).contains(&limits.max_log_line_bytes) {

@@ -46,6 +46,8 @@ error_codes! {
     JobNotFound = ("job_not_found", 404): "No such job (or it was deleted).",
     UploadNotFound = ("upload_not_found", 404): "No such upload (or it expired or was deleted).",
     ResultNotFound = ("result_not_found", 404): "The job has no result of that name (yet).",
+    WebhookNotFound = ("webhook_not_found", 404): "No such webhook endpoint (or it was deleted).",
+    DeliveryNotFound = ("delivery_not_found", 404): "No such webhook delivery.",
     BlobMissing = ("blob_missing", 404): "The stored bytes are missing.",
     MethodNotAllowed = ("method_not_allowed", 405): "The route exists, not with this method.",
     BodyTimeout = ("body_timeout", 408): "The body stalled or came slower than the minimum rate.",

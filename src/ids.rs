@@ -43,6 +43,7 @@ macro_rules! prefixed_id {
 prefixed_id!(JobId, "job");
 prefixed_id!(UploadId, "upl");
 prefixed_id!(ResultId, "res");
+prefixed_id!(WebhookId, "whk");
 
 #[cfg(test)]
 mod tests {

@@ -27,7 +27,7 @@ use crate::{
         ServiceError, Services, body_timeout_detail,
         jobs::{
             DEFAULT_INPUT_NAME, Idempotency, IdempotencyKey, JobFilter, JobRequest, JobView,
-            Submitted,
+            JobWebhookRequest, Submitted,
         },
         pacing::{Pace, Stalled, paced_body},
     },
@@ -83,6 +83,43 @@ pub struct FileJobQuery {
     pub priority: Option<i32>,
     pub timeout: Option<String>,
     pub max_attempts: Option<u32>,
+    /// The job's own webhook (its secret is generated and shown in the answer).
+    pub webhook_url: Option<String>,
+    /// Comma-separated event types for `webhook_url`; default: all.
+    pub webhook_events: Option<String>,
+}
+
+/// Names a field of the one-request form as its query parameter: the handler's parameters
+/// arrive as `params_json`, the webhook's as `webhook_url` and `webhook_events`.
+fn query_fields(mut e: ServiceError) -> ServiceError {
+    e.field = e.field.map(|field| match field.as_str() {
+        "params" => "params_json".to_owned(),
+        "webhook.url" => "webhook_url".to_owned(),
+        "webhook.events" => "webhook_events".to_owned(),
+        _ => field,
+    });
+    e
+}
+
+/// The one-request form's webhook: `webhook_url` and `webhook_events` (comma-separated).
+fn file_job_webhook(query: &FileJobQuery) -> Result<Option<JobWebhookRequest>, ApiError> {
+    match (&query.webhook_url, &query.webhook_events) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(invalid_field(
+            "webhook_events",
+            "webhook_events needs webhook_url".into(),
+        )),
+        (Some(url), events) => Ok(Some(JobWebhookRequest {
+            url: url.clone(),
+            events: events.as_ref().map(|list| {
+                list.split(',')
+                    .map(|e| e.trim().to_owned())
+                    .filter(|e| !e.is_empty())
+                    .collect()
+            }),
+            secret: None,
+        })),
+    }
 }
 
 /// The JSON form takes no query parameters: any is `400 invalid_query`.
@@ -165,7 +202,7 @@ async fn read_json_body(services: &Services, body: web::Payload) -> Result<Vec<u
             return Err(ApiError::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
-                    "a JSON job request is limited to {limit} bytes; upload files via /v1/uploads"
+                    "a JSON request body is limited to {limit} bytes; upload files via /v1/uploads"
                 ),
             ));
         }
@@ -174,35 +211,47 @@ async fn read_json_body(services: &Services, body: web::Payload) -> Result<Vec<u
     Ok(bytes)
 }
 
+/// Reads and parses a JSON request body (`what` names it in errors; `media_hint` is the advice
+/// for a body that is not JSON).
+pub(crate) async fn json_request<T: serde::de::DeserializeOwned>(
+    services: &Services,
+    req: &HttpRequest,
+    body: web::Payload,
+    what: &str,
+    media_hint: &str,
+) -> Result<T, ApiError> {
+    if !has_json_body(req) {
+        return Err(ApiError::new(ErrorCode::UnsupportedMediaType, media_hint));
+    }
+    let bytes = read_json_body(services, body).await?;
+    let value = serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidJson,
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            ErrorCode::InvalidBody,
+            format!("{what} does not match the expected shape: {e}"),
+        )
+    })
+}
+
 async fn create_from_json(
     services: &Services,
     req: &HttpRequest,
     body: web::Payload,
 ) -> Result<Submitted, ApiError> {
-    if !has_json_body(req) {
-        return Err(ApiError::new(
-            ErrorCode::UnsupportedMediaType,
-            "send the job as application/json, or send the raw file to \
-             POST /v1/kinds/{kind}/jobs",
-        ));
-    }
     let key = idempotency_key(req)?;
-    let bytes = read_json_body(services, body).await?;
-    let job_in: JobIn = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::InvalidJson,
-                format!("the body is not valid JSON: {e}"),
-            )
-        })
-        .and_then(|value| {
-            serde_json::from_value(value).map_err(|e| {
-                ApiError::new(
-                    ErrorCode::InvalidBody,
-                    format!("the job request does not match the expected shape: {e}"),
-                )
-            })
-        })?;
+    let job_in: JobIn = json_request(
+        services,
+        req,
+        body,
+        "the job request",
+        "send the job as application/json, or send the raw file to POST /v1/kinds/{kind}/jobs",
+    )
+    .await?;
     let timeout = match &job_in.timeout {
         None => None,
         Some(t) => Some(
@@ -216,6 +265,11 @@ async fn create_from_json(
         priority: job_in.priority,
         timeout,
         max_attempts: job_in.max_attempts,
+        webhook: job_in.webhook.map(|w| JobWebhookRequest {
+            url: w.url,
+            events: w.events,
+            secret: w.secret,
+        }),
     })?;
     let idempotency = key.map(|key| {
         let inputs = serde_json::to_string(&job_in.inputs).unwrap_or_default();
@@ -245,6 +299,7 @@ async fn create_from_file(
              input of a one-request job, send it as application/octet-stream",
         ));
     }
+    let webhook = file_job_webhook(&query)?;
     let params = match &query.params_json {
         None => serde_json::Map::new(),
         Some(text) => match serde_json::from_str::<serde_json::Value>(text) {
@@ -279,14 +334,9 @@ async fn create_from_file(
             priority: query.priority,
             timeout,
             max_attempts: query.max_attempts,
+            webhook,
         })
-        .map_err(|mut e| {
-            // Here the handler's parameters arrive as the `params_json` query parameter.
-            if e.field.as_deref() == Some("params") {
-                e.field = Some("params_json".to_owned());
-            }
-            e
-        })?;
+        .map_err(query_fields)?;
     let input = query.input.unwrap_or_else(|| DEFAULT_INPUT_NAME.to_owned());
     crate::domain::validate_input_name(&input)
         .map_err(|msg| invalid_field("input", format!("input name {msg}")))?;
@@ -298,7 +348,8 @@ async fn create_from_file(
     });
     Ok(services
         .submit_job_with_body(spec, input, body, meta, idempotency)
-        .await?)
+        .await
+        .map_err(query_fields)?)
 }
 
 /// The job (`GET`, `HEAD`), with an `ETag`; `304` when `If-None-Match` holds it. With

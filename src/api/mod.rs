@@ -8,6 +8,7 @@ pub mod jobs;
 pub mod problem;
 pub mod results;
 pub mod uploads;
+pub mod webhooks;
 pub mod wire;
 
 use actix_web::{FromRequest, Handler, Resource, Responder, web};
@@ -44,6 +45,22 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("head", "/v1/jobs/{id}/results"),
     ("get", "/v1/jobs/{id}/results/{name}"),
     ("head", "/v1/jobs/{id}/results/{name}"),
+    ("get", "/v1/jobs/{id}/webhook-deliveries"),
+    ("head", "/v1/jobs/{id}/webhook-deliveries"),
+    ("post", "/v1/webhooks"),
+    ("get", "/v1/webhooks"),
+    ("head", "/v1/webhooks"),
+    ("get", "/v1/webhooks/{id}"),
+    ("head", "/v1/webhooks/{id}"),
+    ("delete", "/v1/webhooks/{id}"),
+    ("post", "/v1/webhooks/{id}/rotate-secret"),
+    ("post", "/v1/webhooks/{id}/disable"),
+    ("post", "/v1/webhooks/{id}/enable"),
+    ("get", "/v1/webhooks/{id}/deliveries"),
+    ("head", "/v1/webhooks/{id}/deliveries"),
+    ("get", "/v1/webhook-deliveries/{id}"),
+    ("head", "/v1/webhook-deliveries/{id}"),
+    ("post", "/v1/webhook-deliveries/{id}/redeliver"),
 ];
 
 /// Routes `GET` and `HEAD` of a resource to `handler`. A HEAD answer is the GET answer — same
@@ -96,6 +113,36 @@ pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(readable(
                 resource("/v1/jobs/{id}/results/{name:.+}"),
                 results::download,
-            ));
+            ))
+            .service(readable(
+                resource("/v1/jobs/{id}/webhook-deliveries"),
+                webhooks::job_deliveries,
+            ))
+            .service(
+                readable(resource("/v1/webhooks"), webhooks::list)
+                    .route(web::post().to(webhooks::create)),
+            )
+            .service(
+                readable(resource("/v1/webhooks/{id}"), webhooks::get)
+                    .route(web::delete().to(webhooks::delete)),
+            )
+            .service(
+                resource("/v1/webhooks/{id}/rotate-secret")
+                    .route(web::post().to(webhooks::rotate_secret)),
+            )
+            .service(resource("/v1/webhooks/{id}/disable").route(web::post().to(webhooks::disable)))
+            .service(resource("/v1/webhooks/{id}/enable").route(web::post().to(webhooks::enable)))
+            .service(readable(
+                resource("/v1/webhooks/{id}/deliveries"),
+                webhooks::endpoint_deliveries,
+            ))
+            .service(readable(
+                resource("/v1/webhook-deliveries/{id}"),
+                webhooks::delivery,
+            ))
+            .service(
+                resource("/v1/webhook-deliveries/{id}/redeliver")
+                    .route(web::post().to(webhooks::redeliver)),
+            );
     }
 }

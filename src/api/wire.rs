@@ -1,11 +1,13 @@
 //! Wire types: exactly what `openapi.yaml` describes. Built from rows, never stored; they
 //! deserialize too, so tests and clients written in Rust can read the API's answers with them.
 
+pub mod webhooks;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{EventKind, JobFailure, JobStatus},
-    ids::{JobId, UploadId},
+    ids::{JobId, UploadId, WebhookId},
     service::jobs::JobView,
     storage::entities::{job_event, job_log, result, upload},
     time::{now_ms, to_rfc3339},
@@ -57,6 +59,28 @@ pub struct JobIn {
     /// Seconds, or a duration such as "90s" or "30m".
     pub timeout: Option<TimeoutIn>,
     pub max_attempts: Option<u32>,
+    pub webhook: Option<JobWebhookIn>,
+}
+
+/// A job's own webhook, in its creation request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobWebhookIn {
+    pub url: String,
+    /// Event types to send; absent or empty: all of them.
+    pub events: Option<Vec<String>>,
+    /// `whsec_…`; generated (and shown in the answer) when absent.
+    pub secret: Option<String>,
+}
+
+/// A job's own webhook, in the answer to the request that created the job (only there: it
+/// shows the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobWebhookOut {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +135,7 @@ pub struct JobLinks {
     pub events: String,
     pub logs: String,
     pub cancel: String,
+    pub webhook_deliveries: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +159,7 @@ pub struct JobOut {
     pub error: Option<JobErrorOut>,
     pub inputs: Vec<InputOut>,
     pub result_count: u64,
+    pub webhook: Option<JobWebhookOut>,
     pub links: JobLinks,
 }
 
@@ -188,11 +214,18 @@ impl From<&JobView> for JobOut {
                 })
                 .collect(),
             result_count: v.result_count,
+            webhook: v.webhook.as_ref().map(|w| JobWebhookOut {
+                id: WebhookId(w.id).to_string(),
+                url: w.url.clone(),
+                events: crate::webhooks::events_of_column(&w.events),
+                secret: w.secret.clone(),
+            }),
             links: JobLinks {
                 results: format!("{base}/results"),
                 events: format!("{base}/events"),
                 logs: format!("{base}/logs"),
                 cancel: format!("{base}/cancel"),
+                webhook_deliveries: format!("{base}/webhook-deliveries"),
                 self_: base,
             },
         }

@@ -16,6 +16,7 @@ use super::{
     ServiceError, ServiceResult, Services,
     lifecycle::{self, Dispatchable, Holder, JobEvent, Transition},
     uploads::UploadMeta,
+    webhooks::JobWebhook,
 };
 use crate::{
     blobs::keys,
@@ -24,7 +25,10 @@ use crate::{
     error_code::ErrorCode,
     ids::{JobId, UploadId},
     queue,
-    storage::entities::{idempotency_key, job, job_event, job_input, job_log, result, upload},
+    storage::entities::{
+        idempotency_key, job, job_event, job_input, job_log, result, upload, webhook_attempt,
+        webhook_delivery, webhook_endpoint,
+    },
     time::now_ms,
 };
 
@@ -45,6 +49,16 @@ pub struct JobRequest {
     pub priority: Option<i32>,
     pub timeout: Option<Duration>,
     pub max_attempts: Option<u32>,
+    /// The job's own webhook, checked in [`Services::job_spec`].
+    pub webhook: Option<JobWebhookRequest>,
+}
+
+/// A job's `webhook` member as the client wrote it.
+#[derive(Clone, Debug, Default)]
+pub struct JobWebhookRequest {
+    pub url: String,
+    pub events: Option<Vec<String>>,
+    pub secret: Option<String>,
 }
 
 /// A checked job request: the kind is served, every limit is in range and the kind's defaults
@@ -57,6 +71,7 @@ pub struct JobSpec {
     pub priority: i32,
     pub timeout: Duration,
     pub max_attempts: u32,
+    pub webhook: Option<JobWebhook>,
 }
 
 /// An `Idempotency-Key` header with the fingerprint of the request it came with.
@@ -80,6 +95,9 @@ pub struct JobView {
     pub job: job::Model,
     pub inputs: Vec<job_input::Model>,
     pub result_count: u64,
+    /// The job's own webhook endpoint: shown in the answer to the creating request only (it
+    /// holds the secret, shown once).
+    pub webhook: Option<webhook_endpoint::Model>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -163,14 +181,24 @@ impl Idempotency {
 impl JobSpec {
     /// The spec in a canonical text form, for idempotency fingerprints.
     pub fn canonical(&self) -> String {
-        format!(
+        let mut text = format!(
             "{}\0{}\0{}\0{}\0{}",
             self.kind,
             canonical_json(&serde_json::Value::Object(self.params.clone())),
             self.priority,
             self.timeout.as_millis(),
             self.max_attempts
-        )
+        );
+        // Only when given, so keys recorded before webhooks existed fingerprint as before. A
+        // generated secret is left out: a retry generates another, and is still the same request.
+        if let Some(hook) = &self.webhook {
+            text.push_str(&format!(
+                "\0{}\0{}",
+                hook.subscription.url,
+                hook.subscription.events_column()
+            ));
+        }
+        text
     }
 }
 
@@ -249,12 +277,17 @@ impl Services {
                 ),
             ));
         }
+        let webhook = request
+            .webhook
+            .map(|w| JobWebhook::parse(&w.url, w.events.as_deref(), w.secret.as_deref()))
+            .transpose()?;
         Ok(JobSpec {
             kind: request.kind,
             params: request.params,
             priority,
             timeout,
             max_attempts,
+            webhook,
         })
     }
 
@@ -381,9 +414,13 @@ impl Services {
             ));
         }
         if let Some(job_id) = existing.job_id {
-            return Ok(Reservation::Replay(Box::new(
-                self.get_job(JobId(job_id)).await?,
-            )));
+            let mut view = self.get_job(JobId(job_id)).await?;
+            // The replayed answer is the first one: with the job's webhook and its secret.
+            view.webhook = webhook_endpoint::Entity::find()
+                .filter(webhook_endpoint::Column::JobId.eq(job_id))
+                .one(&self.db.orm)
+                .await?;
+            return Ok(Reservation::Replay(Box::new(view)));
         }
         let expires = existing
             .lease_expires_at_ms
@@ -503,9 +540,14 @@ impl Services {
             uploads.push((name.clone(), row));
         }
 
+        if let Some(hook) = &spec.webhook {
+            self.check_addresses("webhook.url", &hook.subscription)
+                .await?;
+        }
         let id = JobId::new();
         let now = now_ms();
         let dispatch_id = queue::new_dispatch_id(now);
+        let webhook = spec.webhook.as_ref().map(|hook| hook.row(id.0, now));
         let row = job::Model {
             id: id.0,
             kind: spec.kind.clone(),
@@ -579,6 +621,16 @@ impl Services {
             .await?;
             inputs.push(input);
         }
+        // Before the first event, so that the endpoint gets it if it asked for `queued`.
+        if let Some(hook) = &webhook {
+            tx.execute(
+                &webhook_endpoint::Entity::insert(webhook_endpoint::ActiveModel::from(
+                    hook.clone(),
+                ))
+                .into_query(),
+            )
+            .await?;
+        }
         let created = JobEvent::Queued;
         tx.append_event(id.0, created.kind(), created.data())
             .await?;
@@ -615,6 +667,7 @@ impl Services {
             },
             inputs,
             result_count: 0,
+            webhook,
         })
     }
 
@@ -662,6 +715,7 @@ impl Services {
             .map(|job| JobView {
                 inputs: inputs.remove(&job.id).unwrap_or_default(),
                 result_count: counts.get(&job.id).copied().unwrap_or(0) as u64,
+                webhook: None,
                 job,
             })
             .collect())
@@ -770,6 +824,15 @@ impl Services {
                 .into_query(),
             idempotency_key::Entity::delete_many()
                 .filter(idempotency_key::Column::JobId.eq(id.0))
+                .into_query(),
+            webhook_attempt::Entity::delete_many()
+                .filter(webhook_attempt::Column::JobId.eq(id.0))
+                .into_query(),
+            webhook_delivery::Entity::delete_many()
+                .filter(webhook_delivery::Column::JobId.eq(id.0))
+                .into_query(),
+            webhook_endpoint::Entity::delete_many()
+                .filter(webhook_endpoint::Column::JobId.eq(id.0))
                 .into_query(),
             job::Entity::delete_many()
                 .filter(job::Column::Id.eq(id.0))

@@ -9,6 +9,7 @@ pub mod pacing;
 pub mod reconcile;
 pub mod results;
 pub mod uploads;
+pub mod webhooks;
 
 use anyhow::Context as _;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};

@@ -126,4 +126,16 @@ impl Subscription {
         };
         let _ = tokio::time::timeout_at(until, wait).await;
     }
+
+    /// Waits until any job may have changed, or until `deadline` (for watchers of every job:
+    /// the webhook deliverer).
+    pub async fn any_change(&mut self, deadline: Instant) {
+        let wait = async {
+            match self.receiver.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, wait).await;
+    }
 }

@@ -13,6 +13,7 @@
 
 pub mod changes;
 pub mod entities;
+pub mod outbox;
 
 use std::{path::Path, str::FromStr, time::Duration};
 
@@ -313,13 +314,15 @@ impl Tx {
         }
     }
 
-    /// Appends an event to a job's log, numbering it after the job's last event.
+    /// Appends an event to a job's log, numbering it after the job's last event, with the
+    /// webhook deliveries it owes (see [`outbox`]).
     pub async fn append_event(
         &mut self,
         job_id: Uuid,
         kind: crate::domain::EventKind,
         data: serde_json::Value,
     ) -> Result<i64, StorageError> {
+        let now = now_ms();
         let jobs = Alias::new("ferry_jobs");
         self.execute(
             Query::update()
@@ -355,10 +358,13 @@ impl Tx {
                     seq.into(),
                     sea_orm::ActiveEnum::to_value(&kind).into(),
                     data.to_string().into(),
-                    now_ms().into(),
+                    now.into(),
                 ]),
         )
         .await?;
+        let event_type = sea_orm::ActiveEnum::to_value(&kind);
+        self.enqueue_deliveries(job_id, seq, &event_type, now)
+            .await?;
         Ok(seq)
     }
 

@@ -203,7 +203,7 @@ async fn reconciler(services: Services, shutdown: CancellationToken) {
     }
 }
 
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()

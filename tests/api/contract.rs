@@ -14,12 +14,17 @@ const METHODS: [&str; 8] = [
 ];
 
 const DUMMY_JOB: &str = "job_00000000000000000000000000000000";
+const DUMMY_WEBHOOK: &str = "whk_00000000000000000000000000000000";
 const DUMMY_UPLOAD: &str = "upl_00000000000000000000000000000000";
 
 /// A concrete path for a route template, with ids that do not exist.
 fn dummy_path(template: &str) -> String {
     let id = if template.starts_with("/v1/uploads/") {
         DUMMY_UPLOAD
+    } else if template.starts_with("/v1/webhooks/") {
+        DUMMY_WEBHOOK
+    } else if template.starts_with("/v1/webhook-deliveries/") {
+        "999999"
     } else {
         DUMMY_JOB
     };
@@ -127,6 +132,17 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("get", "/v1/jobs/{id}/logs"), 404),
         (("get", "/v1/jobs/{id}/results"), 404),
         (("get", "/v1/jobs/{id}/results/{name}"), 404),
+        (("get", "/v1/jobs/{id}/webhook-deliveries"), 404),
+        (("post", "/v1/webhooks"), 422),
+        (("get", "/v1/webhooks"), 200),
+        (("get", "/v1/webhooks/{id}"), 404),
+        (("delete", "/v1/webhooks/{id}"), 404),
+        (("post", "/v1/webhooks/{id}/rotate-secret"), 404),
+        (("post", "/v1/webhooks/{id}/disable"), 404),
+        (("post", "/v1/webhooks/{id}/enable"), 404),
+        (("get", "/v1/webhooks/{id}/deliveries"), 404),
+        (("get", "/v1/webhook-deliveries/{id}"), 404),
+        (("post", "/v1/webhook-deliveries/{id}/redeliver"), 404),
     ]
     .into_iter()
     .collect();
@@ -144,7 +160,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         let reply = app
             .request(method, &path, |r| match (method, template) {
                 ("post", "/v1/uploads" | "/v1/kinds/{kind}/jobs") => r.body("hello"),
-                ("post", "/v1/jobs") => r.json(&json!({})),
+                ("post", "/v1/jobs" | "/v1/webhooks") => r.json(&json!({"url": ""})),
                 _ => r,
             })
             .await;
@@ -159,6 +175,10 @@ async fn every_spec_route_is_routed_by_the_server() {
         if want == 404 && method != "head" {
             let code = if template.starts_with("/v1/uploads") {
                 "upload_not_found"
+            } else if template.starts_with("/v1/webhooks/") {
+                "webhook_not_found"
+            } else if template.starts_with("/v1/webhook-deliveries/") {
+                "delivery_not_found"
             } else {
                 "job_not_found"
             };

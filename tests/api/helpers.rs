@@ -134,7 +134,17 @@ pub struct TestConfig {
     pub max_concurrent_uploads: usize,
     /// Configure the model as `python3 model.py`, relative to the configuration file's folder.
     pub relative_model: bool,
+    /// The `[webhooks]` section: by default receivers on loopback are allowed (the tests'
+    /// receivers listen there) and the retry schedule is short.
+    pub webhooks: String,
 }
+
+/// The tests' `[webhooks]` section: loopback receivers, a fast scan and a short schedule.
+pub const TEST_WEBHOOKS: &str = r#"allow_loopback = true
+timeout = "2s"
+poll_interval = "50ms"
+retry_schedule = ["0s", "200ms", "400ms", "800ms"]
+"#;
 
 impl Default for TestConfig {
     fn default() -> Self {
@@ -149,6 +159,7 @@ impl Default for TestConfig {
             pg_via: None,
             max_concurrent_uploads: 16,
             relative_model: false,
+            webhooks: TEST_WEBHOOKS.to_owned(),
         }
     }
 }
@@ -299,6 +310,8 @@ retry_base_delay = "100ms"
 retry_max_delay = "1s"
 kill_grace = "1s"
 
+[webhooks]
+{webhooks}
 [handlers.model]
 command = ["python3", "{model}"]
 timeout = "{timeout}"
@@ -315,6 +328,7 @@ concurrency = {concurrency}
             timeout = cfg.model_timeout,
             attempts = cfg.model_max_attempts,
             concurrency = cfg.model_concurrency,
+            webhooks = cfg.webhooks,
         );
         std::fs::write(&config_path, toml).expect("write config");
         let mut app = TestApp {

@@ -29,3 +29,5 @@ mod schemathesis;
 mod spec;
 mod tools;
 mod uploads;
+mod webhook_receiver;
+mod webhooks;

@@ -7,3 +7,6 @@ pub mod job_input;
 pub mod job_log;
 pub mod result;
 pub mod upload;
+pub mod webhook_attempt;
+pub mod webhook_delivery;
+pub mod webhook_endpoint;
