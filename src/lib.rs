@@ -5,8 +5,8 @@
 //! actix types) → `storage` (sea-orm entities, transactions), `blobs` (object_store), `queue`
 //! (apalis dispatch) and `workspace` (work folders and handler processes on this machine).
 //! `webhooks` (signing, the address guard, the retry schedule and the background deliverer)
-//! sits beside `service`, on `storage`. `worker` runs handlers and calls `service`, never `api`. `app` wires it all together for the
-//! `serve`, `worker` and `migrate` commands. `client_cli` is the other side: the `submit`, `jobs`,
+//! sits beside `service`, on `storage`. `worker` runs handlers and calls `service`, never `api`.
+//! `app` wires it all together for the `serve`, `worker` and `migrate` commands. `client_cli` is the other side: the `submit`, `jobs`,
 //! `results` and `uploads` commands, clients of a running server through `ferry-client`.
 
 pub mod api;
