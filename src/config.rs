@@ -46,6 +46,7 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub limits: Limits,
     pub queue: QueueSettings,
+    pub events: EventSettings,
     pub handlers: BTreeMap<String, HandlerSettings>,
 }
 
@@ -120,6 +121,16 @@ pub struct QueueSettings {
     pub orphan_sweep_interval: Duration,
 }
 
+/// Server-sent event streams (`GET /v1/jobs/{id}/events`, `GET /v1/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// A stream that has sent nothing for this long sends a comment line, so that proxies and
+    /// load balancers do not close it as idle.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HandlerSettings {
@@ -153,6 +164,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             limits: Limits::default(),
             queue: QueueSettings::default(),
+            events: EventSettings::default(),
             handlers: BTreeMap::new(),
         }
     }
@@ -201,6 +213,14 @@ impl Default for QueueSettings {
             retry_max_delay: Duration::from_secs(600),
             kill_grace: Duration::from_secs(10),
             orphan_sweep_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -333,6 +353,9 @@ impl Settings {
         }
         if self.limits.transfer_idle_timeout.is_zero() {
             bail!("limits.transfer_idle_timeout must be positive");
+        }
+        if self.events.heartbeat.is_zero() {
+            bail!("events.heartbeat must be positive");
         }
         if self.queue.orphan_sweep_interval.is_zero() {
             bail!("queue.orphan_sweep_interval must be positive");

@@ -134,6 +134,8 @@ pub struct TestConfig {
     pub max_concurrent_uploads: usize,
     /// Configure the model as `python3 model.py`, relative to the configuration file's folder.
     pub relative_model: bool,
+    /// `events.heartbeat`: how long an event stream stays silent before a heartbeat.
+    pub heartbeat: &'static str,
 }
 
 impl Default for TestConfig {
@@ -149,6 +151,7 @@ impl Default for TestConfig {
             pg_via: None,
             max_concurrent_uploads: 16,
             relative_model: false,
+            heartbeat: "15s",
         }
     }
 }
@@ -299,6 +302,9 @@ retry_base_delay = "100ms"
 retry_max_delay = "1s"
 kill_grace = "1s"
 
+[events]
+heartbeat = "{heartbeat}"
+
 [handlers.model]
 command = ["python3", "{model}"]
 timeout = "{timeout}"
@@ -315,6 +321,7 @@ concurrency = {concurrency}
             timeout = cfg.model_timeout,
             attempts = cfg.model_max_attempts,
             concurrency = cfg.model_concurrency,
+            heartbeat = cfg.heartbeat,
         );
         std::fs::write(&config_path, toml).expect("write config");
         let mut app = TestApp {
