@@ -127,6 +127,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("get", "/v1/jobs/{id}/logs"), 404),
         (("get", "/v1/jobs/{id}/results"), 404),
         (("get", "/v1/jobs/{id}/results/{name}"), 404),
+        (("get", "/v1/events"), 200),
     ]
     .into_iter()
     .collect();
