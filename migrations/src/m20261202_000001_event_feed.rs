@@ -16,7 +16,7 @@
 //! keeps the `ALTER` from rewriting the table.
 //!
 //! Indexes: `(tx, id)` is the feed's order; `(kind, tx, id)` serves the `type`/`status`
-//! filters, and `ferry_jobs (kind)` the filter by job kind.
+//! filters. (A job filter uses `(job_id, seq)`; a job kind filter probes `ferry_jobs` by id.)
 
 use sea_orm_migration::{prelude::*, sea_orm::DatabaseBackend};
 
@@ -31,15 +31,8 @@ enum FerryJobEvents {
     Kind,
 }
 
-#[derive(DeriveIden)]
-enum FerryJobs {
-    Table,
-    Kind,
-}
-
 const FEED_INDEX: &str = "ferry_idx_job_events_feed";
 const TYPE_INDEX: &str = "ferry_idx_job_events_kind_feed";
-const JOB_KIND_INDEX: &str = "ferry_idx_jobs_kind";
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
@@ -65,32 +58,15 @@ impl MigrationTrait for Migration {
                 .await?;
         }
         let indexes = [
-            (
-                FEED_INDEX,
-                FerryJobEvents::Table.into_iden(),
-                vec![
-                    FerryJobEvents::Tx.into_iden(),
-                    FerryJobEvents::Id.into_iden(),
-                ],
-            ),
+            (FEED_INDEX, vec![FerryJobEvents::Tx, FerryJobEvents::Id]),
             (
                 TYPE_INDEX,
-                FerryJobEvents::Table.into_iden(),
-                vec![
-                    FerryJobEvents::Kind.into_iden(),
-                    FerryJobEvents::Tx.into_iden(),
-                    FerryJobEvents::Id.into_iden(),
-                ],
-            ),
-            (
-                JOB_KIND_INDEX,
-                FerryJobs::Table.into_iden(),
-                vec![FerryJobs::Kind.into_iden()],
+                vec![FerryJobEvents::Kind, FerryJobEvents::Tx, FerryJobEvents::Id],
             ),
         ];
-        for (name, table, columns) in indexes {
+        for (name, columns) in indexes {
             let mut index = Index::create();
-            index.name(name).table(table);
+            index.name(name).table(FerryJobEvents::Table);
             for column in columns {
                 index.col(column);
             }
@@ -100,13 +76,14 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        for (name, table) in [
-            (JOB_KIND_INDEX, FerryJobs::Table.into_iden()),
-            (TYPE_INDEX, FerryJobEvents::Table.into_iden()),
-            (FEED_INDEX, FerryJobEvents::Table.into_iden()),
-        ] {
-            m.drop_index(Index::drop().name(name).table(table).to_owned())
-                .await?;
+        for name in [TYPE_INDEX, FEED_INDEX] {
+            m.drop_index(
+                Index::drop()
+                    .name(name)
+                    .table(FerryJobEvents::Table)
+                    .to_owned(),
+            )
+            .await?;
         }
         m.alter_table(
             Table::alter()

@@ -172,14 +172,20 @@ impl Services {
             return Ok(empty);
         }
         let horizon = self.feed_horizon().await?;
+        let past_cursor = match self.db.pool() {
+            Pool::Postgres(_) => Expr::tuple([
+                Expr::col(job_event::Column::Tx),
+                Expr::col(job_event::Column::Id),
+            ])
+            .gt(Expr::tuple([Expr::val(after.tx), Expr::val(after.id)])),
+            // The same set, as every SQLite event has `tx` 0; SQLite (3.40) seeks a row value
+            // comparison on its first column only, which would scan the feed from the start.
+            Pool::Sqlite(_) => job_event::Column::Tx
+                .eq(after.tx)
+                .and(job_event::Column::Id.gt(after.id)),
+        };
         let mut query = job_event::Entity::find()
-            .filter(
-                Expr::tuple([
-                    Expr::col(job_event::Column::Tx),
-                    Expr::col(job_event::Column::Id),
-                ])
-                .gt(Expr::tuple([Expr::val(after.tx), Expr::val(after.id)])),
-            )
+            .filter(past_cursor)
             .order_by_asc(job_event::Column::Tx)
             .order_by_asc(job_event::Column::Id);
         if let Some(kinds) = &filter.event_kinds {
@@ -189,15 +195,20 @@ impl Services {
             query = query.filter(job_event::Column::JobId.eq(job.0));
         }
         if let Some(kinds) = &filter.job_kinds {
-            query = query.filter(
-                job_event::Column::JobId.in_subquery(
-                    Query::select()
-                        .column(job::Column::Id)
-                        .from(job::Entity)
-                        .and_where(job::Column::Kind.is_in(kinds.iter().map(String::as_str)))
-                        .to_owned(),
-                ),
-            );
+            // Probed per event, in feed order, so that reading the feed's end costs what it
+            // reads, not every event of those kinds ever (which `job_id IN (…)` does on
+            // SQLite).
+            query = query.filter(Expr::exists(
+                Query::select()
+                    .expr(Expr::val(1))
+                    .from(job::Entity)
+                    .and_where(
+                        Expr::col((job::Entity, job::Column::Id))
+                            .equals((job_event::Entity, job_event::Column::JobId)),
+                    )
+                    .and_where(job::Column::Kind.is_in(kinds.iter().map(String::as_str)))
+                    .to_owned(),
+            ));
         }
         let mut rows = query.limit(limit + 1).all(&self.db.orm).await?;
         let visible = rows.iter().take_while(|e| e.tx < horizon).count();
