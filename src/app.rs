@@ -92,11 +92,12 @@ impl Application {
                 .with_context(|| format!("cannot listen on {}", settings.listen))?;
             let addr = listener.local_addr()?;
             let api_services = services.clone();
+            let stopping = shutdown.clone();
             let server = HttpServer::new(move || {
                 App::new()
                     .wrap(middleware::from_fn(api::problem::negotiate_problem_type))
                     .wrap(middleware::Logger::new("%r %s %b %Dms").log_target("ferry::http"))
-                    .configure(api::configure(api_services.clone()))
+                    .configure(api::configure(api_services.clone(), stopping.clone()))
                     .default_service(web::to(api::problem::not_found))
             })
             .disable_signals()

@@ -47,6 +47,7 @@ pub struct Settings {
     pub limits: Limits,
     pub queue: QueueSettings,
     pub webhooks: WebhookSettings,
+    pub events: EventSettings,
     pub handlers: BTreeMap<String, HandlerSettings>,
 }
 
@@ -121,6 +122,16 @@ pub struct QueueSettings {
     pub orphan_sweep_interval: Duration,
 }
 
+/// Server-sent event streams (`GET /v1/jobs/{id}/events`, `GET /v1/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventSettings {
+    /// A stream that has sent nothing for this long sends a comment line, so that proxies and
+    /// load balancers do not close it as idle.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookSettings {
@@ -187,6 +198,7 @@ impl Default for Settings {
             limits: Limits::default(),
             queue: QueueSettings::default(),
             webhooks: WebhookSettings::default(),
+            events: EventSettings::default(),
             handlers: BTreeMap::new(),
         }
     }
@@ -270,6 +282,14 @@ impl Default for WebhookSettings {
             allow_loopback: false,
             allow_private_networks: false,
             public_url: None,
+        }
+    }
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -402,6 +422,9 @@ impl Settings {
         }
         if self.limits.transfer_idle_timeout.is_zero() {
             bail!("limits.transfer_idle_timeout must be positive");
+        }
+        if self.events.heartbeat.is_zero() {
+            bail!("events.heartbeat must be positive");
         }
         if self.queue.orphan_sweep_interval.is_zero() {
             bail!("queue.orphan_sweep_interval must be positive");

@@ -95,6 +95,70 @@ pub enum EventKind {
     Failed,
 }
 
+impl EventKind {
+    pub const ALL: [EventKind; 11] = [
+        EventKind::Queued,
+        EventKind::Started,
+        EventKind::Progress,
+        EventKind::Result,
+        EventKind::CancelRequested,
+        EventKind::Canceled,
+        EventKind::RetryScheduled,
+        EventKind::Requeued,
+        EventKind::Redispatched,
+        EventKind::Succeeded,
+        EventKind::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Queued => "queued",
+            EventKind::Started => "started",
+            EventKind::Progress => "progress",
+            EventKind::Result => "result",
+            EventKind::CancelRequested => "cancel_requested",
+            EventKind::Canceled => "canceled",
+            EventKind::RetryScheduled => "retry_scheduled",
+            EventKind::Requeued => "requeued",
+            EventKind::Redispatched => "redispatched",
+            EventKind::Succeeded => "succeeded",
+            EventKind::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The status the job has after an event of this kind: the `status` of its data, which
+    /// every state change carries (always the same one per kind); `None` for progress and
+    /// results.
+    pub fn status(self) -> Option<JobStatus> {
+        match self {
+            EventKind::Queued
+            | EventKind::RetryScheduled
+            | EventKind::Requeued
+            | EventKind::Redispatched => Some(JobStatus::Queued),
+            EventKind::Started | EventKind::CancelRequested => Some(JobStatus::Running),
+            EventKind::Succeeded => Some(JobStatus::Succeeded),
+            EventKind::Failed => Some(JobStatus::Failed),
+            EventKind::Canceled => Some(JobStatus::Canceled),
+            EventKind::Progress | EventKind::Result => None,
+        }
+    }
+
+    /// Whether this is a job's last event: nothing is appended after it.
+    pub fn is_terminal(self) -> bool {
+        self.status().is_some_and(JobStatus::is_finished)
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why an attempt failed, as stored on the job and shown to clients (an RFC 9457 problem with
 /// Ferry's extension members).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,7 @@ error_codes! {
     InvalidDigestHeader = ("invalid_digest_header", 400): "A digest header cannot be parsed.",
     InvalidContentLength = ("invalid_content_length", 400): "Content-Length is not a number.",
     InvalidIdempotencyKey = ("invalid_idempotency_key", 400): "Empty, too long or not ASCII.",
+    InvalidLastEventId = ("invalid_last_event_id", 400): "Last-Event-ID is no id of the stream.",
     NotFound = ("not_found", 404): "The path cannot be parsed.",
     RouteNotFound = ("route_not_found", 404): "No such route.",
     JobNotFound = ("job_not_found", 404): "No such job (or it was deleted).",

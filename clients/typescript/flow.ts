@@ -45,6 +45,15 @@ function need<T>(data: T | undefined, response: Response, what: string): T {
   return data;
 }
 
+/**
+ * A body the spec documents as JSON or as an event stream (text, for `Accept:
+ * text/event-stream`): this flow asks for JSON.
+ */
+function json<T extends object>(body: T | string, what: string): T {
+  if (typeof body === "string") throw new FlowFailure(`${what}: text where JSON was asked for`);
+  return body;
+}
+
 /** Retry-After in seconds (Ferry sends whole seconds), or null when absent. */
 function retryAfter(response: Response): number | null {
   const value = response.headers.get("Retry-After");
@@ -256,7 +265,7 @@ class Flow {
 
   private async checkEvents(id: string): Promise<void> {
     const all = await this.api.GET("/v1/jobs/{id}/events", { params: { path: { id } } });
-    const events = need(all.data, all.response, "listJobEvents").items;
+    const events = json(need(all.data, all.response, "listJobEvents"), "listJobEvents").items;
     const kinds = events.map((e) => e.kind);
     const seqs = events.map((e) => e.seq).join(",");
     check(seqs === events.map((_, i) => i + 1).join(","), `seq of ${kinds}: ${seqs}`);
@@ -267,7 +276,7 @@ class Flow {
     const tail = await this.api.GET("/v1/jobs/{id}/events", {
       params: { path: { id }, query: { after: 2 } },
     });
-    const rest = need(tail.data, tail.response, "listJobEvents after=2").items;
+    const rest = json(need(tail.data, tail.response, "after=2"), "listJobEvents after=2").items;
     check(
       rest.map((e) => e.seq).join(",") === events.slice(2).map((e) => e.seq).join(","),
       "events after=2",

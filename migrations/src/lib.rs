@@ -7,6 +7,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261129_000001_initial;
 mod m20261201_000001_idempotency_lease;
+mod m20261202_000001_event_feed;
 mod m20261202_000002_webhooks;
 
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261129_000001_initial::Migration),
             Box::new(m20261201_000001_idempotency_lease::Migration),
+            Box::new(m20261202_000001_event_feed::Migration),
             Box::new(m20261202_000002_webhooks::Migration),
         ]
     }

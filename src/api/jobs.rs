@@ -1,5 +1,5 @@
 //! `/v1/jobs`: create (JSON; or the raw file to `/v1/kinds/{kind}/jobs`, for curl users),
-//! read, list, cancel, delete, and the job's event log and handler logs.
+//! read, list, cancel, delete, and the job's handler logs (its event log: [`super::events`]).
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use super::{
     conditional::{etag_of, not_modified, typed, wait_preference},
     problem::ApiError,
     uploads::{closing, upload_meta},
-    wire::{EventList, EventOut, JobIn, JobList, JobOut, LogLineOut, LogList, TimeoutIn},
+    wire::{JobIn, JobList, JobOut, LogLineOut, LogList, TimeoutIn},
 };
 use crate::{
     domain::JobStatus,
@@ -500,33 +500,6 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     services.delete_job(parse_job_id(&id)?).await?;
     Ok(HttpResponse::NoContent().finish())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    pub after: Option<i64>,
-    pub limit: Option<u64>,
-}
-
-pub async fn events(
-    services: web::Data<Services>,
-    id: web::Path<String>,
-    query: web::Query<EventsQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(
-            ApiError::new(ErrorCode::InvalidQuery, "limit must be between 1 and 1000")
-                .with_field("limit", "out of range"),
-        );
-    }
-    let events = services
-        .job_events(parse_job_id(&id)?, query.after.unwrap_or(0), limit)
-        .await?;
-    Ok(HttpResponse::Ok().json(EventList {
-        items: events.iter().map(EventOut::from).collect(),
-    }))
 }
 
 #[derive(Debug, Deserialize)]

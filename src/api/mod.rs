@@ -1,17 +1,21 @@
 //! The HTTP API: thin actix handlers (extract → call a service → map to a wire type) and the
 //! route table. Every error leaves as an RFC 9457 problem.
 
+pub mod accept;
 pub mod conditional;
 pub mod digest_header;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod problem;
 pub mod results;
+pub mod sse;
 pub mod uploads;
 pub mod webhooks;
 pub mod wire;
 
 use actix_web::{FromRequest, Handler, Resource, Responder, web};
+use tokio_util::sync::CancellationToken;
 
 use crate::service::Services;
 
@@ -61,6 +65,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/webhook-deliveries/{id}"),
     ("head", "/v1/webhook-deliveries/{id}"),
     ("post", "/v1/webhook-deliveries/{id}/redeliver"),
+    ("get", "/v1/events"),
+    ("head", "/v1/events"),
 ];
 
 /// Routes `GET` and `HEAD` of a resource to `handler`. A HEAD answer is the GET answer — same
@@ -79,10 +85,15 @@ where
         .route(web::head().to(handler))
 }
 
-/// Registers every route; `openapi.yaml` describes exactly these (see [`ROUTES`]).
-pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
+/// Registers every route; `openapi.yaml` describes exactly these (see [`ROUTES`]). `stopping`
+/// is cancelled when the server stops: open event streams end then.
+pub fn configure(
+    services: Services,
+    stopping: CancellationToken,
+) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(services))
+            .app_data(web::Data::new(stopping))
             .app_data(web::QueryConfig::default().error_handler(problem::query_error))
             .app_data(web::PathConfig::default().error_handler(problem::path_error));
         let resource = |path: &str| {
@@ -107,7 +118,10 @@ pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
                 resource("/v1/kinds/{kind}/jobs").route(web::post().to(jobs::create_with_file)),
             )
             .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
-            .service(readable(resource("/v1/jobs/{id}/events"), jobs::events))
+            .service(readable(
+                resource("/v1/jobs/{id}/events"),
+                events::job_events,
+            ))
             .service(readable(resource("/v1/jobs/{id}/logs"), jobs::logs))
             .service(readable(resource("/v1/jobs/{id}/results"), results::list))
             .service(readable(
@@ -143,6 +157,7 @@ pub fn configure(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
             .service(
                 resource("/v1/webhook-deliveries/{id}/redeliver")
                     .route(web::post().to(webhooks::redeliver)),
-            );
+            )
+            .service(readable(resource("/v1/events"), events::feed));
     }
 }

@@ -167,25 +167,7 @@ fn problem_media_type(accept: Option<&header::Accept>) -> &'static str {
     let Some(accept) = accept else {
         return CONTENT_TYPE;
     };
-    // The quality the client gives a media type: that of the most specific range matching it
-    // (RFC 9110 §12.5.1), 0 when none does.
-    let quality = |media_type: &str| {
-        accept
-            .iter()
-            .filter_map(|item| {
-                let range = &item.item;
-                let specificity = match (range.type_().as_str(), range.subtype().as_str()) {
-                    _ if range.essence_str() == media_type => 2,
-                    ("application", "*") => 1,
-                    ("*", "*") => 0,
-                    _ => return None,
-                };
-                Some((specificity, item.quality))
-            })
-            .max_by_key(|(specificity, _)| *specificity)
-            .map(|(_, quality)| quality)
-            .unwrap_or(header::Quality::ZERO)
-    };
+    let quality = |media_type: &str| super::accept::quality(accept, media_type);
     let zero = header::Quality::ZERO;
     if quality(CONTENT_TYPE) == zero && quality(mime::APPLICATION_JSON.as_ref()) > zero {
         mime::APPLICATION_JSON.as_ref()

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     domain::{EventKind, JobFailure, JobStatus},
     ids::{JobId, UploadId, WebhookId},
-    service::jobs::JobView,
+    service::{events::FeedEvent, jobs::JobView},
     storage::entities::{job_event, job_log, result, upload},
     time::{now_ms, to_rfc3339},
 };
@@ -294,6 +294,32 @@ impl From<&job_event::Model> for EventOut {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventList {
     pub items: Vec<EventOut>,
+}
+
+/// An event of the feed across jobs: the event as a job's log shows it, and its job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedEventOut {
+    #[serde(flatten)]
+    pub event: EventOut,
+    pub job_id: String,
+    pub job_kind: String,
+}
+
+impl From<&FeedEvent> for FeedEventOut {
+    fn from(e: &FeedEvent) -> Self {
+        Self {
+            event: EventOut::from(&e.event),
+            job_id: JobId(e.event.job_id).to_string(),
+            job_kind: e.job_kind.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedPageOut {
+    pub items: Vec<FeedEventOut>,
+    /// Pass as `after` to continue after this page; never null: the feed has no last page.
+    pub next: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

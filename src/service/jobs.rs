@@ -218,7 +218,7 @@ fn canonical_json(v: &serde_json::Value) -> String {
 }
 
 impl Services {
-    fn job_not_found(id: JobId) -> ServiceError {
+    pub(crate) fn job_not_found(id: JobId) -> ServiceError {
         ServiceError::new(
             ErrorCode::JobNotFound,
             format!("no job {id}: it never existed or was deleted"),
@@ -845,23 +845,6 @@ impl Services {
         tx.commit().await?;
         tracing::info!(job_id = %id, "job deleted with its inputs and results");
         Ok(())
-    }
-
-    /// Events after `after_seq`, oldest first.
-    pub async fn job_events(
-        &self,
-        id: JobId,
-        after_seq: i64,
-        limit: u64,
-    ) -> ServiceResult<Vec<job_event::Model>> {
-        self.get_job(id).await?;
-        Ok(job_event::Entity::find()
-            .filter(job_event::Column::JobId.eq(id.0))
-            .filter(job_event::Column::Seq.gt(after_seq))
-            .order_by_asc(job_event::Column::Seq)
-            .limit(limit)
-            .all(&self.db.orm)
-            .await?)
     }
 
     /// The last `tail` log lines, oldest first, each cut to `limits.max_log_line_bytes`, and

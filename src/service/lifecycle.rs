@@ -506,3 +506,62 @@ pub async fn dispatch(
 fn failure_json(failure: &JobFailure) -> String {
     serde_json::to_string(failure).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The feed's `status` filter goes by kind ([`EventKind::status`]): each kind's events
+    /// must carry exactly that status.
+    #[test]
+    fn every_event_carries_the_status_its_kind_stands_for() {
+        let error = JobFailure {
+            code: "handler_error".into(),
+            title: "t".into(),
+            detail: "d".into(),
+            retryable: true,
+            attempt: 1,
+        };
+        let events = [
+            JobEvent::Queued,
+            JobEvent::Started { attempt: 1 },
+            JobEvent::Progress {
+                percent: None,
+                stage: None,
+                message: None,
+                attempt: 1,
+            },
+            JobEvent::Result {
+                result: PublishedResult {
+                    name: "r".into(),
+                    is_final: true,
+                    size: 1,
+                    sha256: "00".into(),
+                    content_type: "text/plain".into(),
+                },
+                attempt: 1,
+            },
+            JobEvent::CancelRequested,
+            JobEvent::Canceled { attempt: None },
+            JobEvent::Canceled { attempt: Some(1) },
+            JobEvent::RetryScheduled {
+                attempt: 1,
+                error: error.clone(),
+                retry_at_ms: 0,
+            },
+            JobEvent::Requeued { attempt: 1 },
+            JobEvent::Redispatched,
+            JobEvent::Succeeded { attempt: 1 },
+            JobEvent::Failed { attempt: 1, error },
+        ];
+        for event in &events {
+            let kind = event.kind();
+            let status = event.data()["status"].as_str().map(JobStatus::parse);
+            assert_eq!(status, kind.status().map(Some), "{kind}");
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+        let kinds: std::collections::BTreeSet<_> =
+            events.iter().map(|e| e.kind().as_str()).collect();
+        assert_eq!(kinds.len(), EventKind::ALL.len(), "every kind is covered");
+    }
+}

@@ -2,6 +2,7 @@
 //! API and the workers both call in, and get [`ServiceError`]s with stable codes back.
 
 pub mod attempts;
+pub mod events;
 pub mod jobs;
 pub mod lifecycle;
 pub mod orphans;

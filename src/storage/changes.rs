@@ -1,5 +1,5 @@
-//! Wake-ups for requests waiting on a job to change (long-poll): who hears that a job's row
-//! changed, and how.
+//! Wake-ups for requests waiting on a job to change (long-poll, event streams): who hears that
+//! a job's row changed, and how.
 //!
 //! A [`Tx`](super::Tx) records the jobs it changed (`Tx::job_changed`); its commit announces
 //! them. On SQLite, where one process owns the database, that is an in-process broadcast sent
@@ -109,6 +109,15 @@ impl Subscription {
     /// Waits until `job_id` may have changed, or until `deadline`. Returns early also when
     /// wake-ups were missed (lag), since the job may be among them, and after the backstop.
     pub async fn changed(&mut self, job_id: Uuid, deadline: Instant) {
+        self.wait_for(|id| id == job_id, deadline).await
+    }
+
+    /// Like [`Subscription::changed`], for a change to any job (the event feed).
+    pub async fn any_changed(&mut self, deadline: Instant) {
+        self.wait_for(|_| true, deadline).await
+    }
+
+    async fn wait_for(&mut self, wanted: impl Fn(Uuid) -> bool, deadline: Instant) {
         let until = match self.backstop {
             Some(every) => deadline.min(Instant::now() + every),
             None => deadline,
@@ -116,7 +125,7 @@ impl Subscription {
         let wait = async {
             loop {
                 match self.receiver.recv().await {
-                    Ok(id) if id == job_id => return,
+                    Ok(id) if wanted(id) => return,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => return,
                     // The process is shutting down: the deadline answers.

@@ -343,23 +343,29 @@ impl Tx {
             )
             .await?
             .unwrap_or(1);
+        let mut columns = vec![
+            Alias::new("job_id"),
+            Alias::new("seq"),
+            Alias::new("kind"),
+            Alias::new("data"),
+            Alias::new("created_at_ms"),
+        ];
+        let mut values: Vec<Expr> = vec![
+            job_id.into(),
+            seq.into(),
+            sea_orm::ActiveEnum::to_value(&kind).into(),
+            data.to_string().into(),
+            now.into(),
+        ];
+        if matches!(self.inner, TxInner::Postgres(_)) {
+            columns.push(Alias::new("tx"));
+            values.push(feed_position(job_id, seq));
+        }
         self.execute(
             Query::insert()
                 .into_table(Alias::new("ferry_job_events"))
-                .columns([
-                    Alias::new("job_id"),
-                    Alias::new("seq"),
-                    Alias::new("kind"),
-                    Alias::new("data"),
-                    Alias::new("created_at_ms"),
-                ])
-                .values_panic([
-                    job_id.into(),
-                    seq.into(),
-                    sea_orm::ActiveEnum::to_value(&kind).into(),
-                    data.to_string().into(),
-                    now.into(),
-                ]),
+                .columns(columns)
+                .values_panic(values),
         )
         .await?;
         let event_type = sea_orm::ActiveEnum::to_value(&kind);
@@ -390,6 +396,20 @@ impl Tx {
         }
         Ok(())
     }
+}
+
+/// An event's `tx` on PostgreSQL (its place in the feed across jobs, see `service::feed`): the
+/// writing transaction's id, or the job's previous event's `tx` if that is larger, so that the
+/// feed shows each job's events in `seq` order. The previous one may be larger: a transaction
+/// gets its id at its first write, which may come before it waits for the job's row behind a
+/// younger transaction that appends first. Raising `tx` only delays an event in the feed (until
+/// every transaction below it has ended), never loses it.
+fn feed_position(job_id: Uuid, seq: i64) -> Expr {
+    Expr::cust_with_values(
+        "GREATEST(pg_current_xact_id()::text::bigint, COALESCE((SELECT tx \
+         FROM ferry_job_events WHERE job_id = $1 AND seq = $2), 0))",
+        [sea_orm::Value::from(job_id), sea_orm::Value::from(seq - 1)],
+    )
 }
 
 /// A database URL with its password masked, for messages and logs.

@@ -83,6 +83,7 @@ mod tests {
                          "content_type": "image/png", "attempt": 1})
             .to_string(),
             created_at_ms: 0,
+            tx: 0,
         };
         let body: Value =
             serde_json::from_str(&body(&event, "seg", Some("https://f.example/"))).unwrap();

@@ -143,6 +143,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("get", "/v1/webhooks/{id}/deliveries"), 404),
         (("get", "/v1/webhook-deliveries/{id}"), 404),
         (("post", "/v1/webhook-deliveries/{id}/redeliver"), 404),
+        (("get", "/v1/events"), 200),
     ]
     .into_iter()
     .collect();

@@ -137,6 +137,8 @@ pub struct TestConfig {
     /// The `[webhooks]` section: by default receivers on loopback are allowed (the tests'
     /// receivers listen there) and the retry schedule is short.
     pub webhooks: String,
+    /// `events.heartbeat`: how long an event stream stays silent before a heartbeat.
+    pub heartbeat: &'static str,
 }
 
 /// The tests' `[webhooks]` section: loopback receivers, a fast scan and a short schedule.
@@ -160,6 +162,7 @@ impl Default for TestConfig {
             max_concurrent_uploads: 16,
             relative_model: false,
             webhooks: TEST_WEBHOOKS.to_owned(),
+            heartbeat: "15s",
         }
     }
 }
@@ -312,6 +315,9 @@ kill_grace = "1s"
 
 [webhooks]
 {webhooks}
+[events]
+heartbeat = "{heartbeat}"
+
 [handlers.model]
 command = ["python3", "{model}"]
 timeout = "{timeout}"
@@ -329,6 +335,7 @@ concurrency = {concurrency}
             attempts = cfg.model_max_attempts,
             concurrency = cfg.model_concurrency,
             webhooks = cfg.webhooks,
+            heartbeat = cfg.heartbeat,
         );
         std::fs::write(&config_path, toml).expect("write config");
         let mut app = TestApp {

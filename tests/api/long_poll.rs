@@ -17,7 +17,7 @@ fn etag(reply: &Reply) -> String {
 /// A `model` job that runs, publishes its intermediate result and then waits for `gate` to
 /// exist; returned once it is steadily waiting (its last report before the gate is progress
 /// `thinking`; nothing changes until the gate opens).
-async fn gated_job(app: &TestApp, base: &str, gate: &std::path::Path) -> (String, Value) {
+pub async fn gated_job(app: &TestApp, base: &str, gate: &std::path::Path) -> (String, Value) {
     let upload = app.upload(bytes(1000, 7)).await;
     let reply = app
         .request_at(base, "post", "/v1/jobs", |r| {

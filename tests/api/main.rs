@@ -9,6 +9,8 @@ mod cli_client;
 mod client;
 mod contract;
 mod errors;
+mod event_source;
+mod event_stream;
 mod generated_clients;
 mod handlers;
 mod helpers;

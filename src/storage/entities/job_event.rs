@@ -14,6 +14,9 @@ pub struct Model {
     /// JSON object.
     pub data: String,
     pub created_at_ms: i64,
+    /// The feed's order, with `id` (see the `event_feed` migration and `service::feed`): on
+    /// PostgreSQL at least the id of the transaction that wrote the event, on SQLite 0.
+    pub tx: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
