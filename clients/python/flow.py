@@ -11,7 +11,11 @@ the second by polling with the server's `Retry-After`,
 lists and downloads their results checking each SHA-256 against the listing, reads the events
 (kinds and `seq` order), cancels a running job of the model kind (which, given
 `{"mode": "sleep"}`, sleeps until stopped), deletes a job, and parses two errors into the typed
-`Problem` model. Any mismatch exits non-zero with a message saying what differed.
+`Problem` model. Webhooks: it creates a server-wide endpoint for a receiver of its own, checks
+that the digest job's events arrive signed (verified with the `standardwebhooks` package, the
+Standard Webhooks reference library, not with anything of Ferry's) and are in the job's delivery
+log, rotates the endpoint's secret and deletes the endpoint. Any mismatch exits non-zero with a
+message saying what differed.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import http.server
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -85,13 +91,15 @@ class Flow:
         self.scratch = tempfile.TemporaryDirectory(prefix="ferry-flow-")
 
     def run(self) -> None:
-        with self.client:
+        with self.client, Receiver() as receiver:
+            hook = self.create_webhook(receiver.url)
             path, sha = self.make_file("scan.bin", 3 * 1024 * 1024 + 123)
             upload = self.upload(path, sha)
             job = self.create_job(upload.id)
             self.long_poll_finished(job.id, "succeeded")
             self.check_results(job.id, {"report.json"})
             self.check_events(job.id)
+            self.check_webhook_deliveries(receiver, hook, job.id)
 
             path2, _ = self.make_file("second.bin", 200 * 1024 + 7)
             one = self.create_job_with_file(path2)
@@ -113,6 +121,58 @@ class Flow:
                 f.write(chunk)
                 left -= len(chunk)
         return path, digest.hexdigest()
+
+    def create_webhook(self, url: str):
+        from ferry_client.api.webhooks import create_webhook
+        from ferry_client.models import EventType, Webhook, WebhookIn
+
+        body = WebhookIn(url=url, events=[EventType.RESULT, EventType.SUCCEEDED])
+        res = create_webhook.sync_detailed(client=self.client, body=body)
+        check(res.status_code == 201, f"createWebhook: status {res.status_code}: {res.content!r}")
+        hook = typed(res.parsed, Webhook, "createWebhook")
+        check(isinstance(hook.secret, str) and hook.secret.startswith("whsec_"), "secret")
+        check(res.headers.get("Location") == f"/v1/webhooks/{hook.id}", "createWebhook Location")
+        step(f"created webhook endpoint {hook.id} for {url}")
+        return hook
+
+    def check_webhook_deliveries(self, receiver: "Receiver", hook, job_id: str) -> None:
+        from standardwebhooks import Webhook as Verifier
+        from ferry_client.api.webhooks import (
+            delete_webhook,
+            get_webhook,
+            list_job_webhook_deliveries,
+            rotate_webhook_secret,
+        )
+        from ferry_client.models import Webhook, WebhookDeliveryList
+
+        from ferry_client.api.jobs import list_job_events
+        from ferry_client.models import EventList
+
+        res = list_job_events.sync_detailed(job_id, client=self.client)
+        events = typed(res.parsed, EventList, "listJobEvents").items
+        wanted = [e.kind.value for e in events if e.kind.value in ("result", "succeeded")]
+        got = receiver.wait(lambda msgs: any(m[1]["type"] == "succeeded" for m in msgs))
+        mine = [(h, p) for h, p in got if p["data"]["job_id"] == job_id]
+        types = [p["type"] for _, p in mine]
+        # The subscribed events of the job's log, each once, in the log's order.
+        check(types == wanted, f"webhook event types {types}, the log's {wanted}")
+        for headers, payload in mine:
+            body = headers.pop("_body")
+            Verifier(hook.secret).verify(body, headers)
+            check(headers["webhook-id"] == payload["id"], "webhook-id is the payload's id")
+        res = list_job_webhook_deliveries.sync_detailed(job_id, client=self.client)
+        log = typed(res.parsed, WebhookDeliveryList, "listJobWebhookDeliveries").items
+        states = sorted((d.event_type.value, d.state.value) for d in log)
+        check(states == sorted((t, "succeeded") for t in wanted), f"delivery log {states}")
+        rotated = rotate_webhook_secret.sync_detailed(hook.id, client=self.client)
+        new = typed(rotated.parsed, Webhook, "rotateWebhookSecret")
+        check(new.secret not in (None, hook.secret), "rotation gives a new secret")
+        check(new.previous_secret_expires_at is not None, "the old secret signs until then")
+        read = typed(get_webhook.sync_detailed(hook.id, client=self.client).parsed, Webhook, "get")
+        check(read.secret is None, "the secret is shown only on creation and rotation")
+        gone = delete_webhook.sync_detailed(hook.id, client=self.client)
+        check(gone.status_code == 204, f"deleteWebhook: {gone.status_code}")
+        step(f"webhooks: {types} delivered and verified (standardwebhooks), secret rotated")
 
     def upload(self, path: str, sha_hex: str):
         from ferry_client.api.uploads import create_upload
@@ -355,6 +415,52 @@ class Flow:
         check(problem.type_ == f"urn:ferry:problem:{code}", f"{what}: type {problem.type_}")
         check(bool(problem.detail), f"{what}: empty detail")
         step(f"{what}: typed Problem {status} {code}")
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records each request's headers (lower-case, with the
+    raw body under `_body`) and parsed JSON payload, and answers 204."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[dict[str, str], dict[str, Any]]] = []
+        lock = threading.Lock()
+        self.lock = lock
+        messages = self.messages
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                headers["_body"] = body.decode()
+                with lock:
+                    messages.append((headers, json.loads(body)))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "Receiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait(self, done: Callable[[list], bool]) -> list:
+        deadline = time.monotonic() + WAIT_LIMIT_S
+        while True:
+            with self.lock:
+                got = list(self.messages)
+            if done(got):
+                return got
+            check(time.monotonic() < deadline, f"webhooks: only {len(got)} message(s) came")
+            time.sleep(0.05)
 
 
 def retry_after(res) -> float | None:

@@ -114,6 +114,7 @@ class Flow {
       await this.cancelRunningJob();
       await this.deleteJob(one.id);
       await this.unknownKindProblem(uploadId);
+      await this.manageWebhook();
     } finally {
       await rm(this.scratch, { recursive: true, force: true });
     }
@@ -321,6 +322,32 @@ class Flow {
     const gone = await this.api.GET("/v1/jobs/{id}", { params: { path: { id } } });
     expectProblem(gone.error, gone.response, 404, "job_not_found", "getJob (deleted)");
     step(`deleted ${id}`);
+  }
+
+  /** A server-wide webhook endpoint's life: created (secret shown once), read (no secret),
+   * disabled, an address the server refuses is a typed 422, deleted. (Deliveries and their
+   * signatures are checked by the Python flow, which runs a receiver.) */
+  private async manageWebhook(): Promise<void> {
+    const created = await this.api.POST("/v1/webhooks", {
+      body: { url: "https://hooks.example.org/ferry", events: ["succeeded", "failed"] },
+    });
+    const hook = need(created.data, created.response, "createWebhook");
+    check(created.response.status === 201, `createWebhook: ${created.response.status}`);
+    check(hook.secret?.startsWith("whsec_") === true, "createWebhook: a whsec_ secret");
+    check(hook.events.join() === "succeeded,failed", `createWebhook events ${hook.events}`);
+    const path = { params: { path: { id: hook.id } } };
+    const read = await this.api.GET("/v1/webhooks/{id}", path);
+    check(need(read.data, read.response, "getWebhook").secret === null, "getWebhook: no secret");
+    const off = await this.api.POST("/v1/webhooks/{id}/disable", path);
+    const disabled = need(off.data, off.response, "disableWebhook");
+    check(!disabled.enabled && disabled.disabled_reason === "disabled", "disableWebhook");
+    const refused = await this.api.POST("/v1/webhooks", {
+      body: { url: "http://169.254.169.254/latest/meta-data" },
+    });
+    expectProblem(refused.error, refused.response, 422, "invalid_field", "createWebhook (metadata)");
+    const deleted = await this.api.DELETE("/v1/webhooks/{id}", path);
+    check(deleted.response.status === 204, `deleteWebhook: ${deleted.response.status}`);
+    step(`webhook endpoint ${hook.id} created, read, disabled and deleted`);
   }
 
   private async unknownKindProblem(uploadId: string): Promise<void> {

@@ -442,7 +442,69 @@ async fn a_dead_receiver_does_not_hold_up_jobs() {
     );
 }
 
+/// While a job's progress delivery waits unsent, newer progress takes it over (the newest wins)
+/// instead of queueing one delivery per report. Seen with no deliverer running
+/// (`webhooks.deliver = false`), so nothing is sent meanwhile.
+async fn unsent_progress_deliveries_are_coalesced() {
+    let app = TestApp::spawn_with(TestConfig {
+        webhooks: format!("{TEST_WEBHOOKS}deliver = false\n"),
+        progress_event_interval: "1ms",
+        ..TestConfig::default()
+    })
+    .await;
+    let hook = app
+        .request("post", "/v1/webhooks", |r| {
+            r.json(&json!({"url": "http://127.0.0.1:9/hook", "events": ["progress", "succeeded"]}))
+        })
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    // Every report an event: the model's reports, 0.3 s apart, make several progress events.
+    let job = app
+        .submit("model", bytes(1000, 3), json!({"steps": 4}))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let events_path = format!("/v1/jobs/{id}/events");
+    app.wait_status(id, "succeeded", WITHIN).await;
+    let log = app.get(&events_path).await;
+    let progress: Vec<i64> = items(&log)
+        .iter()
+        .filter(|e| e["kind"] == "progress")
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert!(
+        progress.len() >= 2,
+        "the model reports progress more than once: {progress:?}"
+    );
+    let deliveries = deliveries_of_job(&app, id).await;
+    let queued: Vec<(&str, i64)> = deliveries
+        .iter()
+        .map(|d| {
+            (
+                d["event_type"].as_str().unwrap(),
+                d["event_seq"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        deliveries.len(),
+        2,
+        "one progress and one succeeded delivery: {queued:?}"
+    );
+    let progress_delivery = deliveries
+        .iter()
+        .find(|d| d["event_type"] == "progress")
+        .unwrap();
+    assert_eq!(
+        progress_delivery["event_seq"],
+        *progress.last().unwrap(),
+        "the newest wins"
+    );
+    assert_eq!(progress_delivery["state"], "pending");
+    assert_eq!(progress_delivery["attempts"], 0);
+}
+
 crate::matrix!(
+    unsent_progress_deliveries_are_coalesced,
     a_job_webhook_gets_every_event_signed_and_in_order,
     the_event_filter_and_the_one_request_form_choose_what_is_sent,
     server_wide_endpoints_are_managed_and_rotation_signs_with_both_secrets,

@@ -9,7 +9,8 @@ FERRY_PARAMS chooses what it does:
   mode = "declare"  declare a permanent error on stdout, then exit 0.
   mode = "sleep"    write its pid to params.pid_file and sleep for a long time.
   mode = "stubborn" like sleep, but ignore SIGTERM (so only SIGKILL stops it).
-With params.echo_env, "ok" also writes env.json: its FERRY_* variables and working directory.
+With params.steps, "ok" also reports progress that many times, params.step_seconds apart (0.3 s),
+after reading its inputs. With params.echo_env, "ok" also writes env.json: its FERRY_* variables and working directory.
 """
 import hashlib, json, os, pathlib, signal, sys, time
 
@@ -41,6 +42,9 @@ digests = {}
 for i, f in enumerate(sorted(inputs.iterdir())):
     digests[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
     say(progress=10 + i, stage="reading", message=f"read {f.name}")
+for k in range(params.get("steps", 0)):
+    say(progress=20 + k, stage="stepping", message=f"step {k}")
+    time.sleep(params.get("step_seconds", 0.3))
 (outputs / "preview.txt").write_text("intermediate\n")
 say(result="preview.txt", content_type="text/plain")
 say(progress=50, stage="thinking")
