@@ -134,8 +134,8 @@ pub struct TestConfig {
     pub max_concurrent_uploads: usize,
     /// Configure the model as `python3 model.py`, relative to the configuration file's folder.
     pub relative_model: bool,
-    /// `limits.progress_event_interval`: how often progress reports become events.
-    pub progress_event_interval: &'static str,
+    /// `limits.progress_event_interval`, when not the server's default.
+    pub progress_event_interval: Option<&'static str>,
     /// The `[webhooks]` section: by default receivers on loopback are allowed (the tests'
     /// receivers listen there) and the retry schedule is short.
     pub webhooks: String,
@@ -164,7 +164,7 @@ impl Default for TestConfig {
             max_concurrent_uploads: 16,
             relative_model: false,
             webhooks: TEST_WEBHOOKS.to_owned(),
-            progress_event_interval: "5s",
+            progress_event_interval: None,
             heartbeat: "15s",
         }
     }
@@ -307,7 +307,7 @@ max_upload_bytes = {max_upload}
 upload_ttl = "{upload_ttl}"
 upload_part_bytes = {part_bytes}
 max_concurrent_uploads = {max_uploads}
-progress_event_interval = "{progress_event_interval}"
+{progress_event_interval}
 
 [queue]
 poll_interval = "20ms"
@@ -339,7 +339,10 @@ concurrency = {concurrency}
             attempts = cfg.model_max_attempts,
             concurrency = cfg.model_concurrency,
             webhooks = cfg.webhooks,
-            progress_event_interval = cfg.progress_event_interval,
+            progress_event_interval = cfg
+                .progress_event_interval
+                .map(|every| format!("progress_event_interval = \"{every}\""))
+                .unwrap_or_default(),
             heartbeat = cfg.heartbeat,
         );
         std::fs::write(&config_path, toml).expect("write config");

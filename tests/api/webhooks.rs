@@ -448,7 +448,7 @@ async fn a_dead_receiver_does_not_hold_up_jobs() {
 async fn unsent_progress_deliveries_are_coalesced() {
     let app = TestApp::spawn_with(TestConfig {
         webhooks: format!("{TEST_WEBHOOKS}deliver = false\n"),
-        progress_event_interval: "1ms",
+        progress_event_interval: Some("1ms"),
         ..TestConfig::default()
     })
     .await;
