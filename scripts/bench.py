@@ -19,13 +19,16 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
 4. N no-op jobs (`POST /v1/kinds/noop/jobs`, raw body) from C keep-alive client threads, then
    light polling until all succeeded: throughput from server timestamps (N / (last finished_at -
    first created_at)), dispatch latency (started_at - created_at) and other percentiles;
-5. webhooks, live: a receiver in this process (127.0.0.1, answering 204 at once), one
-   server-wide endpoint for every event type, --webhook-jobs no-op jobs submitted as in 4; once
-   every delivery in the endpoint's log arrived: deliveries/s (first → last arrival), event →
-   delivery latency (arrival - the payload's `timestamp`), duplicates;
-6. webhooks, backlog: the same jobs on a server that sends no webhooks, then a `ferry worker`
+5. webhooks, one job at a time: a receiver in this process (127.0.0.1, answering 204 at once),
+   one server-wide endpoint for every event type, 100 no-op jobs each submitted once the one
+   before was delivered: event → delivery latency (arrival - the payload's `timestamp`) with
+   nothing queued; every measurement waits for every delivery in the endpoint's log and counts
+   duplicates;
+6. webhooks, live: the same with --webhook-jobs no-op jobs submitted as in 4: deliveries/s
+   (first → last arrival), and the latency under that load;
+7. webhooks, backlog: the same jobs on a server that sends no webhooks, then a `ferry worker`
    that does drains the backlog: the deliverer's rate with nothing else to do;
-7. long-poll: --long-polls jobs of a command handler that sleeps 0.2 s, one at a time; each is
+8. long-poll: --long-polls jobs of a command handler that sleeps 0.2 s, one at a time; each is
    long-polled with its running state's ETag and `Prefer: wait=30`; the wake-up latency is the
    200's arrival - the job's `updated_at` (see SLEEP_SECONDS for why a sleeping job).
 
@@ -584,7 +587,7 @@ class Receiver(http.server.ThreadingHTTPServer):
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), HookHandler)
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()  # notified at every arrival
         self.arrivals: list[tuple[float, str, str, float]] = []  # arrival, id, type, event time
         self.url = f"http://127.0.0.1:{self.server_address[1]}/hook"
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -598,6 +601,13 @@ class Receiver(http.server.ThreadingHTTPServer):
             entry = (arrival, f"unparseable: {body[:100]!r}", "?", arrival)
         with self.lock:
             self.arrivals.append(entry)
+            self.lock.notify_all()
+
+    def wait_for_type(self, type_: str, count: int, timeout: float) -> bool:
+        """Until `count` requests with payloads of type `type_` arrived (duplicates count)."""
+        with self.lock:
+            return self.lock.wait_for(
+                lambda: sum(t == type_ for _, _, t, _ in self.arrivals) >= count, timeout)
 
     def first_arrivals(self) -> Arrivals:
         """id → (first arrival, type, event timestamp); later arrivals of an id are duplicates."""
@@ -629,6 +639,7 @@ class HookHandler(http.server.BaseHTTPRequestHandler):
 
 
 WEBHOOK_TOML = "[webhooks]\nallow_loopback = true\n"  # the receiver is on 127.0.0.1
+SEQUENTIAL_WEBHOOK_JOBS = 100  # no-op jobs sent one at a time, for latency with nothing queued
 
 
 def create_endpoint(server: Server, url: str) -> str:
@@ -684,18 +695,33 @@ def jobs_with_deliveries(server: Server, receiver: Receiver, n_jobs: int,
     return ids, owed_deliveries(server, endpoint)
 
 
-def delivery_rows(receiver: Receiver, owed: set[str], first: Arrivals) -> Rows:
-    """Rate (first → last arrival) and duplicates, common to both webhook measurements."""
+def rate_row(first: Arrivals) -> tuple[str, str]:
     arrivals = sorted(a for a, _, _ in first.values())
+    return ("deliveries/s (first → last arrival)",
+            f"{len(first) / (arrivals[-1] - arrivals[0]):8.1f}   ({len(first)} deliveries in "
+            f"{arrivals[-1] - arrivals[0]:.2f} s)")
+
+
+def received_row(receiver: Receiver, owed: set[str], first: Arrivals) -> tuple[str, str]:
     with receiver.lock:
         received = len(receiver.arrivals)
-    return [
-        ("deliveries/s (first → last arrival)",
-         f"{len(first) / (arrivals[-1] - arrivals[0]):8.1f}   ({len(first)} deliveries in "
-         f"{arrivals[-1] - arrivals[0]:.2f} s)"),
-        ("requests received", f"{received:8d}   ({received - len(first)} duplicates, "
-                              f"{len(first.keys() - owed)} not in the delivery log)"),
-    ]
+    return ("requests received", f"{received:8d}   ({received - len(first)} duplicates, "
+                                 f"{len(first.keys() - owed)} not in the delivery log)")
+
+
+def owed_row(owed: set[str], n_jobs: int, first: Arrivals) -> tuple[str, str]:
+    types = collections.Counter(t for _, t, _ in first.values())
+    return ("deliveries owed", f"{len(owed):8d}   ({len(owed) / n_jobs:.1f} per job: "
+                               + ", ".join(f"{t} {n}" for t, n in types.items()) + ")")
+
+
+def latency_rows(first: Arrivals) -> Rows:
+    """Event → delivery latency, overall and per event type."""
+    by_type: dict[str, list[float]] = collections.defaultdict(list)
+    for arrival, type_, ts in first.values():
+        by_type[type_].append((arrival - ts) * 1000)
+    return [("event → delivery ms", pcts([ms for v in by_type.values() for ms in v])),
+            *((f"  {t} events", pcts(v)) for t, v in by_type.items())]
 
 
 def webhook_live(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
@@ -709,21 +735,43 @@ def webhook_live(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
     finally:
         receiver.close()
     events, arrivals = [ts for _, _, ts in first.values()], [a for a, _, _ in first.values()]
-    by_type: dict[str, list[float]] = collections.defaultdict(list)
-    for arrival, type_, ts in first.values():
-        by_type[type_].append((arrival - ts) * 1000)
     title = (f"Webhooks, live — {label(cfg)}: {n_jobs} no-op jobs from {n_clients} clients, "
              "every event to a local receiver")
     return title, [
-        ("deliveries owed", f"{len(owed):8d}   ({len(owed) / len(ids):.1f} per job: "
-                            + ", ".join(f"{t} {len(v)}" for t, v in by_type.items()) + ")"),
-        *delivery_rows(receiver, owed, first),
+        rate_row(first),
         ("events/s (first → last timestamp)",
          f"{len(events) / (max(events) - min(events)):8.1f}   (what the deliveries followed)"),
-        ("event → delivery ms", pcts([(a - ts) * 1000 for a, _, ts in first.values()])),
-        *((f"  {t} events", pcts(v)) for t, v in by_type.items()),
+        owed_row(owed, len(ids), first),
+        received_row(receiver, owed, first),
+        *latency_rows(first),
         ("last event → last delivery", f"{(max(arrivals) - max(events)) * 1000:8.1f} ms"),
     ]
+
+
+def webhook_sequential(cfg: ScaleOut | None, ferry_bin: str, tmp: str,
+                       n_jobs: int) -> tuple[str, Rows]:
+    """Event → delivery latency with nothing queued: one no-op job at a time, the next submitted
+    once the previous one's `succeeded` delivery, its last (a job's deliveries go out in event
+    order), arrived."""
+    receiver = Receiver()
+    try:
+        with serving(cfg, ferry_bin, tmp, "webhooks-sequential", WEBHOOK_TOML) as server:
+            endpoint = create_endpoint(server, receiver.url)
+            log(f"webhooks: {n_jobs} no-op jobs, one at a time")
+            with contextlib.closing(Client(server)) as client:
+                for i in range(n_jobs):
+                    submit_one(client, "noop")
+                    if not receiver.wait_for_type("succeeded", i + 1, STALL_TIMEOUT):
+                        raise BenchError(f"job {i + 1}'s succeeded delivery did not arrive "
+                                         f"within {STALL_TIMEOUT} s")
+            owed = owed_deliveries(server, endpoint)
+            first = wait_for_deliveries(receiver, owed, [server.proc])
+    finally:
+        receiver.close()
+    title = (f"Webhooks, one job at a time — {label(cfg)}: {n_jobs} no-op jobs, each submitted "
+             "once the previous one's deliveries arrived")
+    return title, [owed_row(owed, n_jobs, first), received_row(receiver, owed, first),
+                   *latency_rows(first)]
 
 
 def webhook_backlog(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
@@ -744,7 +792,9 @@ def webhook_backlog(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
     title = (f"Webhooks, backlog — {label(cfg)}: the deliveries of {n_jobs} no-op jobs, sent by "
              "a `ferry worker` after they ran")
     return title, [
-        *delivery_rows(receiver, owed, first),
+        rate_row(first),
+        owed_row(owed, n_jobs, first),
+        received_row(receiver, owed, first),
         ("worker CPU", f"{worker_cpu:8.1f} s   ({worker_cpu / len(first) * 1e6:.0f} µs per "
                        "delivery, its start included)"),
     ]
@@ -796,14 +846,19 @@ def follow_until_running(client: Client, job: str) -> str:
     return etag
 
 
+def submit_one(client: Client, kind: str) -> str:
+    """One job of `kind` (a tiny raw body); its id."""
+    code, data = client.call("POST", f"/v1/kinds/{kind}/jobs", b"x\n",
+                             {"Content-Type": "application/octet-stream"})
+    if code != 202:
+        raise BenchError(f"POST /v1/kinds/{kind}/jobs answered {code}: {data[:300]!r}")
+    return json.loads(data)["id"]
+
+
 def one_wakeup(client: Client) -> tuple[float, float, float, str]:
     """One sleeping job: (long-poll sent, the job's change, answer arrived), wall clock, and the
     status the answer shows."""
-    code, data = client.call("POST", "/v1/kinds/sleep/jobs", b"x\n",
-                             {"Content-Type": "application/octet-stream"})
-    if code != 202:
-        raise BenchError(f"POST /v1/kinds/sleep/jobs answered {code}: {data[:300]!r}")
-    job = json.loads(data)["id"]
+    job = submit_one(client, "sleep")
     etag = follow_until_running(client, job)
     sent = time.time()
     code, _, data = client.request("GET", f"/v1/jobs/{job}", headers={
@@ -895,6 +950,7 @@ def main() -> int:
             if not args.skip_jobs:
                 sections.append(jobs_section(cfg, args.bin, tmp, args.jobs, args.clients))
             if not args.skip_webhooks:
+                sections.append(webhook_sequential(cfg, args.bin, tmp, SEQUENTIAL_WEBHOOK_JOBS))
                 for measure in (webhook_live, webhook_backlog):
                     sections.append(measure(cfg, args.bin, tmp, args.webhook_jobs, args.clients))
             if not args.skip_long_poll:
