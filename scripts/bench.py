@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Ferry benchmark: disk baseline, streamed uploads, server memory, no-op job throughput.
+"""Ferry benchmark: disk baseline, streamed uploads, server memory, no-op job throughput, webhook
+deliveries, long-poll wake-ups.
 
     python3 scripts/bench.py --bin target/release/ferry [--upload-gib G] [--jobs N] [--clients C]
-                             [--skip-uploads] [--skip-jobs] [--postgres URL --s3-endpoint URL]
+                             [--webhook-jobs N] [--long-polls M] [--skip-uploads] [--skip-jobs]
+                             [--skip-webhooks] [--skip-long-poll]
+                             [--postgres URL --s3-endpoint URL]
 
 (scripts/bench.sh builds the release binary and runs this.) Standard library only, Python 3.11+,
 Linux. Per configuration, each measurement gets a fresh `ferry serve`:
@@ -15,7 +18,19 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
 3. 4 such uploads at once: aggregate throughput and the server's peak RSS (VmHWM);
 4. N no-op jobs (`POST /v1/kinds/noop/jobs`, raw body) from C keep-alive client threads, then
    light polling until all succeeded: throughput from server timestamps (N / (last finished_at -
-   first created_at)), dispatch latency (started_at - created_at) and other percentiles.
+   first created_at)), dispatch latency (started_at - created_at) and other percentiles;
+5. webhooks, one job at a time: a receiver in this process (127.0.0.1, answering 204 at once),
+   one server-wide endpoint for every event type, 100 no-op jobs each submitted once the one
+   before was delivered: event → delivery latency (arrival - the payload's `timestamp`) with
+   nothing queued; every measurement waits for every delivery in the endpoint's log and counts
+   duplicates;
+6. webhooks, live: the same with --webhook-jobs no-op jobs submitted as in 4: deliveries/s
+   (first → last arrival), and the latency under that load;
+7. webhooks, backlog: the same jobs on a server that sends no webhooks, then a `ferry worker`
+   that does drains the backlog: the deliverer's rate with nothing else to do;
+8. long-poll: --long-polls jobs of a command handler that sleeps 0.2 s, one at a time; each is
+   long-polled with its running state's ETag and `Prefer: wait=30`; the wake-up latency is the
+   200's arrival - the job's `updated_at` (see SLEEP_SECONDS for why a sleeping job).
 
 The embedded configuration (SQLite + local folder) always; the scale-out one (PostgreSQL + S3)
 too when given, like the test suite, a PostgreSQL server URL (--postgres or TEST_PG_URL) and an
@@ -36,8 +51,10 @@ import argparse
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import hashlib
 import http.client
+import http.server
 import json
 import os
 import platform
@@ -61,6 +78,7 @@ CONCURRENT_UPLOADS = 4
 FINAL = ("succeeded", "failed", "canceled")
 STALL_TIMEOUT = 120  # seconds without any job finishing before the job measurement gives up
 Rows = list[tuple[str, str]]
+Arrivals = dict[str, tuple[float, str, float]]  # webhook id → (first arrival, type, event time)
 # For the bench's own S3 requests: moto checks no signature, but refuses anonymous deletes.
 DUMMY_SIGNATURE = ("AWS4-HMAC-SHA256 Credential=ferry-bench/20000101/us-east-1/s3/aws4_request, "
                    "SignedHeaders=host, Signature=0")
@@ -121,24 +139,49 @@ def run_threads(target: Callable[..., None], args: list[tuple]) -> None:
         t.join()
 
 
-class Server:
-    """One `ferry serve` process with its own data folder, config file and stderr log."""
+def spawn(cmd: list[str], log_path: str, cwd: str, stdout: int,
+          env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A ferry process with stderr to `log_path`, no FERRY_* variables but `env`'s, and
+    SIGTERM should this script die (prctl PR_SET_PDEATHSIG)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+    with open(log_path, "wb") as stderr:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
+                                cwd=cwd, env={**clean, "NO_COLOR": "1", **(env or {})},
+                                preexec_fn=lambda: ctypes.CDLL(None).prctl(1, signal.SIGTERM))
 
-    def __init__(self, ferry_bin: str, tmp: str, name: str, storage_toml: str) -> None:
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:  # ignored SIGTERM
+        proc.kill()
+        proc.wait()
+
+
+def print_log_tail(path: str, what: str) -> None:
+    with open(path, "rb") as f:
+        tail = f.read().decode(errors="replace").splitlines()[-40:]
+    print(f"--- tail of {path} ({what}) ---", *tail, "--- end of log ---", sep="\n",
+          file=sys.stderr)
+
+
+class Server:
+    """One `ferry serve` process with its own data folder, config file and stderr log;
+    `extra_toml` adds tables to the config file (e.g. `[webhooks]`, `[handlers.x]`)."""
+
+    def __init__(self, ferry_bin: str, tmp: str, name: str, storage_toml: str,
+                 extra_toml: str = "") -> None:
         self.name, self.root = name, os.path.join(tmp, name)
         self.log_path = os.path.join(tmp, f"{name}.stderr.log")
-        data_dir, config = os.path.join(self.root, "data"), os.path.join(self.root, "ferry.toml")
+        data_dir = os.path.join(self.root, "data")
+        self.config = os.path.join(self.root, "ferry.toml")
         os.makedirs(data_dir)
-        with open(config, "w") as f:  # top-level keys first, then tables
-            f.write(f'data_dir = "{data_dir}"\n{storage_toml}[queue]\npoll_interval = "50ms"\n')
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
-        with open(self.log_path, "wb") as stderr:
-            self.proc = subprocess.Popen(
-                [ferry_bin, "serve", "--config", config, "--listen", "127.0.0.1:0"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, cwd=self.root,
-                env={**env, "NO_COLOR": "1"},
-                # SIGTERM to the server should this script die (prctl PR_SET_PDEATHSIG).
-                preexec_fn=lambda: ctypes.CDLL(None).prctl(1, signal.SIGTERM))
+        with open(self.config, "w") as f:  # top-level keys first, then tables
+            f.write(f'data_dir = "{data_dir}"\n{storage_toml}[queue]\npoll_interval = "50ms"\n'
+                    f"{extra_toml}")
+        self.proc = spawn([ferry_bin, "serve", "--config", self.config, "--listen", "127.0.0.1:0"],
+                          self.log_path, self.root, subprocess.PIPE)
         self.pid, self.host, self.port = self.proc.pid, "", 0
 
     def wait_ready(self) -> None:
@@ -166,12 +209,7 @@ class Server:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout, blocksize=MIB)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:  # ignored SIGTERM
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
 
 
 class Client:
@@ -182,12 +220,19 @@ class Client:
 
     def call(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        status, _, data = self.request(method, path, body, headers)
+        return status, data
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None
+                ) -> tuple[int, http.client.HTTPMessage, bytes]:
+        """Like `call`, with the response's headers."""
         for retry in (False, True):
             try:
                 self.conn = self.conn or self.server.connection()
                 self.conn.request(method, path, body=body, headers=headers or {})
                 resp = self.conn.getresponse()
-                return resp.status, resp.read()
+                return resp.status, resp.headers, resp.read()
             except (http.client.HTTPException, OSError):
                 self.close()
                 if retry:
@@ -282,20 +327,19 @@ def label(cfg: ScaleOut | None) -> str:
 
 
 @contextlib.contextmanager
-def serving(cfg: ScaleOut | None, ferry_bin: str, tmp: str, name: str) -> Iterator[Server]:
+def serving(cfg: ScaleOut | None, ferry_bin: str, tmp: str, name: str,
+            extra_toml: str = "") -> Iterator[Server]:
     """A fresh, ready server; on failure prints its log's tail; then stops it and cleans up."""
     storage_toml, release = cfg.provision(name) if cfg else ("", lambda: None)
     server = None
     try:
-        server = Server(ferry_bin, tmp, name, storage_toml)
+        server = Server(ferry_bin, tmp, name, storage_toml, extra_toml)
         server.wait_ready()
         yield server
     except Exception:
         if server is not None:
-            with open(server.log_path, "rb") as f:
-                tail = f.read().decode(errors="replace").splitlines()[-40:]
-            print(f"--- tail of {server.log_path} (server {name}, pid {server.pid}, exit code "
-                  f"{server.proc.poll()}) ---", *tail, "--- end of log ---", sep="\n", file=sys.stderr)
+            print_log_tail(server.log_path, f"server {name}, pid {server.pid}, exit code "
+                                            f"{server.proc.poll()}")
         raise
     finally:
         if server is not None:
@@ -452,8 +496,20 @@ def pcts(values: list[float]) -> str:
                      for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)))
 
 
-def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
-                 n_clients: int) -> tuple[str, Rows]:
+@dataclasses.dataclass
+class Submission:
+    """What submitting jobs from keep-alive client threads came to."""
+    ids: list[str]
+    failures: list[str]
+    round_trip_ms: list[float]
+    codes: collections.Counter
+    seconds: float  # from the first request to the last answer
+    reconnects: int
+
+
+def submit_jobs(server: Server, n_jobs: int, n_clients: int) -> Submission:
+    """N no-op jobs (`POST /v1/kinds/noop/jobs`, a tiny raw body each) from C keep-alive client
+    threads, which start together; fails only when none was accepted."""
     lock, indices, start = threading.Lock(), iter(range(n_jobs)), []
     barrier = threading.Barrier(n_clients, action=lambda: start.append(time.monotonic()))
     ids, failures, round_trip_ms, codes = [], [], [], collections.Counter()
@@ -480,15 +536,23 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
                     failures.append(f"job {i}: HTTP {status} {data[:300]!r}")
         client.close()
 
+    log(f"submitting {n_jobs} noop jobs from {n_clients} keep-alive clients")
+    clients = [Client(server) for _ in range(n_clients)]
+    run_threads(submit, [(c,) for c in clients])
+    sub = Submission(ids, failures, round_trip_ms, codes, time.monotonic() - start[0],
+                     sum(c.reconnects for c in clients))
+    log(f"{len(ids)} accepted in {sub.seconds:.2f} s, {len(failures)} failed")
+    if not ids:
+        raise BenchError(f"no job was accepted; first failure: {failures[:1]}")
+    return sub
+
+
+def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
+                 n_clients: int) -> tuple[str, Rows]:
     with serving(cfg, ferry_bin, tmp, "jobs") as server:
-        log(f"jobs: submitting {n_jobs} noop jobs from {n_clients} keep-alive clients")
-        cpu0, clients = cpu_seconds(server.pid), [Client(server) for _ in range(n_clients)]
-        run_threads(submit, [(c,) for c in clients])
-        submit_s = time.monotonic() - start[0]
-        log(f"jobs: {len(ids)} accepted in {submit_s:.2f} s, {len(failures)} failed")
-        if not ids:
-            raise BenchError(f"no job was accepted; first failure: {failures[:1]}")
-        jobs = wait_for_jobs(server, ids)
+        cpu0 = cpu_seconds(server.pid)
+        sub = submit_jobs(server, n_jobs, n_clients)
+        jobs = wait_for_jobs(server, sub.ids)
         server_cpu = cpu_seconds(server.pid) - cpu0
     created, started, finished = ([datetime.fromisoformat(j[f"{k}_at"]).timestamp() for j in jobs]
                                   for k in ("created", "started", "finished"))
@@ -496,12 +560,12 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
     attempts = collections.Counter(j.get("attempt") for j in jobs)
     title = f"No-op jobs — {label(cfg)}: {n_jobs} x POST /v1/kinds/noop/jobs, {n_clients} keep-alive clients"
     return title, [
-        ("accepted (HTTP codes)", f"{len(ids)} of {n_jobs}   ("
-                                  + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
-                                  + f"; reconnects {sum(c.reconnects for c in clients)})"),
-        ("client submit rate", f"{len(ids) / submit_s:8.1f} jobs/s   "
-                               f"({submit_s:.2f} s to submit all)"),
-        ("client POST round trip ms", pcts(round_trip_ms)),
+        ("accepted (HTTP codes)", f"{len(sub.ids)} of {n_jobs}   ("
+                                  + ", ".join(f"{k}: {v}" for k, v in sorted(sub.codes.items()))
+                                  + f"; reconnects {sub.reconnects})"),
+        ("client submit rate", f"{len(sub.ids) / sub.seconds:8.1f} jobs/s   "
+                               f"({sub.seconds:.2f} s to submit all)"),
+        ("client POST round trip ms", pcts(sub.round_trip_ms)),
         ("throughput (server clock)", f"{len(jobs) / span:8.1f} jobs/s   (first created_at → last "
                                       f"finished_at: {span:.2f} s; created over "
                                       f"{max(created) - first:.2f} s)"),
@@ -509,8 +573,325 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
         ("run ms (finished-started)", pcts([(f - s) * 1000 for f, s in zip(finished, started)])),
         ("end-to-end ms (finished-created)", pcts([(f - c) * 1000 for f, c in zip(finished, created)])),
         ("attempts", ", ".join(f"attempt {k}: {v}" for k, v in sorted(attempts.items()))),
-        *([("first submit failure", failures[0][:200])] if failures else []),
+        *([("first submit failure", sub.failures[0][:200])] if sub.failures else []),
         ("server CPU", f"{server_cpu:8.1f} s   (submitting and polling)"),
+    ]
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """A webhook receiver on 127.0.0.1 in this process: answers 204 at once and records, per
+    request, its arrival time (wall clock, comparable with the server's timestamps on this
+    machine) and the payload's `id`, `type` and `timestamp`."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), HookHandler)
+        self.lock = threading.Condition()  # notified at every arrival
+        self.arrivals: list[tuple[float, str, str, float]] = []  # arrival, id, type, event time
+        self.url = f"http://127.0.0.1:{self.server_address[1]}/hook"
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def record(self, arrival: float, body: bytes) -> None:
+        try:
+            p = json.loads(body)
+            entry = (arrival, str(p["id"]), str(p["type"]),
+                     datetime.fromisoformat(p["timestamp"]).timestamp())
+        except (ValueError, KeyError, TypeError):
+            entry = (arrival, f"unparseable: {body[:100]!r}", "?", arrival)
+        with self.lock:
+            self.arrivals.append(entry)
+            self.lock.notify_all()
+
+    def wait_for_type(self, type_: str, count: int, timeout: float) -> bool:
+        """Until `count` requests with payloads of type `type_` arrived (duplicates count)."""
+        with self.lock:
+            return self.lock.wait_for(
+                lambda: sum(t == type_ for _, _, t, _ in self.arrivals) >= count, timeout)
+
+    def first_arrivals(self) -> Arrivals:
+        """id → (first arrival, type, event timestamp); later arrivals of an id are duplicates."""
+        with self.lock:
+            arrivals = list(self.arrivals)
+        first: Arrivals = {}
+        for arrival, id_, type_, ts in arrivals:
+            first.setdefault(id_, (arrival, type_, ts))
+        return first
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class HookHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: Ferry's HTTP client reuses connections
+    server: Receiver
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        arrival = time.time()
+        self.send_response(204)
+        self.end_headers()
+        self.server.record(arrival, body)  # after answering: parsing is not the sender's wait
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+
+WEBHOOK_TOML = "[webhooks]\nallow_loopback = true\n"  # the receiver is on 127.0.0.1
+SEQUENTIAL_WEBHOOK_JOBS = 100  # no-op jobs sent one at a time, for latency with nothing queued
+
+
+def create_endpoint(server: Server, url: str) -> str:
+    """A server-wide endpoint for every event type (absent `events`: all); returns its id."""
+    with contextlib.closing(Client(server)) as client:
+        status, data = client.call("POST", "/v1/webhooks", json.dumps({"url": url}).encode(),
+                                   {"Content-Type": "application/json"})
+    if status != 201:
+        raise BenchError(f"POST /v1/webhooks answered {status}: {data[:500]!r}")
+    return json.loads(data)["id"]
+
+
+def owed_deliveries(server: Server, endpoint: str) -> set[str]:
+    """The `webhook-id`s of every delivery the endpoint's log holds (all pages)."""
+    owed, cursor = set(), ""
+    with contextlib.closing(Client(server)) as client:
+        while True:
+            page = client.get(f"/v1/webhooks/{endpoint}/deliveries?limit=200{cursor}")
+            owed |= {d["webhook_id"] for d in page["items"]}
+            if not page.get("next"):
+                return owed
+            cursor = f"&next={page['next']}"
+
+
+def wait_for_deliveries(receiver: Receiver, owed: set[str],
+                        procs: list[subprocess.Popen]) -> Arrivals:
+    """Until every owed delivery arrived; gives up after STALL_TIMEOUT without a new one."""
+    count, last_progress = 0, time.monotonic()
+    log(f"webhooks: waiting for {len(owed)} deliveries")
+    while True:
+        first = receiver.first_arrivals()
+        if owed <= first.keys():
+            return first
+        if len(first) > count:
+            count, last_progress = len(first), time.monotonic()
+        if time.monotonic() - last_progress > STALL_TIMEOUT:
+            missing = owed - first.keys()
+            raise BenchError(f"{len(missing)} of {len(owed)} webhook deliveries did not arrive "
+                             f"within {STALL_TIMEOUT} s of the last one, "
+                             f"e.g. {sorted(missing)[:3]}")
+        if any(p.poll() is not None for p in procs):
+            raise BenchError("a ferry process exited while deliveries were owed")
+        time.sleep(0.2)
+
+
+def jobs_with_deliveries(server: Server, receiver: Receiver, n_jobs: int,
+                         n_clients: int) -> tuple[list[str], set[str]]:
+    """An endpoint for the receiver, then no-op jobs, run to the end: (job ids, the webhook ids
+    of the deliveries their events owe the endpoint)."""
+    endpoint = create_endpoint(server, receiver.url)
+    ids = submit_jobs(server, n_jobs, n_clients).ids
+    wait_for_jobs(server, ids)
+    return ids, owed_deliveries(server, endpoint)
+
+
+def rate_row(first: Arrivals) -> tuple[str, str]:
+    arrivals = sorted(a for a, _, _ in first.values())
+    return ("deliveries/s (first → last arrival)",
+            f"{len(first) / (arrivals[-1] - arrivals[0]):8.1f}   ({len(first)} deliveries in "
+            f"{arrivals[-1] - arrivals[0]:.2f} s)")
+
+
+def received_row(receiver: Receiver, owed: set[str], first: Arrivals) -> tuple[str, str]:
+    with receiver.lock:
+        received = len(receiver.arrivals)
+    return ("requests received", f"{received:8d}   ({received - len(first)} duplicates, "
+                                 f"{len(first.keys() - owed)} not in the delivery log)")
+
+
+def owed_row(owed: set[str], n_jobs: int, first: Arrivals) -> tuple[str, str]:
+    types = collections.Counter(t for _, t, _ in first.values())
+    return ("deliveries owed", f"{len(owed):8d}   ({len(owed) / n_jobs:.1f} per job: "
+                               + ", ".join(f"{t} {n}" for t, n in types.items()) + ")")
+
+
+def latency_rows(first: Arrivals) -> Rows:
+    """Event → delivery latency, overall and per event type."""
+    by_type: dict[str, list[float]] = collections.defaultdict(list)
+    for arrival, type_, ts in first.values():
+        by_type[type_].append((arrival - ts) * 1000)
+    return [("event → delivery ms", pcts([ms for v in by_type.values() for ms in v])),
+            *((f"  {t} events", pcts(v)) for t, v in by_type.items())]
+
+
+def webhook_live(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
+                 n_clients: int) -> tuple[str, Rows]:
+    """Deliveries while the jobs run, as in production: rate and event → delivery latency."""
+    receiver = Receiver()
+    try:
+        with serving(cfg, ferry_bin, tmp, "webhooks", WEBHOOK_TOML) as server:
+            ids, owed = jobs_with_deliveries(server, receiver, n_jobs, n_clients)
+            first = wait_for_deliveries(receiver, owed, [server.proc])
+    finally:
+        receiver.close()
+    events, arrivals = [ts for _, _, ts in first.values()], [a for a, _, _ in first.values()]
+    title = (f"Webhooks, live — {label(cfg)}: {n_jobs} no-op jobs from {n_clients} clients, "
+             "every event to a local receiver")
+    return title, [
+        rate_row(first),
+        ("events/s (first → last timestamp)",
+         f"{len(events) / (max(events) - min(events)):8.1f}   (what the deliveries followed)"),
+        owed_row(owed, len(ids), first),
+        received_row(receiver, owed, first),
+        *latency_rows(first),
+        ("last event → last delivery", f"{(max(arrivals) - max(events)) * 1000:8.1f} ms"),
+    ]
+
+
+def webhook_sequential(cfg: ScaleOut | None, ferry_bin: str, tmp: str,
+                       n_jobs: int) -> tuple[str, Rows]:
+    """Event → delivery latency with nothing queued: one no-op job at a time, the next submitted
+    once the previous one's `succeeded` delivery, its last (a job's deliveries go out in event
+    order), arrived."""
+    receiver = Receiver()
+    try:
+        with serving(cfg, ferry_bin, tmp, "webhooks-sequential", WEBHOOK_TOML) as server:
+            endpoint = create_endpoint(server, receiver.url)
+            log(f"webhooks: {n_jobs} no-op jobs, one at a time")
+            with contextlib.closing(Client(server)) as client:
+                for i in range(n_jobs):
+                    submit_one(client, "noop")
+                    if not receiver.wait_for_type("succeeded", i + 1, STALL_TIMEOUT):
+                        raise BenchError(f"job {i + 1}'s succeeded delivery did not arrive "
+                                         f"within {STALL_TIMEOUT} s")
+            owed = owed_deliveries(server, endpoint)
+            first = wait_for_deliveries(receiver, owed, [server.proc])
+    finally:
+        receiver.close()
+    title = (f"Webhooks, one job at a time — {label(cfg)}: {n_jobs} no-op jobs, each submitted "
+             "once the previous one's deliveries arrived")
+    return title, [owed_row(owed, n_jobs, first), received_row(receiver, owed, first),
+                   *latency_rows(first)]
+
+
+def webhook_backlog(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
+                    n_clients: int) -> tuple[str, Rows]:
+    """The deliverer's own rate: the jobs run on a server that sends nothing
+    (`webhooks.deliver = false`), then a `ferry worker` on the same database, sending, drains
+    the backlog: no job competes with it, so this is what one process sends at most."""
+    receiver = Receiver()
+    try:
+        with serving(cfg, ferry_bin, tmp, "webhook-backlog",
+                     WEBHOOK_TOML + "deliver = false\n") as server:
+            _, owed = jobs_with_deliveries(server, receiver, n_jobs, n_clients)
+            if receiver.arrivals:
+                raise BenchError("a delivery arrived from a server configured not to send")
+            first, worker_cpu = drain(server, ferry_bin, tmp, receiver, owed)
+    finally:
+        receiver.close()
+    title = (f"Webhooks, backlog — {label(cfg)}: the deliveries of {n_jobs} no-op jobs, sent by "
+             "a `ferry worker` after they ran")
+    return title, [
+        rate_row(first),
+        owed_row(owed, n_jobs, first),
+        received_row(receiver, owed, first),
+        ("worker CPU", f"{worker_cpu:8.1f} s   ({worker_cpu / len(first) * 1e6:.0f} µs per "
+                       "delivery, its start included)"),
+    ]
+
+
+def drain(server: Server, ferry_bin: str, tmp: str, receiver: Receiver,
+          owed: set[str]) -> tuple[Arrivals, float]:
+    """Starts a `ferry worker` that sends webhooks, on the server's config, until every owed
+    delivery arrived; returns the arrivals and the worker's CPU seconds."""
+    log_path = os.path.join(tmp, "webhook-backlog-worker.stderr.log")
+    worker = spawn([ferry_bin, "worker", "--config", server.config], log_path, server.root,
+                   subprocess.DEVNULL, {"FERRY_WEBHOOKS__DELIVER": "true"})
+    try:
+        first = wait_for_deliveries(receiver, owed, [server.proc, worker])
+        return first, cpu_seconds(worker.pid)
+    except Exception:
+        print_log_tail(log_path, f"ferry worker, pid {worker.pid}")
+        raise
+    finally:
+        stop_process(worker)
+
+
+# Long-poll wake-ups need a change that comes while the request already waits. A no-op job goes
+# queued → running → succeeded within milliseconds, usually before a long-poll sent after
+# reading it arrives, so it would measure a request answered at once, not a wake-up. A command
+# that sleeps instead holds the job running for SLEEP_SECONDS: the client follows the job until
+# it runs, then long-polls with that ETag; the next change (the job succeeding, written by the
+# worker) wakes the request. The wake-up latency is the answer's arrival minus the job's
+# `updated_at`, the server's time of that change (both wall clocks of this machine): commit,
+# notification (in-process on SQLite, NOTIFY through PostgreSQL), re-reading the job, and the
+# HTTP answer.
+SLEEP_SECONDS = 0.2
+LONGPOLL_TOML = f'[handlers.sleep]\ncommand = ["sleep", "{SLEEP_SECONDS}"]\n'
+LONGPOLL_WAIT = 30  # Prefer: wait=N, seconds; far longer than the change takes
+
+
+def follow_until_running(client: Client, job: str) -> str:
+    """Long-polls a new job until it runs; returns that state's ETag."""
+    etag, status = "", "queued"
+    while status == "queued":
+        headers = {"If-None-Match": etag, "Prefer": f"wait={LONGPOLL_WAIT}"} if etag else {}
+        code, resp, data = client.request("GET", f"/v1/jobs/{job}", headers=headers)
+        if code == 200:
+            etag, status = resp["ETag"], json.loads(data)["status"]
+        elif code != 304:
+            raise BenchError(f"GET /v1/jobs/{job} answered {code}: {data[:300]!r}")
+    if status != "running":
+        raise BenchError(f"job {job} went from queued to {status}, not running")
+    return etag
+
+
+def submit_one(client: Client, kind: str) -> str:
+    """One job of `kind` (a tiny raw body); its id."""
+    code, data = client.call("POST", f"/v1/kinds/{kind}/jobs", b"x\n",
+                             {"Content-Type": "application/octet-stream"})
+    if code != 202:
+        raise BenchError(f"POST /v1/kinds/{kind}/jobs answered {code}: {data[:300]!r}")
+    return json.loads(data)["id"]
+
+
+def one_wakeup(client: Client) -> tuple[float, float, float, str]:
+    """One sleeping job: (long-poll sent, the job's change, answer arrived), wall clock, and the
+    status the answer shows."""
+    job = submit_one(client, "sleep")
+    etag = follow_until_running(client, job)
+    sent = time.time()
+    code, _, data = client.request("GET", f"/v1/jobs/{job}", headers={
+        "If-None-Match": etag, "Prefer": f"wait={LONGPOLL_WAIT}"})
+    arrived = time.time()
+    if code != 200:
+        raise BenchError(f"the long-poll on running job {job} answered {code} after "
+                         f"{arrived - sent:.1f} s, not the change")
+    body = json.loads(data)
+    return sent, datetime.fromisoformat(body["updated_at"]).timestamp(), arrived, body["status"]
+
+
+def longpoll_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str,
+                     n_polls: int) -> tuple[str, Rows]:
+    with serving(cfg, ferry_bin, tmp, "long-poll", LONGPOLL_TOML) as server:
+        log(f"long-poll: {n_polls} jobs running `sleep {SLEEP_SECONDS}`, one at a time")
+        with contextlib.closing(Client(server)) as client:
+            samples = [one_wakeup(client) for _ in range(n_polls)]
+    # A change stamped before the request was sent was not a wake-up (it cannot happen with
+    # the sleep above, but would skew the figures unseen).
+    woken = [(sent, changed, arrived) for sent, changed, arrived, _ in samples if changed > sent]
+    if not woken:
+        raise BenchError("every job changed before its long-poll was sent: no wake-up measured")
+    statuses = collections.Counter(status for *_, status in samples)
+    title = (f"Long-poll — {label(cfg)}: {n_polls} x GET /v1/jobs/{{id}} with If-None-Match "
+             f"and Prefer: wait={LONGPOLL_WAIT}, one at a time")
+    return title, [
+        ("answers 200 with a change", f"{len(samples):8d}   (job then "
+                                      + ", ".join(f"{k}: {v}" for k, v in statuses.items())
+                                      + f"; {len(samples) - len(woken)} changed before the "
+                                        "request was sent, left out)"),
+        ("waited before the change ms", pcts([(c - s) * 1000 for s, c, _ in woken])),
+        ("wake-up ms (answer - updated_at)", pcts([(a - c) * 1000 for _, c, a in woken])),
     ]
 
 
@@ -522,6 +903,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--clients", type=int, default=8, help="threads submitting jobs (default 8)")
     ap.add_argument("--skip-uploads", action="store_true", help="skip dd and the uploads")
     ap.add_argument("--skip-jobs", action="store_true", help="skip the no-op jobs")
+    ap.add_argument("--webhook-jobs", type=int, default=500,
+                    help="no-op jobs whose events go to the webhook receiver (default 500)")
+    ap.add_argument("--skip-webhooks", action="store_true", help="skip the webhook deliveries")
+    ap.add_argument("--long-polls", type=int, default=100,
+                    help="long-poll wake-ups measured (default 100)")
+    ap.add_argument("--skip-long-poll", action="store_true", help="skip the long-poll wake-ups")
     ap.add_argument("--postgres", metavar="URL", default=os.environ.get("TEST_PG_URL"),
                     help="scale-out: PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432 "
                          "(default: $TEST_PG_URL)")
@@ -529,8 +916,9 @@ def parse_args() -> argparse.Namespace:
                     help="scale-out: S3 endpoint, e.g. http://127.0.0.1:9000 (default: $TEST_S3_ENDPOINT)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder (server logs)")
     args = ap.parse_args()
-    if args.jobs < 1 or args.clients < 1 or args.upload_gib <= 0:
-        ap.error("--jobs, --clients and --upload-gib must be positive")
+    if min(args.jobs, args.clients, args.webhook_jobs, args.long_polls) < 1 or args.upload_gib <= 0:
+        ap.error("--jobs, --clients, --webhook-jobs, --long-polls and --upload-gib must be "
+                 "positive")
     if bool(args.postgres) != bool(args.s3_endpoint):
         ap.error("the scale-out configuration needs both --postgres (or TEST_PG_URL) and "
                  "--s3-endpoint (or TEST_S3_ENDPOINT); only one is set")
@@ -561,6 +949,12 @@ def main() -> int:
                 sections.append(upload_section(cfg, args.bin, tmp, payload, sha256, size))
             if not args.skip_jobs:
                 sections.append(jobs_section(cfg, args.bin, tmp, args.jobs, args.clients))
+            if not args.skip_webhooks:
+                sections.append(webhook_sequential(cfg, args.bin, tmp, SEQUENTIAL_WEBHOOK_JOBS))
+                for measure in (webhook_live, webhook_backlog):
+                    sections.append(measure(cfg, args.bin, tmp, args.webhook_jobs, args.clients))
+            if not args.skip_long_poll:
+                sections.append(longpoll_section(cfg, args.bin, tmp, args.long_polls))
         error = ""
     except (BenchError, OSError) as e:  # OSError: e.g. no psql, or the disk is full
         error = str(e)
