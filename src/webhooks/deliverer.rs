@@ -177,28 +177,33 @@ impl Deliverer {
             .limit(limit)
             .all(&self.db.orm)
             .await?;
-        let lease_until = now + (self.settings.timeout + LEASE_MARGIN).as_millis() as i64;
-        let mut claimed = Vec::with_capacity(due.len());
-        for row in due {
-            let taken = delivery::Entity::update_many()
-                .col_expr(
-                    delivery::Column::LeaseOwner,
-                    Expr::value(self.owner.as_str()),
-                )
-                .col_expr(delivery::Column::LeaseExpiresAtMs, Expr::value(lease_until))
-                .filter(delivery::Column::Id.eq(row.id))
-                .filter(delivery::Column::State.eq(PENDING))
-                // A progress delivery that took over a newer event meanwhile is re-read next
-                // scan.
-                .filter(delivery::Column::EventSeq.eq(row.event_seq))
-                .filter(unleased(now))
-                .exec(&self.db.orm)
-                .await?;
-            if taken.rows_affected == 1 {
-                claimed.push(row);
-            }
+        if due.is_empty() {
+            return Ok(due);
         }
-        Ok(claimed)
+        // One statement for the whole batch (one commit on SQLite's single writer, not one per
+        // delivery), then the rows read back as claimed: a progress delivery that took over a
+        // newer event between the scan and the claim is sent with that event.
+        let lease_until = now + (self.settings.timeout + LEASE_MARGIN).as_millis() as i64;
+        let ids: Vec<i64> = due.iter().map(|row| row.id).collect();
+        delivery::Entity::update_many()
+            .col_expr(
+                delivery::Column::LeaseOwner,
+                Expr::value(self.owner.as_str()),
+            )
+            .col_expr(delivery::Column::LeaseExpiresAtMs, Expr::value(lease_until))
+            .filter(delivery::Column::Id.is_in(ids.clone()))
+            .filter(delivery::Column::State.eq(PENDING))
+            .filter(unleased(now))
+            .exec(&self.db.orm)
+            .await?;
+        Ok(delivery::Entity::find()
+            .filter(delivery::Column::Id.is_in(ids))
+            .filter(delivery::Column::LeaseOwner.eq(self.owner.as_str()))
+            .filter(delivery::Column::LeaseExpiresAtMs.eq(lease_until))
+            .order_by_asc(delivery::Column::NextAttemptAtMs)
+            .order_by_asc(delivery::Column::Id)
+            .all(&self.db.orm)
+            .await?)
     }
 
     async fn send(&self, due: delivery::Model) {
