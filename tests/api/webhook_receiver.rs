@@ -18,6 +18,10 @@ pub struct Answer {
     pub status: u16,
     pub retry_after: Option<String>,
     pub delay: Duration,
+    /// A `Location` header (for redirects).
+    pub location: Option<String>,
+    /// The body; `answered STATUS` when absent.
+    pub body: Option<String>,
 }
 
 impl Answer {
@@ -26,6 +30,8 @@ impl Answer {
             status,
             retry_after: None,
             delay: Duration::ZERO,
+            location: None,
+            body: None,
         }
     }
 }
@@ -100,7 +106,14 @@ async fn receive(
     if let Some(after) = &answer.retry_after {
         res.insert_header(("retry-after", after.as_str()));
     }
-    res.body(format!("answered {}", answer.status))
+    if let Some(location) = &answer.location {
+        res.insert_header(("location", location.as_str()));
+    }
+    res.body(
+        answer
+            .body
+            .unwrap_or_else(|| format!("answered {}", answer.status)),
+    )
 }
 
 impl Receiver {

@@ -337,6 +337,32 @@ async fn gone_disables_the_endpoint_and_an_unreachable_one_is_recorded() {
     assert!(error.contains("connect"), "{error}");
 }
 
+/// A redirect is not followed (the signed event goes only where the endpoint says), and a long
+/// answer is kept only in part.
+async fn redirects_are_not_followed_and_long_answers_are_cut() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start();
+    let elsewhere = Receiver::start();
+    receiver.answer(Answer {
+        location: Some(elsewhere.url.clone()),
+        body: Some("x".repeat(100_000)),
+        ..Answer::status(307)
+    });
+    let job = job_with_webhook(&app, json!({"url": receiver.url, "events": ["succeeded"]})).await;
+    let id = job["id"].as_str().unwrap();
+    let failed = wait_delivery(&app, id, |d| d["state"] == "failed").await;
+    assert_eq!(failed["last_status_code"], 307, "{failed}");
+    assert!(elsewhere.received().is_empty(), "the redirect was followed");
+    let one = app
+        .get(failed["links"]["self"].as_str().unwrap())
+        .await
+        .body;
+    for attempt in one["attempt_log"].as_array().unwrap() {
+        let excerpt = attempt["response_excerpt"].as_str().unwrap();
+        assert_eq!(excerpt.len(), 512, "the answer is cut to 512 bytes");
+    }
+}
+
 async fn addresses_the_configuration_refuses_are_422() {
     let app = TestApp::spawn_with(TestConfig {
         webhooks: String::new(),
@@ -510,6 +536,7 @@ crate::matrix!(
     server_wide_endpoints_are_managed_and_rotation_signs_with_both_secrets,
     a_failing_receiver_is_retried_and_a_used_up_schedule_ends_failed,
     gone_disables_the_endpoint_and_an_unreachable_one_is_recorded,
+    redirects_are_not_followed_and_long_answers_are_cut,
     addresses_the_configuration_refuses_are_422,
     a_dead_receiver_does_not_hold_up_jobs,
 );
