@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::{
     conditional::{etag_of, not_modified, typed, wait_preference},
+    paging::{Page, invalid_query, next_cursor},
     problem::ApiError,
     uploads::{closing, upload_meta},
     wire::{JobIn, JobList, JobOut, LogLineOut, LogList, TimeoutIn},
@@ -415,9 +416,7 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let invalid = |field: &str, msg: String| {
-        ApiError::new(ErrorCode::InvalidQuery, msg.clone()).with_field(field, msg)
-    };
+    let invalid = invalid_query;
     let status = match &q.status {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
@@ -440,35 +439,19 @@ pub async fn list(
             }),
         }
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(invalid("limit", "limit must be between 1 and 200".into()));
-    }
-    let before_id = match &q.next {
-        None => None,
-        Some(cursor) => Some(
-            JobId::parse(cursor)
-                .ok_or_else(|| {
-                    invalid(
-                        "next",
-                        "next must be the cursor returned by the previous page".into(),
-                    )
-                })?
-                .0,
-        ),
-    };
+    let page = Page::parse(q.limit, q.next.as_deref(), |c| {
+        JobId::parse(c).map(|id| id.0)
+    })?;
     let filter = JobFilter {
         status,
         kind: q.kind.clone(),
         created_after_ms: time("created_after", &q.created_after)?,
         created_before_ms: time("created_before", &q.created_before)?,
-        before_id,
-        limit,
+        before_id: page.after,
+        limit: page.limit,
     };
     let (views, more) = services.list_jobs(filter).await?;
-    let next = more
-        .then(|| views.last().map(|v| JobId(v.job.id).to_string()))
-        .flatten();
+    let next = next_cursor(&views, more, |v| JobId(v.job.id).to_string());
     Ok(HttpResponse::Ok().json(JobList {
         items: views.iter().map(JobOut::from).collect(),
         next,

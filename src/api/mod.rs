@@ -7,6 +7,7 @@ pub mod digest_header;
 pub mod events;
 pub mod health;
 pub mod jobs;
+pub mod paging;
 pub mod problem;
 pub mod results;
 pub mod sse;

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{
     digest_header,
+    paging::{Page, invalid_query, next_cursor},
     problem::ApiError,
     wire::{UploadList, UploadOut},
 };
@@ -117,41 +118,22 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let invalid = |field: &str, msg: &str| {
-        ApiError::new(ErrorCode::InvalidQuery, msg).with_field(field, msg.to_owned())
-    };
     let attached = match q.attached.as_deref() {
         None => None,
         Some("true") => Some(true),
         Some("false") => Some(false),
-        Some(_) => return Err(invalid("attached", "attached must be true or false")),
+        Some(_) => return Err(invalid_query("attached", "attached must be true or false")),
     };
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
-        return Err(invalid("limit", "limit must be between 1 and 200"));
-    }
-    let before_id = match &q.next {
-        None => None,
-        Some(cursor) => Some(
-            UploadId::parse(cursor)
-                .ok_or_else(|| {
-                    invalid(
-                        "next",
-                        "next must be the cursor returned by the previous page",
-                    )
-                })?
-                .0,
-        ),
-    };
+    let page = Page::parse(q.limit, q.next.as_deref(), |c| {
+        UploadId::parse(c).map(|id| id.0)
+    })?;
     let filter = UploadFilter {
         attached,
-        before_id,
-        limit,
+        before_id: page.after,
+        limit: page.limit,
     };
     let (rows, more) = services.list_uploads(filter).await?;
-    let next = more
-        .then(|| rows.last().map(|row| UploadId(row.id).to_string()))
-        .flatten();
+    let next = next_cursor(&rows, more, |row| UploadId(row.id).to_string());
     Ok(HttpResponse::Ok().json(UploadList {
         items: rows.iter().map(UploadOut::from).collect(),
         next,

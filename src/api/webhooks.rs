@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::{
     jobs::{json_request, parse_job_id},
+    paging::{Page, next_cursor},
     problem::ApiError,
     uploads::closing,
     wire::webhooks::{
@@ -18,9 +19,6 @@ use crate::{
     ids::WebhookId,
     service::{Services, webhooks::EndpointRequest},
 };
-
-const DEFAULT_LIMIT: u64 = 50;
-const MAX_LIMIT: u64 = 200;
 
 fn parse_webhook_id(text: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(text).ok_or_else(|| {
@@ -41,21 +39,6 @@ fn parse_delivery_id(text: &str) -> Result<i64, ApiError> {
                 format!("{text:?} is not a delivery id (a positive integer)"),
             )
         })
-}
-
-fn invalid_query(field: &str, msg: &str) -> ApiError {
-    ApiError::new(ErrorCode::InvalidQuery, msg).with_field(field, msg.to_owned())
-}
-
-fn checked_limit(limit: Option<u64>) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(invalid_query(
-            "limit",
-            &format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
-    Ok(limit)
 }
 
 pub async fn create(
@@ -106,24 +89,11 @@ pub async fn list(
     services: web::Data<Services>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let limit = checked_limit(query.limit)?;
-    let before = match &query.next {
-        None => None,
-        Some(cursor) => Some(
-            WebhookId::parse(cursor)
-                .ok_or_else(|| {
-                    invalid_query(
-                        "next",
-                        "next must be the cursor returned by the previous page",
-                    )
-                })?
-                .0,
-        ),
-    };
-    let (rows, more) = services.list_endpoints(before, limit).await?;
-    let next = more
-        .then(|| rows.last().map(|row| WebhookId(row.id).to_string()))
-        .flatten();
+    let page = Page::parse(query.limit, query.next.as_deref(), |c| {
+        WebhookId::parse(c).map(|id| id.0)
+    })?;
+    let (rows, more) = services.list_endpoints(page.after, page.limit).await?;
+    let next = next_cursor(&rows, more, |row| WebhookId(row.id).to_string());
     Ok(HttpResponse::Ok().json(WebhookList {
         items: rows.iter().map(WebhookOut::of).collect(),
         next,
@@ -200,17 +170,11 @@ pub async fn enable(
     Ok(HttpResponse::Ok().json(WebhookOut::of(&row)))
 }
 
-fn before_delivery(next: &Option<String>) -> Result<Option<i64>, ApiError> {
-    next.as_deref()
-        .map(|cursor| {
-            cursor.parse::<i64>().map_err(|_| {
-                invalid_query(
-                    "next",
-                    "next must be the cursor returned by the previous page",
-                )
-            })
-        })
-        .transpose()
+/// A page of deliveries: their cursor is the last one's id.
+fn delivery_page_of(query: &ListQuery) -> Result<Page<i64>, ApiError> {
+    Page::parse(query.limit, query.next.as_deref(), |c| {
+        c.parse::<i64>().ok()
+    })
 }
 
 fn delivery_page(
@@ -232,9 +196,9 @@ pub async fn endpoint_deliveries(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_webhook_id(&id)?;
-    let limit = checked_limit(query.limit)?;
+    let page = delivery_page_of(&query)?;
     let (rows, more) = services
-        .endpoint_deliveries(id, before_delivery(&query.next)?, limit)
+        .endpoint_deliveries(id, page.after, page.limit)
         .await?;
     Ok(delivery_page(rows, more))
 }
@@ -245,10 +209,8 @@ pub async fn job_deliveries(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let job = parse_job_id(&id)?;
-    let limit = checked_limit(query.limit)?;
-    let (rows, more) = services
-        .job_deliveries(job, before_delivery(&query.next)?, limit)
-        .await?;
+    let page = delivery_page_of(&query)?;
+    let (rows, more) = services.job_deliveries(job, page.after, page.limit).await?;
     Ok(delivery_page(rows, more))
 }
 
