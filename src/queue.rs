@@ -268,8 +268,8 @@ pub async fn run_consumer(
 }
 
 async fn deliver(dispatch: Dispatch, on_dispatch: Data<DispatchFn>) -> Result<(), BoxDynError> {
-    // All handler futures of one apalis worker share a task: give each job its own.
-    let fut = (on_dispatch.0.0)(dispatch);
-    tokio::spawn(fut).await?;
+    // The attempt runs in a task of its own (see `worker::start`), so apalis dropping this
+    // future does not drop the attempt.
+    (on_dispatch.0.0)(dispatch).await;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc};
 
 use anyhow::Context;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use handler::{Handler, HandlerError, JobContext};
 
@@ -123,6 +123,20 @@ pub async fn start(
             .with_context(|| format!("cannot create work folders in {}", root.display()))?,
     );
     sweep_work_folders(&services).await;
+    // Every attempt runs in a task of its own, tracked here rather than left to apalis: on
+    // shutdown the process waits for them (bounded by the caller's grace) so that each one
+    // stops its handler and hands its job back. Seen otherwise: apalis' worker returned at
+    // once, the process exited, and the attempt vanished mid-flight with its job `running`
+    // until the lease expired (and an attempt used up).
+    let attempts = TaskTracker::new();
+    {
+        let (attempts, shutdown) = (attempts.clone(), shutdown.clone());
+        set.spawn(async move {
+            shutdown.cancelled().await;
+            attempts.close();
+            attempts.wait().await;
+        });
+    }
     for (kind, registered) in &registry.handlers {
         let on_dispatch: DispatchFn = {
             let services = services.clone();
@@ -130,15 +144,21 @@ pub async fn start(
             let owner = owner.clone();
             let folders = folders.clone();
             let shutdown = shutdown.clone();
+            let attempts = attempts.clone();
             DispatchFn(Arc::new(move |dispatch| {
-                Box::pin(attempt::run_dispatch(
+                let attempt = attempts.spawn(attempt::run_dispatch(
                     services.clone(),
                     registry.clone(),
                     owner.clone(),
                     folders.clone(),
                     shutdown.clone(),
                     dispatch,
-                ))
+                ));
+                Box::pin(async move {
+                    if let Err(e) = attempt.await {
+                        tracing::error!(error = %e, "an attempt's task failed");
+                    }
+                })
             }))
         };
         let consumer = ConsumerSettings {
