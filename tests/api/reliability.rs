@@ -215,7 +215,12 @@ async fn a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt
         "the model outlived its stopped worker"
     );
     let back = app.job(id).await;
-    assert_eq!(back["status"], "queued", "{back}\n{}", app.logs_of("worker"));
+    assert_eq!(
+        back["status"],
+        "queued",
+        "{back}\n{}",
+        app.logs_of("worker")
+    );
     assert_eq!(back["attempt"], 0);
 
     std::fs::write(&gate, "go").unwrap();
