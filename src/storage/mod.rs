@@ -343,6 +343,7 @@ impl Tx {
             )
             .await?
             .unwrap_or(1);
+        let event_type = sea_orm::ActiveEnum::to_value(&kind);
         let mut columns = vec![
             Alias::new("job_id"),
             Alias::new("seq"),
@@ -353,7 +354,7 @@ impl Tx {
         let mut values: Vec<Expr> = vec![
             job_id.into(),
             seq.into(),
-            sea_orm::ActiveEnum::to_value(&kind).into(),
+            event_type.clone().into(),
             data.to_string().into(),
             now.into(),
         ];
@@ -368,7 +369,6 @@ impl Tx {
                 .values_panic(values),
         )
         .await?;
-        let event_type = sea_orm::ActiveEnum::to_value(&kind);
         self.enqueue_deliveries(job_id, seq, &event_type, now)
             .await?;
         Ok(seq)

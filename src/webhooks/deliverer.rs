@@ -363,9 +363,9 @@ impl Deliverer {
                     delivery::Column::NextAttemptAtMs,
                     Expr::value(at.unwrap_or(now)),
                 );
-                let mut tx = self.db.begin().await?;
-                tx.execute(&update.into_query()).await?;
-                return tx.commit().await;
+                // One statement: no transaction needed.
+                update.exec(&self.db.orm).await?;
+                return Ok(());
             }
             Outcome::Abandoned(why) => (None, Some(why), None, None, false),
             Outcome::NoAnswer(why) => (None, Some(why), None, None, true),
