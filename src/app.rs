@@ -158,7 +158,7 @@ impl Application {
     }
 
     /// Runs until stopped through a [`StopHandle`]; returns once the server and every worker
-    /// have finished.
+    /// have finished, or an error if workers had to be abandoned after the grace period.
     pub async fn run(mut self) -> anyhow::Result<()> {
         if let Some((server, _)) = self.server.take() {
             server.await?;
@@ -171,12 +171,13 @@ impl Application {
         let grace = self.kill_grace + WORKER_SHUTDOWN_GRACE;
         let drained = async { while self.workers.join_next().await.is_some() {} };
         if tokio::time::timeout(grace, drained).await.is_err() {
-            tracing::error!(
-                ?grace,
-                "workers did not stop in time; abandoning them (their attempts are retried once \
-                 their leases expire)"
-            );
             self.workers.abort_all();
+            // Not a clean stop: the process exits non-zero so a supervisor or deploy notices.
+            anyhow::bail!(
+                "workers did not stop within {}; abandoned them (their attempts are retried \
+                 once their leases expire)",
+                humantime::format_duration(grace)
+            );
         }
         Ok(())
     }

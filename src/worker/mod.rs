@@ -154,9 +154,19 @@ pub async fn start(
                     shutdown.clone(),
                     dispatch,
                 ));
+                let shutdown = shutdown.clone();
                 Box::pin(async move {
-                    if let Err(e) = attempt.await {
-                        tracing::error!(error = %e, "an attempt's task failed");
+                    // On shutdown apalis stops polling its fetch stream but keeps it alive until
+                    // every delivery returns; on SQLite a fetch cut short there holds the write
+                    // lock, and the attempt could not hand its job back (seen: every write
+                    // waited for the lock until the grace ran out). So a delivery returns as
+                    // soon as shutdown starts, letting apalis drop that fetch; the attempt runs
+                    // on in `attempts`, which shutdown waits for.
+                    tokio::select! {
+                        joined = attempt => if let Err(e) = joined {
+                            tracing::error!(error = %e, "an attempt's task failed");
+                        },
+                        _ = shutdown.cancelled() => {}
                     }
                 })
             }))

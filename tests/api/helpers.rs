@@ -392,7 +392,12 @@ concurrency = {concurrency}
         cmd.arg("--config")
             .arg(&self.config_path)
             .args(args)
-            .env("RUST_LOG", "info,ferry=debug")
+            // `TEST_PROCESS_LOG=info,ferry=debug,sqlx=debug,apalis_core=debug` shows every
+            // statement and the queue's steps when chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_PROCESS_LOG").unwrap_or("info,ferry=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(self.log_file(what));
@@ -530,6 +535,13 @@ concurrency = {concurrency}
 
     /// SIGTERM, then waits (up to 30 s) for a graceful exit; returns whether it exited cleanly.
     pub fn terminate_worker(&mut self, pid: u32) -> bool {
+        self.terminate_worker_status(pid)
+            .is_some_and(|status| status.success())
+    }
+
+    /// Sends SIGTERM to the worker and waits up to 30 s for it to exit: its exit status, or
+    /// `None` if it had to be killed.
+    pub fn terminate_worker_status(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
         let idx = self
             .workers
             .iter()
@@ -544,12 +556,12 @@ concurrency = {concurrency}
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
-                return status.success();
+                return Some(status);
             }
             if start.elapsed() > Duration::from_secs(30) {
                 let _ = child.kill();
                 eprintln!("worker logs:\n{}", self.logs_of("worker"));
-                return false;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -562,7 +574,12 @@ concurrency = {concurrency}
             let path = self.dir.path().join(format!("{what}-{n}.log"));
             if let Ok(text) = std::fs::read_to_string(&path) {
                 let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(30)..];
+                // Failure messages show the last 30 lines, or `TEST_LOG_TAIL` of them.
+                let keep: usize = std::env::var("TEST_LOG_TAIL")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(30);
+                let tail = &lines[lines.len().saturating_sub(keep)..];
                 out.push_str(&format!("== {}\n{}\n", path.display(), tail.join("\n")));
             }
         }

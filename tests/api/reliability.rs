@@ -1,6 +1,7 @@
 //! Crash safety with real processes and `kill -9`: a worker killed mid-job, the whole server
-//! killed and restarted, a lost dispatch, a worker stopped by SIGTERM, and cancel of a queued
-//! job (the one test here that needs no process of its own).
+//! killed and restarted, a lost dispatch, a worker stopped by SIGTERM (and one that cannot
+//! stop cleanly), and cancel of a queued job (the one test here that needs no process of its
+//! own).
 
 use std::time::Duration;
 
@@ -230,7 +231,67 @@ async fn a_gracefully_stopped_worker_hands_its_job_back_without_using_an_attempt
     assert!(app.event_kinds(id).await.iter().any(|k| k == "requeued"));
 }
 
+/// When a stopping worker cannot hand its job back (here: the database is locked under it), it
+/// gives up after `kill_grace` + 10 s and exits non-zero so that whoever runs it notices, and
+/// the job is not stuck: it runs again once its lease expires.
+async fn a_worker_that_cannot_hand_its_job_back_in_time_exits_non_zero() {
+    let mut app = TestApp::spawn_api_only(TestConfig {
+        lease_ttl: "2s",
+        ..TestConfig::default()
+    })
+    .await;
+    let first = app.spawn_worker();
+    let gate = app.dir.path().join("gate");
+    let job = app
+        .submit("model", bytes(100, 74), json!({"gate": gate}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    app.wait_status(&id, "running", WITHIN).await;
+
+    let status = match app.backend {
+        Backend::Sqlite => {
+            use sqlx::Connection;
+            let mut lock = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut lock)
+                .await
+                .unwrap();
+            let status = app.terminate_worker_status(first);
+            sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+            status
+        }
+        Backend::PostgresS3 => {
+            use sqlx::Connection;
+            let mut lock = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::raw_sql("BEGIN; LOCK TABLE ferry_jobs IN EXCLUSIVE MODE")
+                .execute(&mut lock)
+                .await
+                .unwrap();
+            let status = app.terminate_worker_status(first);
+            sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
+            status
+        }
+    };
+    let logs = app.logs_of("worker");
+    let status = status.unwrap_or_else(|| panic!("the worker did not exit\n{logs}"));
+    assert_eq!(status.code(), Some(1), "{logs}");
+    assert!(logs.contains("workers did not stop within"), "{logs}");
+
+    std::fs::write(&gate, "go").unwrap();
+    app.spawn_worker();
+    let done = app.wait_status(&id, "succeeded", WITHIN).await;
+    assert_eq!(
+        done["attempt"], 2,
+        "the abandoned attempt counts, as after kill -9"
+    );
+}
+
 crate::matrix!(
+    a_worker_that_cannot_hand_its_job_back_in_time_exits_non_zero,
     a_job_whose_worker_is_killed_completes_on_another_worker_as_attempt_2,
     killing_the_server_loses_no_job_and_keeps_finished_ones_intact,
     a_job_whose_dispatch_was_lost_is_dispatched_again,
