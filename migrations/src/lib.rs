@@ -9,6 +9,7 @@ mod m20261129_000001_initial;
 mod m20261201_000001_idempotency_lease;
 mod m20261202_000001_event_feed;
 mod m20261202_000002_webhooks;
+mod m20261203_000001_job_summary;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_idempotency_lease::Migration),
             Box::new(m20261202_000001_event_feed::Migration),
             Box::new(m20261202_000002_webhooks::Migration),
+            Box::new(m20261203_000001_job_summary::Migration),
         ]
     }
 }

@@ -420,13 +420,29 @@ impl Services {
             {
                 return Ok(false);
             }
-            tx.execute(
-                &result::Entity::delete_many()
-                    .filter(result::Column::JobId.eq(lease.job_id))
-                    .filter(result::Column::Name.eq(name))
-                    .into_query(),
-            )
-            .await?;
+            let replaced = tx
+                .execute(
+                    &result::Entity::delete_many()
+                        .filter(result::Column::JobId.eq(lease.job_id))
+                        .filter(result::Column::Name.eq(name))
+                        .into_query(),
+                )
+                .await?;
+            if replaced == 0 {
+                tx.execute(
+                    &job::Entity::update_many()
+                        .col_expr(
+                            job::Column::ResultCount,
+                            sea_orm::sea_query::ExprTrait::add(
+                                Expr::col(job::Column::ResultCount),
+                                1,
+                            ),
+                        )
+                        .filter(job::Column::Id.eq(lease.job_id))
+                        .into_query(),
+                )
+                .await?;
+            }
             let active: result::ActiveModel = row.clone().into();
             tx.execute(&result::Entity::insert(active).into_query())
                 .await?;

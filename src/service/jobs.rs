@@ -100,6 +100,30 @@ pub struct JobView {
     pub webhook: Option<webhook_endpoint::Model>,
 }
 
+impl JobView {
+    /// The view of a job row, which holds everything the API shows of a job.
+    pub fn of(job: job::Model) -> ServiceResult<JobView> {
+        let mut inputs: Vec<job_input::Model> = serde_json::from_str(&job.inputs)
+            // Written only by `create_job` and the migration: a bug, not a client's mistake.
+            .map_err(|e| ServiceError::internal("reading a job's inputs column", e))?;
+        for input in &mut inputs {
+            input.job_id = job.id;
+        }
+        Ok(JobView {
+            inputs,
+            result_count: job.result_count.max(0) as u64,
+            webhook: None,
+            job,
+        })
+    }
+}
+
+/// `ferry_jobs.inputs`: the inputs as JSON, copied onto the job row at creation so that reading
+/// a job (a status poll) is reading one row.
+fn inputs_column(inputs: &[job_input::Model]) -> String {
+    serde_json::to_string(inputs).expect("inputs serialize")
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct JobFilter {
     pub status: Option<JobStatus>,
@@ -548,6 +572,19 @@ impl Services {
         let now = now_ms();
         let dispatch_id = queue::new_dispatch_id(now);
         let webhook = spec.webhook.as_ref().map(|hook| hook.row(id.0, now));
+        // In name order, as the job shows them.
+        uploads.sort_by(|a, b| a.0.cmp(&b.0));
+        let inputs: Vec<job_input::Model> = uploads
+            .iter()
+            .map(|(name, upload_row)| job_input::Model {
+                job_id: id.0,
+                name: name.clone(),
+                upload_id: upload_row.id,
+                size: upload_row.size,
+                sha256: upload_row.sha256.clone(),
+                blob_key: upload_row.blob_key.clone(),
+            })
+            .collect();
         let row = job::Model {
             id: id.0,
             kind: spec.kind.clone(),
@@ -572,6 +609,8 @@ impl Services {
             lease_expires_at_ms: None,
             cancel_requested: false,
             event_seq: 0,
+            inputs: inputs_column(&inputs),
+            result_count: 0,
         };
 
         let mut tx = self.db.begin().await?;
@@ -579,8 +618,7 @@ impl Services {
         tx.execute(&job::Entity::insert(active).into_query())
             .await?;
         tx.job_changed(id.0);
-        let mut inputs = Vec::with_capacity(uploads.len());
-        for (name, upload_row) in &uploads {
+        for (input, (name, upload_row)) in inputs.iter().zip(&uploads) {
             let attached = tx
                 .execute(
                     &upload::Entity::update_many()
@@ -606,20 +644,11 @@ impl Services {
                 )
                 .with_field(format!("inputs.{name}")));
             }
-            let input = job_input::Model {
-                job_id: id.0,
-                name: name.clone(),
-                upload_id: upload_row.id,
-                size: upload_row.size,
-                sha256: upload_row.sha256.clone(),
-                blob_key: upload_row.blob_key.clone(),
-            };
             tx.execute(
                 &job_input::Entity::insert(job_input::ActiveModel::from(input.clone()))
                     .into_query(),
             )
             .await?;
-            inputs.push(input);
         }
         // Before the first event, so that the endpoint gets it if it asked for `queued`.
         if let Some(hook) = &webhook {
@@ -673,52 +702,15 @@ impl Services {
 
     pub async fn get_job(&self, id: JobId) -> ServiceResult<JobView> {
         let job = job::Entity::find_by_id(id.0)
-            .one(&self.db.orm)
+            .one(&self.db.reads)
             .await?
             .ok_or_else(|| Self::job_not_found(id))?;
-        self.view(job).await
+        JobView::of(job)
     }
 
-    async fn view(&self, job: job::Model) -> ServiceResult<JobView> {
-        Ok(self
-            .views(vec![job])
-            .await?
-            .pop()
-            .expect("one view per job"))
-    }
-
-    /// Jobs with their inputs and result counts: three queries, however many jobs.
-    async fn views(&self, jobs: Vec<job::Model>) -> ServiceResult<Vec<JobView>> {
-        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
-        let mut inputs: BTreeMap<Uuid, Vec<job_input::Model>> = BTreeMap::new();
-        for input in job_input::Entity::find()
-            .filter(job_input::Column::JobId.is_in(ids.clone()))
-            .order_by_asc(job_input::Column::Name)
-            .all(&self.db.orm)
-            .await?
-        {
-            inputs.entry(input.job_id).or_default().push(input);
-        }
-        let counts: BTreeMap<Uuid, i64> = result::Entity::find()
-            .select_only()
-            .column(result::Column::JobId)
-            .column_as(result::Column::Id.count(), "results")
-            .filter(result::Column::JobId.is_in(ids))
-            .group_by(result::Column::JobId)
-            .into_tuple::<(Uuid, i64)>()
-            .all(&self.db.orm)
-            .await?
-            .into_iter()
-            .collect();
-        Ok(jobs
-            .into_iter()
-            .map(|job| JobView {
-                inputs: inputs.remove(&job.id).unwrap_or_default(),
-                result_count: counts.get(&job.id).copied().unwrap_or(0) as u64,
-                webhook: None,
-                job,
-            })
-            .collect())
+    /// Jobs as the API shows them: everything is on the job row (see [`inputs_column`]).
+    fn views(jobs: Vec<job::Model>) -> ServiceResult<Vec<JobView>> {
+        jobs.into_iter().map(JobView::of).collect()
     }
 
     /// Newest first. Returns the page and whether more jobs follow it.
@@ -739,10 +731,10 @@ impl Services {
         if let Some(cursor) = filter.before_id {
             query = query.filter(job::Column::Id.lt(cursor));
         }
-        let mut rows = query.limit(filter.limit + 1).all(&self.db.orm).await?;
+        let mut rows = query.limit(filter.limit + 1).all(&self.db.reads).await?;
         let more = rows.len() as u64 > filter.limit;
         rows.truncate(filter.limit as usize);
-        Ok((self.views(rows).await?, more))
+        Ok((Self::views(rows)?, more))
     }
 
     /// Cancels a queued job at once; asks the worker of a running job to stop it (within about a

@@ -85,9 +85,16 @@ pub enum Pool {
     Postgres(PgPool),
 }
 
+/// SQLite read connections: enough for both cores and requests waiting on I/O.
+const SQLITE_READERS: u32 = 4;
+
 #[derive(Clone, Debug)]
 pub struct Db {
+    /// Every statement of Ferry's own, writes and reads that must see the writer's state.
     pub orm: DatabaseConnection,
+    /// Single-statement reads that need no transaction (status polls, lists): on SQLite a pool
+    /// of read-only connections beside the one writer; on PostgreSQL the same pool as `orm`.
+    pub reads: DatabaseConnection,
     pool: Pool,
     /// The connections apalis' workers use (the same pool on PostgreSQL).
     queue_pool: Pool,
@@ -132,12 +139,22 @@ impl Db {
             let queue_pool = SqlitePoolOptions::new()
                 .max_connections(2)
                 .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options)
+                .connect_with(options.clone())
+                .await
+                .with_context(|| format!("cannot open SQLite database {url:?}"))?;
+            // Reads get connections of their own: in WAL mode readers do not wait for the
+            // writer, so a status poll never queues behind a commit. `query_only` makes sure
+            // nothing writes through them.
+            let reads = SqlitePoolOptions::new()
+                .max_connections(SQLITE_READERS)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.pragma("query_only", "true"))
                 .await
                 .with_context(|| format!("cannot open SQLite database {url:?}"))?;
             let orm = DatabaseConnection::from(pool.clone());
             return Ok(Db {
                 orm,
+                reads: DatabaseConnection::from(reads),
                 pool: Pool::Sqlite(pool),
                 queue_pool: Pool::Sqlite(queue_pool),
                 changes: JobChanges::with_backstop(changes::SQLITE_BACKSTOP),
@@ -155,6 +172,7 @@ impl Db {
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
             let orm = DatabaseConnection::from(pool.clone());
             return Ok(Db {
+                reads: orm.clone(),
                 orm,
                 pool: Pool::Postgres(pool.clone()),
                 queue_pool: Pool::Postgres(pool),

@@ -30,6 +30,7 @@ mod scale_out;
 mod schemathesis;
 mod spec;
 mod tools;
+mod upgrades;
 mod uploads;
 mod webhook_receiver;
 mod webhooks;

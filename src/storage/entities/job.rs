@@ -37,6 +37,11 @@ pub struct Model {
     pub cancel_requested: bool,
     /// Sequence number of the job's last event.
     pub event_seq: i64,
+    /// JSON array of the job's inputs (`job_input::Model`s without `job_id`), a copy of
+    /// `ferry_job_inputs` made at creation, so that reading a job is reading one row.
+    pub inputs: String,
+    /// How many results the job has, kept by the transaction that publishes one.
+    pub result_count: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

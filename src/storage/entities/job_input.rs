@@ -2,10 +2,12 @@
 
 use sea_orm::entity::prelude::*;
 
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+/// Serialized (without `job_id`) into `ferry_jobs.inputs`.
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "ferry_job_inputs")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
+    #[serde(skip)]
     pub job_id: Uuid,
     #[sea_orm(primary_key, auto_increment = false)]
     pub name: String,
