@@ -4,7 +4,8 @@ deliveries, long-poll wake-ups.
 
     python3 scripts/bench.py --bin target/release/ferry [--upload-gib G] [--jobs N] [--clients C]
                              [--webhook-jobs N] [--long-polls M] [--skip-uploads] [--skip-jobs]
-                             [--skip-webhooks] [--skip-long-poll]
+                             [--skip-webhooks] [--skip-long-poll] [--skip-polls]
+                             [--poll-seconds S] [--poll-rounds R]
                              [--postgres URL --s3-endpoint URL]
 
 (scripts/bench.sh builds the release binary and runs this.) Standard library only, Python 3.11+,
@@ -30,7 +31,10 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
    that does drains the backlog: the deliverer's rate with nothing else to do;
 8. long-poll: --long-polls jobs of a command handler that sleeps 0.2 s, one at a time; each is
    long-polled with its running state's ETag and `Prefer: wait=30`; the wake-up latency is the
-   200's arrival - the job's `updated_at` (see SLEEP_SECONDS for why a sleeping job).
+   200's arrival - the job's `updated_at` (see SLEEP_SECONDS for why a sleeping job);
+9. status polls: wrk (2 threads, 32 connections, --poll-seconds per run) against GET /v1/jobs/{id}
+   of a finished no-op job, plain and with If-None-Match (304), next to a static nginx serving
+   the same bytes; medians of --poll-rounds interleaved runs (scripts/bench_polls.py).
 
 The embedded configuration (SQLite + local folder) always; the scale-out one (PostgreSQL + S3)
 too when given, like the test suite, a PostgreSQL server URL (--postgres or TEST_PG_URL) and an
@@ -72,6 +76,8 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any, Callable, Iterator
+
+import bench_polls
 
 MIB, GIB, MB = 1 << 20, 1 << 30, 1_000_000
 CONCURRENT_UPLOADS = 4
@@ -895,6 +901,32 @@ def longpoll_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str,
     ]
 
 
+def polls_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, seconds: int,
+                  rounds: int) -> tuple[str, Rows]:
+    title = f"Status polls — {label(cfg)}: wrk, {bench_polls.WRK_THREADS} threads, " \
+            f"{bench_polls.WRK_CONNECTIONS} connections, {seconds} s per run, median of {rounds}"
+    if missing := bench_polls.missing_tools():
+        return title, [("skipped", f"not installed: {', '.join(missing)}")]
+    with serving(cfg, ferry_bin, tmp, "polls") as server:
+        with contextlib.closing(Client(server)) as client:
+            job = submit_one(client, "noop")
+            wait_for_jobs(server, [job])
+            status, headers, body = client.request("GET", f"/v1/jobs/{job}")
+        if status != 200 or not headers.get("ETag"):
+            raise BenchError(f"GET /v1/jobs/{job} answered {status} without an ETag")
+        url = f"http://{server.host}:{server.port}/v1/jobs/{job}"
+        try:
+            with bench_polls.static_nginx(tmp, body) as static_url:
+                rows = bench_polls.measure({
+                    "Ferry GET /v1/jobs/{id} → 200": (url, {}),
+                    "Ferry, If-None-Match → 304": (url, {"If-None-Match": headers["ETag"]}),
+                    f"nginx, static file of {len(body)} bytes": (static_url, {}),
+                }, seconds, rounds)
+        except (RuntimeError, subprocess.SubprocessError) as e:
+            raise BenchError(f"status polls: {e}") from None
+    return title, rows
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="the ferry binary (a release build)")
@@ -909,6 +941,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--long-polls", type=int, default=100,
                     help="long-poll wake-ups measured (default 100)")
     ap.add_argument("--skip-long-poll", action="store_true", help="skip the long-poll wake-ups")
+    ap.add_argument("--skip-polls", action="store_true", help="skip the status polls (wrk)")
+    ap.add_argument("--poll-seconds", type=int, default=10, help="seconds per wrk run (default 10)")
+    ap.add_argument("--poll-rounds", type=int, default=3,
+                    help="interleaved wrk rounds; medians are shown (default 3)")
     ap.add_argument("--postgres", metavar="URL", default=os.environ.get("TEST_PG_URL"),
                     help="scale-out: PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432 "
                          "(default: $TEST_PG_URL)")
@@ -916,9 +952,10 @@ def parse_args() -> argparse.Namespace:
                     help="scale-out: S3 endpoint, e.g. http://127.0.0.1:9000 (default: $TEST_S3_ENDPOINT)")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder (server logs)")
     args = ap.parse_args()
-    if min(args.jobs, args.clients, args.webhook_jobs, args.long_polls) < 1 or args.upload_gib <= 0:
-        ap.error("--jobs, --clients, --webhook-jobs, --long-polls and --upload-gib must be "
-                 "positive")
+    if min(args.jobs, args.clients, args.webhook_jobs, args.long_polls, args.poll_seconds,
+           args.poll_rounds) < 1 or args.upload_gib <= 0:
+        ap.error("--jobs, --clients, --webhook-jobs, --long-polls, --poll-seconds, --poll-rounds "
+                 "and --upload-gib must be positive")
     if bool(args.postgres) != bool(args.s3_endpoint):
         ap.error("the scale-out configuration needs both --postgres (or TEST_PG_URL) and "
                  "--s3-endpoint (or TEST_S3_ENDPOINT); only one is set")
@@ -955,6 +992,9 @@ def main() -> int:
                     sections.append(measure(cfg, args.bin, tmp, args.webhook_jobs, args.clients))
             if not args.skip_long_poll:
                 sections.append(longpoll_section(cfg, args.bin, tmp, args.long_polls))
+            if not args.skip_polls:
+                sections.append(polls_section(cfg, args.bin, tmp, args.poll_seconds,
+                                              args.poll_rounds))
         error = ""
     except (BenchError, OSError) as e:  # OSError: e.g. no psql, or the disk is full
         error = str(e)

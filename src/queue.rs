@@ -22,6 +22,7 @@ use futures_util::{
     stream::{self, BoxStream},
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 use uuid::Uuid;
@@ -74,11 +75,14 @@ pub async fn enqueue(
         .priority(priority.max(0) as usize)
         .run_at_timestamp(run_at_secs)
         .build();
+    let queue = queue_name(kind);
     match &mut tx.inner {
-        TxInner::Sqlite(tx) => {
-            apalis_sqlite::queries::push_tasks(&mut **tx, &queue_name(kind), &[task])
+        TxInner::Sqlite(inner) => {
+            apalis_sqlite::queries::push_tasks(&mut **inner, &queue, &[task])
                 .await
-                .map_err(|e| StorageError::Queue(e.into()))
+                .map_err(|e| StorageError::Queue(e.into()))?;
+            tx.dispatched_to(&queue);
+            Ok(())
         }
         // The insert's NOTIFY fires when `tx` commits, waking listening workers at once.
         TxInner::Postgres(tx) => {
@@ -178,6 +182,34 @@ fn notify_or_tick(
         .boxed()
 }
 
+/// Wakes a SQLite consumer when this process commits a dispatch to `queue` (see
+/// `storage::changes::QueueWakeups`) and every `every`, for dispatches of other processes
+/// (a `ferry worker` beside `ferry serve --no-workers`) and for a wake-up spent while the
+/// consumer was at capacity.
+fn pushed_or_tick(db: &Db, queue: String, every: Duration) -> BoxStream<'static, ()> {
+    let pushed = stream::unfold(
+        (db.queue_wakeups().subscribe(), queue),
+        |(mut wakeups, queue)| async move {
+            loop {
+                match wakeups.recv().await {
+                    Ok(woken) if woken == queue => return Some(((), (wakeups, queue))),
+                    Ok(_) => {}
+                    // Missed some: one of them may have been ours.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        return Some(((), (wakeups, queue)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    let ticks = stream::unfold(tokio::time::interval(every), |mut every| async {
+        every.tick().await;
+        Some(((), every))
+    });
+    stream::select(pushed, ticks).boxed()
+}
+
 /// Settings of one consumer (one handler kind in one process).
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
@@ -225,9 +257,12 @@ pub async fn run_consumer(
                     .batch_size(settings.concurrency)
                     .heartbeat_interval(Duration::from_secs(5))
                     .missed_heartbeats(3);
+                // Woken at once by this process's dispatches, and polling for other processes'.
+                let wake_ups =
+                    pushed_or_tick(&db, queue_name(&settings.kind), settings.poll_interval);
                 let backend = apalis_sqlite::SqliteStorage::<Dispatch>::new(pool)
                     .with_config(config)
-                    .poll_with_interval(settings.poll_interval);
+                    .poll_with_stream(wake_ups);
                 run_worker!(backend, name, settings, on_dispatch, shutdown)
             }
             Pool::Postgres(pool) => {

@@ -11,6 +11,10 @@
 //! deadline, so a lost notification (listener reconnecting, broadcast lag) only delays an answer.
 //! On SQLite a separate `ferry worker` process on the same file cannot reach this process, so
 //! waiters there also re-read their job every [`SQLITE_BACKSTOP`].
+//!
+//! [`QueueWakeups`] does the same for this process's queue consumers on SQLite: a commit that
+//! enqueued a dispatch wakes the consumer of its queue at once instead of at its next poll.
+//! (On PostgreSQL apalis' own `NOTIFY` does that, across processes.)
 
 use std::time::Duration;
 
@@ -146,5 +150,31 @@ impl Subscription {
             }
         };
         let _ = tokio::time::timeout_at(deadline, wait).await;
+    }
+}
+
+/// In-process wake-ups of queue consumers, by queue name (see the module notes).
+#[derive(Clone, Debug)]
+pub struct QueueWakeups {
+    sender: broadcast::Sender<String>,
+}
+
+impl Default for QueueWakeups {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(BUFFER).0,
+        }
+    }
+}
+
+impl QueueWakeups {
+    /// Tells this process's consumer of `queue` that a dispatch was committed to it.
+    pub fn announce(&self, queue: &str) {
+        // No receiver is not an error: no consumer of that queue runs here.
+        let _ = self.sender.send(queue.to_owned());
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<String> {
+        self.sender.subscribe()
     }
 }

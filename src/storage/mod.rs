@@ -37,7 +37,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 use uuid::Uuid;
 
 use crate::time::now_ms;
-use changes::JobChanges;
+use changes::{JobChanges, QueueWakeups};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -100,6 +100,8 @@ pub struct Db {
     queue_pool: Pool,
     /// Announces committed job changes to waiting requests (see [`changes`]).
     changes: JobChanges,
+    /// Wakes this process's queue consumers when a dispatch commits (SQLite; see [`changes`]).
+    queue_wakeups: QueueWakeups,
 }
 
 impl Db {
@@ -158,6 +160,7 @@ impl Db {
                 pool: Pool::Sqlite(pool),
                 queue_pool: Pool::Sqlite(queue_pool),
                 changes: JobChanges::with_backstop(changes::SQLITE_BACKSTOP),
+                queue_wakeups: QueueWakeups::default(),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -177,6 +180,7 @@ impl Db {
                 pool: Pool::Postgres(pool.clone()),
                 queue_pool: Pool::Postgres(pool),
                 changes: JobChanges::announced(),
+                queue_wakeups: QueueWakeups::default(),
             });
         }
         anyhow::bail!(
@@ -246,6 +250,11 @@ impl Db {
         &self.changes
     }
 
+    /// Dispatches committed by this process, by queue (see [`changes`]).
+    pub fn queue_wakeups(&self) -> &QueueWakeups {
+        &self.queue_wakeups
+    }
+
     /// On PostgreSQL, starts relaying other processes' job changes to this process's waiters
     /// (one listening connection). On SQLite, nothing to do: changes are in-process.
     pub async fn listen_for_changes(&self) -> Result<(), StorageError> {
@@ -265,16 +274,21 @@ impl Db {
             inner,
             changed_jobs: Vec::new(),
             changes: self.changes.clone(),
+            dispatched_queues: Vec::new(),
+            queue_wakeups: self.queue_wakeups.clone(),
         })
     }
 }
 
 /// A write transaction on the shared pool, able to run sea-query statements and to enqueue a
-/// dispatch atomically with them. Its commit announces the jobs it changed (see [`changes`]).
+/// dispatch atomically with them. Its commit announces the jobs it changed and, on SQLite, the
+/// queues it enqueued to (see [`changes`]).
 pub struct Tx {
     pub inner: TxInner,
     changed_jobs: Vec<Uuid>,
     changes: JobChanges,
+    dispatched_queues: Vec<String>,
+    queue_wakeups: QueueWakeups,
 }
 
 pub enum TxInner {
@@ -283,6 +297,14 @@ pub enum TxInner {
 }
 
 impl Tx {
+    /// Records that this transaction enqueued a dispatch to `queue`, so that this process's
+    /// consumer of it fetches as soon as it commits.
+    pub fn dispatched_to(&mut self, queue: &str) {
+        if !self.dispatched_queues.iter().any(|q| q == queue) {
+            self.dispatched_queues.push(queue.to_owned());
+        }
+    }
+
     /// Records that this transaction changed what `GET /v1/jobs/{job_id}` shows, so that
     /// requests waiting on the job wake up once it commits.
     pub fn job_changed(&mut self, job_id: Uuid) {
@@ -398,6 +420,9 @@ impl Tx {
                 tx.commit().await?;
                 for job_id in self.changed_jobs {
                     self.changes.announce(job_id);
+                }
+                for queue in &self.dispatched_queues {
+                    self.queue_wakeups.announce(queue);
                 }
             }
             TxInner::Postgres(mut tx) => {
