@@ -6,7 +6,7 @@ deliveries, long-poll wake-ups.
                              [--webhook-jobs N] [--long-polls M] [--skip-uploads] [--skip-jobs]
                              [--skip-webhooks] [--skip-long-poll] [--skip-polls]
                              [--poll-seconds S] [--poll-rounds R]
-                             [--postgres URL --s3-endpoint URL]
+                             [--paced-jobs N] [--pace R] [--postgres URL --s3-endpoint URL]
 
 (scripts/bench.sh builds the release binary and runs this.) Standard library only, Python 3.11+,
 Linux. Per configuration, each measurement gets a fresh `ferry serve`:
@@ -19,7 +19,8 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
 3. 4 such uploads at once: aggregate throughput and the server's peak RSS (VmHWM);
 4. N no-op jobs (`POST /v1/kinds/noop/jobs`, raw body) from C keep-alive client threads, then
    light polling until all succeeded: throughput from server timestamps (N / (last finished_at -
-   first created_at)), dispatch latency (started_at - created_at) and other percentiles;
+   first created_at)), dispatch latency (started_at - created_at) and other percentiles; then
+   --paced-jobs more sent at an even --pace (default 50/s): dispatch latency below saturation;
 5. webhooks, one job at a time: a receiver in this process (127.0.0.1, answering 204 at once),
    one server-wide endpoint for every event type, 100 no-op jobs each submitted once the one
    before was delivered: event → delivery latency (arrival - the payload's `timestamp`) with
@@ -513,9 +514,11 @@ class Submission:
     reconnects: int
 
 
-def submit_jobs(server: Server, n_jobs: int, n_clients: int) -> Submission:
+def submit_jobs(server: Server, n_jobs: int, n_clients: int, rate: float = 0) -> Submission:
     """N no-op jobs (`POST /v1/kinds/noop/jobs`, a tiny raw body each) from C keep-alive client
-    threads, which start together; fails only when none was accepted."""
+    threads, which start together; with `rate`, job i is sent no earlier than i / rate seconds
+    after the start (an even pace, to measure below saturation). Fails only when none was
+    accepted."""
     lock, indices, start = threading.Lock(), iter(range(n_jobs)), []
     barrier = threading.Barrier(n_clients, action=lambda: start.append(time.monotonic()))
     ids, failures, round_trip_ms, codes = [], [], [], collections.Counter()
@@ -527,6 +530,8 @@ def submit_jobs(server: Server, n_jobs: int, n_clients: int) -> Submission:
     def submit(client: Client) -> None:  # one keep-alive client thread
         barrier.wait()
         for i in iter(take, None):
+            if rate:
+                time.sleep(max(0.0, start[0] + i / rate - time.monotonic()))
             t0 = time.monotonic()
             try:
                 status, data = client.call("POST", "/v1/kinds/noop/jobs", f"noop {i}\n".encode(),
@@ -554,17 +559,19 @@ def submit_jobs(server: Server, n_jobs: int, n_clients: int) -> Submission:
 
 
 def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
-                 n_clients: int) -> tuple[str, Rows]:
+                 n_clients: int, rate: float = 0) -> tuple[str, Rows]:
     with serving(cfg, ferry_bin, tmp, "jobs") as server:
         cpu0 = cpu_seconds(server.pid)
-        sub = submit_jobs(server, n_jobs, n_clients)
+        sub = submit_jobs(server, n_jobs, n_clients, rate)
         jobs = wait_for_jobs(server, sub.ids)
         server_cpu = cpu_seconds(server.pid) - cpu0
     created, started, finished = ([datetime.fromisoformat(j[f"{k}_at"]).timestamp() for j in jobs]
                                   for k in ("created", "started", "finished"))
     first, span = min(created), max(finished) - min(created)
     attempts = collections.Counter(j.get("attempt") for j in jobs)
-    title = f"No-op jobs — {label(cfg)}: {n_jobs} x POST /v1/kinds/noop/jobs, {n_clients} keep-alive clients"
+    pace = f", paced at {rate:g} jobs/s" if rate else ""
+    title = (f"No-op jobs — {label(cfg)}: {n_jobs} x POST /v1/kinds/noop/jobs, "
+             f"{n_clients} keep-alive clients{pace}")
     return title, [
         ("accepted (HTTP codes)", f"{len(sub.ids)} of {n_jobs}   ("
                                   + ", ".join(f"{k}: {v}" for k, v in sorted(sub.codes.items()))
@@ -935,6 +942,10 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--clients", type=int, default=8, help="threads submitting jobs (default 8)")
     ap.add_argument("--skip-uploads", action="store_true", help="skip dd and the uploads")
     ap.add_argument("--skip-jobs", action="store_true", help="skip the no-op jobs")
+    ap.add_argument("--paced-jobs", type=int, default=500,
+                    help="then this many no-op jobs sent at an even --pace, for dispatch latency "
+                         "below saturation (default 500; 0: skip)")
+    ap.add_argument("--pace", type=float, default=50, help="jobs/s of the paced run (default 50)")
     ap.add_argument("--webhook-jobs", type=int, default=500,
                     help="no-op jobs whose events go to the webhook receiver (default 500)")
     ap.add_argument("--skip-webhooks", action="store_true", help="skip the webhook deliveries")
@@ -953,7 +964,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder (server logs)")
     args = ap.parse_args()
     if min(args.jobs, args.clients, args.webhook_jobs, args.long_polls, args.poll_seconds,
-           args.poll_rounds) < 1 or args.upload_gib <= 0:
+           args.poll_rounds) < 1 or args.upload_gib <= 0 or args.pace <= 0 or args.paced_jobs < 0:
         ap.error("--jobs, --clients, --webhook-jobs, --long-polls, --poll-seconds, --poll-rounds "
                  "and --upload-gib must be positive")
     if bool(args.postgres) != bool(args.s3_endpoint):
@@ -986,6 +997,9 @@ def main() -> int:
                 sections.append(upload_section(cfg, args.bin, tmp, payload, sha256, size))
             if not args.skip_jobs:
                 sections.append(jobs_section(cfg, args.bin, tmp, args.jobs, args.clients))
+                if args.paced_jobs:
+                    sections.append(jobs_section(cfg, args.bin, tmp, args.paced_jobs,
+                                                 args.clients, args.pace))
             if not args.skip_webhooks:
                 sections.append(webhook_sequential(cfg, args.bin, tmp, SEQUENTIAL_WEBHOOK_JOBS))
                 for measure in (webhook_live, webhook_backlog):

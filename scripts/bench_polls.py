@@ -40,7 +40,9 @@ def static_nginx(tmp: str, body: bytes) -> Iterator[str]:
     port = free_port()
     conf = os.path.join(root, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(f"""worker_processes auto;
+        # Started as root, nginx's workers would run as `nobody` and could not read the files.
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        f.write(f"""{user}worker_processes auto;
 pid {root}/nginx.pid;
 error_log {root}/error.log;
 events {{ worker_connections 1024; }}
