@@ -85,15 +85,18 @@ pub enum Pool {
     Postgres(PgPool),
 }
 
-/// SQLite read connections: enough for both cores and requests waiting on I/O.
+/// SQLite read connections. Measured on 2 cores with 32 polling connections: 1 → 6.7k req/s,
+/// 2 → 9.3k, 4 → 13.2k (p99 3.4 ms), 8 → 14.4k (p99 4.2 ms), 16 → 13.2k.
 const SQLITE_READERS: u32 = 4;
+/// PostgreSQL connections for reads, beside the 16 of the main pool.
+const PG_READERS: u32 = 8;
 
 #[derive(Clone, Debug)]
 pub struct Db {
     /// Every statement of Ferry's own, writes and reads that must see the writer's state.
     pub orm: DatabaseConnection,
     /// Single-statement reads that need no transaction (status polls, lists): on SQLite a pool
-    /// of read-only connections beside the one writer; on PostgreSQL the same pool as `orm`.
+    /// of read-only connections beside the one writer; on PostgreSQL a pool of its own.
     pub reads: DatabaseConnection,
     pool: Pool,
     /// The connections apalis' workers use (the same pool on PostgreSQL).
@@ -173,9 +176,17 @@ impl Db {
                 .connect(url)
                 .await
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
+            // Status polls and lists: a pool of their own without `test_before_acquire`, whose
+            // ping would double every read's round trips. A connection the server killed fails
+            // one read (503 `database_unavailable`, which clients retry) and is dropped.
+            let reads = PgPoolOptions::new()
+                .max_connections(PG_READERS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy(url)
+                .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
             let orm = DatabaseConnection::from(pool.clone());
             return Ok(Db {
-                reads: orm.clone(),
+                reads: DatabaseConnection::from(reads),
                 orm,
                 pool: Pool::Postgres(pool.clone()),
                 queue_pool: Pool::Postgres(pool),
