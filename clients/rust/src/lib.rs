@@ -6,16 +6,15 @@
 //! `application/json`, and Ferry answers problems in that media type to such clients.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), ferry_client::Error<ferry_client::types::Problem>> {
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use ferry_client::types::{JobIn, JobInInputsValue};
 //! let client = ferry_client::Client::new("http://127.0.0.1:8080");
 //! let upload = client.create_upload().body(b"scan bytes".to_vec()).send().await?;
+//! let scan = JobInInputsValue::try_from(upload.id.as_str())?;
+//! let inputs: std::collections::HashMap<_, _> = [("scan".to_string(), scan)].into();
 //! let job = client
 //!     .create_job()
-//!     .body(
-//!         ferry_client::types::JobIn::builder()
-//!             .kind("digest")
-//!             .inputs([("scan".to_string(), upload.id.to_string())].into_iter().collect()),
-//!     )
+//!     .body(JobIn::builder().kind("digest").inputs(inputs))
 //!     .send()
 //!     .await?;
 //! println!("{}", job.id.as_str());
