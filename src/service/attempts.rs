@@ -152,10 +152,8 @@ impl Services {
         else {
             return Ok(None);
         };
-        let inputs = job_input::Entity::find()
-            .filter(job_input::Column::JobId.eq(job.id))
-            .all(&self.db.orm)
-            .await?;
+        // The inputs come with the job row (see `JobView::of`): no second query.
+        let super::jobs::JobView { job, inputs, .. } = super::jobs::JobView::of(job)?;
         Ok(Some(ClaimedJob {
             lease: Lease {
                 job_id: job.id,
