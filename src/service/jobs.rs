@@ -118,6 +118,23 @@ impl JobView {
     }
 }
 
+/// An upload becoming a job's input.
+enum InputUpload {
+    /// Recorded earlier (`POST /v1/uploads`): attached to the job in its transaction.
+    Recorded(upload::Model),
+    /// Stored by this request (the one-request form) but not recorded yet: recorded, already
+    /// attached, in the job's transaction.
+    Stored(upload::Model),
+}
+
+impl InputUpload {
+    fn row(&self) -> &upload::Model {
+        match self {
+            InputUpload::Recorded(row) | InputUpload::Stored(row) => row,
+        }
+    }
+}
+
 /// `ferry_jobs.inputs`: the inputs as JSON, copied onto the job row at creation so that reading
 /// a job (a status poll) is reading one row.
 fn inputs_column(inputs: &[job_input::Model]) -> String {
@@ -344,12 +361,23 @@ impl Services {
     {
         validate_input_name(&input)
             .map_err(|msg| ServiceError::invalid("input", format!("input name {msg}")))?;
+        // Before the body is read: a refused address should not cost an upload.
+        self.check_job_webhook(&spec).await?;
         self.idempotently(idempotency, |key| async move {
-            let upload = self.create_upload(body, meta).await?;
-            let inputs = [(input, UploadId(upload.id).to_string())].into();
-            let created = self.create_job(spec, inputs, key).await;
+            // Recorded by the job's own transaction: one commit for the upload and the job.
+            let upload = self.store_upload(body, meta).await?;
+            let (id, blob_key) = (UploadId(upload.id), upload.blob_key.clone());
+            let created = self
+                .insert_job(spec, vec![(input, InputUpload::Stored(upload))], key)
+                .await;
+            // Bytes whose row did not commit are not kept. (If the commit's outcome is unknown
+            // and the row is there after all, they stay: the job needs them.)
             if created.is_err() {
-                let _ = self.delete_upload(UploadId(upload.id)).await;
+                let missing = |e: &ServiceError| e.code == ErrorCode::UploadNotFound;
+                if self.get_upload(id).await.as_ref().is_err_and(missing) {
+                    let key = object_store::path::Path::from(blob_key);
+                    self.discard_stored_upload(id, &key).await;
+                }
             }
             created
         })
@@ -522,14 +550,35 @@ impl Services {
         }
     }
 
-    /// Creates a job: one transaction inserts the job, its inputs and its first event, attaches
-    /// its uploads, records the idempotency key and enqueues the dispatch.
+    /// Creates a job from uploads recorded earlier (`POST /v1/uploads`), given by id.
     async fn create_job(
         &self,
         spec: JobSpec,
         input_ids: BTreeMap<String, String>,
         idempotency_key: Option<HeldKey>,
     ) -> ServiceResult<JobView> {
+        let uploads = self.recorded_inputs(input_ids).await?;
+        self.check_job_webhook(&spec).await?;
+        self.insert_job(spec, uploads, idempotency_key).await
+    }
+
+    /// Refuses a job webhook whose addresses the configuration does not allow.
+    async fn check_job_webhook(&self, spec: &JobSpec) -> ServiceResult<()> {
+        match &spec.webhook {
+            Some(hook) => {
+                self.check_addresses("webhook.url", &hook.subscription)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Checks the inputs' names and finds their uploads, which must exist, be unexpired and be
+    /// no other job's input.
+    async fn recorded_inputs(
+        &self,
+        input_ids: BTreeMap<String, String>,
+    ) -> ServiceResult<Vec<(String, InputUpload)>> {
         if input_ids.is_empty() {
             return Err(ServiceError::invalid(
                 "inputs",
@@ -561,13 +610,19 @@ impl Services {
                 );
                 return Err(ServiceError::new(ErrorCode::UploadInUse, detail).with_field(field));
             }
-            uploads.push((name.clone(), row));
+            uploads.push((name.clone(), InputUpload::Recorded(row)));
         }
+        Ok(uploads)
+    }
 
-        if let Some(hook) = &spec.webhook {
-            self.check_addresses("webhook.url", &hook.subscription)
-                .await?;
-        }
+    /// Creates a job: one transaction inserts the job, its inputs and its first event, records
+    /// or attaches its uploads, records the idempotency key and enqueues the dispatch.
+    async fn insert_job(
+        &self,
+        spec: JobSpec,
+        mut uploads: Vec<(String, InputUpload)>,
+        idempotency_key: Option<HeldKey>,
+    ) -> ServiceResult<JobView> {
         let id = JobId::new();
         let now = now_ms();
         let dispatch_id = queue::new_dispatch_id(now);
@@ -576,6 +631,7 @@ impl Services {
         uploads.sort_by(|a, b| a.0.cmp(&b.0));
         let inputs: Vec<job_input::Model> = uploads
             .iter()
+            .map(|(name, upload)| (name, upload.row()))
             .map(|(name, upload_row)| job_input::Model {
                 job_id: id.0,
                 name: name.clone(),
@@ -618,31 +674,46 @@ impl Services {
         tx.execute(&job::Entity::insert(active).into_query())
             .await?;
         tx.job_changed(id.0);
-        for (input, (name, upload_row)) in inputs.iter().zip(&uploads) {
-            let attached = tx
-                .execute(
-                    &upload::Entity::update_many()
-                        .col_expr(upload::Column::JobId, Expr::value(id.0))
-                        .col_expr(
-                            upload::Column::ExpiresAtMs,
-                            Expr::value(Option::<i64>::None),
+        for (input, (name, upload)) in inputs.iter().zip(&uploads) {
+            match upload {
+                InputUpload::Stored(row) => {
+                    let recorded = upload::Model {
+                        job_id: Some(id.0),
+                        expires_at_ms: None,
+                        ..row.clone()
+                    };
+                    tx.execute(
+                        &upload::Entity::insert(upload::ActiveModel::from(recorded)).into_query(),
+                    )
+                    .await?;
+                }
+                InputUpload::Recorded(row) => {
+                    let attached = tx
+                        .execute(
+                            &upload::Entity::update_many()
+                                .col_expr(upload::Column::JobId, Expr::value(id.0))
+                                .col_expr(
+                                    upload::Column::ExpiresAtMs,
+                                    Expr::value(Option::<i64>::None),
+                                )
+                                .filter(upload::Column::Id.eq(row.id))
+                                .filter(upload::Column::JobId.is_null())
+                                .filter(upload::Column::ExpiresAtMs.gt(now))
+                                .into_query(),
                         )
-                        .filter(upload::Column::Id.eq(upload_row.id))
-                        .filter(upload::Column::JobId.is_null())
-                        .filter(upload::Column::ExpiresAtMs.gt(now))
-                        .into_query(),
-                )
-                .await?;
-            if attached != 1 {
-                // Dropping `tx` rolls everything back.
-                return Err(ServiceError::new(
-                    ErrorCode::UploadInUse,
-                    format!(
-                        "upload {} was taken by another job or deleted meanwhile",
-                        UploadId(upload_row.id)
-                    ),
-                )
-                .with_field(format!("inputs.{name}")));
+                        .await?;
+                    if attached != 1 {
+                        // Dropping `tx` rolls everything back.
+                        return Err(ServiceError::new(
+                            ErrorCode::UploadInUse,
+                            format!(
+                                "upload {} was taken by another job or deleted meanwhile",
+                                UploadId(row.id)
+                            ),
+                        )
+                        .with_field(format!("inputs.{name}")));
+                    }
+                }
             }
             tx.execute(
                 &job_input::Entity::insert(job_input::ActiveModel::from(input.clone()))

@@ -18,7 +18,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -114,6 +114,32 @@ impl Services {
         S: Stream<Item = Result<Bytes, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let row = self.store_upload(body, meta).await?;
+        let id = UploadId(row.id);
+        match upload::ActiveModel::from(row).insert(&self.db.orm).await {
+            Ok(row) => {
+                tracing::info!(upload = %id, size = row.size, "upload stored");
+                Ok(row)
+            }
+            Err(err) => {
+                self.discard_stored_upload(id, &keys::upload(id.0)).await;
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Streams a body into the blob store and checks it (declared length, digest, not empty);
+    /// returns its row, not yet recorded: the caller records it (`create_upload`, or the
+    /// transaction that creates a job from it) or discards the bytes.
+    pub(crate) async fn store_upload<S, E>(
+        &self,
+        body: S,
+        meta: UploadMeta,
+    ) -> ServiceResult<upload::Model>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         self.check_declared_length(meta.declared_length)?;
         // Held until this upload is stored or refused: bounds memory across all uploads.
         let _slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
@@ -137,9 +163,7 @@ impl Services {
             .put_stream(&key, body, self.settings.limits.max_upload_bytes)
             .await?;
         let reject = |err: ServiceError| async {
-            if let Err(e) = self.blobs.delete(&key).await {
-                tracing::warn!(upload = %id, error = %e, "could not delete a rejected upload");
-            }
+            self.discard_stored_upload(id, &key).await;
             Err(err)
         };
         if let Some(declared) = meta.declared_length
@@ -173,22 +197,23 @@ impl Services {
         }
         let now = now_ms();
         let ttl_ms = self.settings.limits.upload_ttl.as_millis() as i64;
-        let row = upload::ActiveModel {
-            id: Set(id.0),
-            size: Set(stored.size as i64),
-            sha256: Set(stored.sha256_hex()),
-            content_type: Set(meta.content_type),
-            blob_key: Set(key.to_string()),
-            job_id: Set(None),
-            created_at_ms: Set(now),
-            expires_at_ms: Set(Some(now + ttl_ms)),
-        };
-        match row.insert(&self.db.orm).await {
-            Ok(row) => {
-                tracing::info!(upload = %id, size = stored.size, "upload stored");
-                Ok(row)
-            }
-            Err(err) => reject(err.into()).await,
+        Ok(upload::Model {
+            id: id.0,
+            size: stored.size as i64,
+            sha256: stored.sha256_hex(),
+            content_type: meta.content_type,
+            blob_key: key.to_string(),
+            job_id: None,
+            created_at_ms: now,
+            expires_at_ms: Some(now + ttl_ms),
+        })
+    }
+
+    /// Deletes the bytes of an upload that was stored but will not be recorded. (Bytes left
+    /// behind by a process that died first are swept by the reconciler.)
+    pub(crate) async fn discard_stored_upload(&self, id: UploadId, key: &object_store::path::Path) {
+        if let Err(e) = self.blobs.delete(key).await {
+            tracing::warn!(upload = %id, error = %e, "could not delete a refused upload");
         }
     }
 

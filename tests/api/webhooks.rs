@@ -407,6 +407,13 @@ async fn addresses_the_configuration_refuses_are_422() {
         .await;
     assert_problem(reply.status, &reply.body, 422, "invalid_field");
     assert_eq!(reply.body["errors"][0]["field"], "webhook_url");
+    // The one-request job is refused before its body is stored: no row, no bytes (what is left
+    // is the upload above, made on its own).
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
+        1
+    );
+    assert_eq!(app.blob_files("uploads").await.len(), 1);
 
     for (body, field) in [
         (json!({"url": "ftp://example.org/"}), "url"),
