@@ -10,6 +10,7 @@ mod m20261201_000001_idempotency_lease;
 mod m20261202_000001_event_feed;
 mod m20261202_000002_webhooks;
 mod m20261203_000001_job_summary;
+mod m20261203_000002_job_list_indexes;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_event_feed::Migration),
             Box::new(m20261202_000002_webhooks::Migration),
             Box::new(m20261203_000001_job_summary::Migration),
+            Box::new(m20261203_000002_job_list_indexes::Migration),
         ]
     }
 }
