@@ -416,11 +416,10 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
-    let invalid = invalid_query;
     let status = match &q.status {
         None => None,
         Some(s) => Some(JobStatus::parse(s).ok_or_else(|| {
-            invalid(
+            invalid_query(
                 "status",
                 format!(
                     "status must be one of queued, running, succeeded, failed, canceled; got {s:?}"
@@ -432,7 +431,7 @@ pub async fn list(
         match v {
             None => Ok(None),
             Some(t) => parse_rfc3339(t).map(Some).ok_or_else(|| {
-                invalid(
+                invalid_query(
                     field,
                     format!("{field} must be an RFC 3339 time such as 2026-11-29T10:00:00Z"),
                 )

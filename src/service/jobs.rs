@@ -631,14 +631,16 @@ impl Services {
         uploads.sort_by(|a, b| a.0.cmp(&b.0));
         let inputs: Vec<job_input::Model> = uploads
             .iter()
-            .map(|(name, upload)| (name, upload.row()))
-            .map(|(name, upload_row)| job_input::Model {
-                job_id: id.0,
-                name: name.clone(),
-                upload_id: upload_row.id,
-                size: upload_row.size,
-                sha256: upload_row.sha256.clone(),
-                blob_key: upload_row.blob_key.clone(),
+            .map(|(name, upload)| {
+                let row = upload.row();
+                job_input::Model {
+                    job_id: id.0,
+                    name: name.clone(),
+                    upload_id: row.id,
+                    size: row.size,
+                    sha256: row.sha256.clone(),
+                    blob_key: row.blob_key.clone(),
+                }
             })
             .collect();
         let row = job::Model {

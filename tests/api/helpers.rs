@@ -713,6 +713,24 @@ concurrency = {concurrency}
         })
     }
 
+    /// Runs `f` while a transaction of the test's own holds the database against Ferry's
+    /// writes (SQLite: the write lock; PostgreSQL: `ferry_jobs` locked), then lets go.
+    pub async fn while_database_locked<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {
+        let sqlite = "BEGIN IMMEDIATE";
+        let postgres = "BEGIN; LOCK TABLE ferry_jobs IN EXCLUSIVE MODE";
+        on_test_db!(self, sqlite, postgres, |pool, sql| {
+            let mut conn = pool.acquire().await.expect("connection");
+            sqlx::raw_sql(sql).execute(&mut *conn).await.expect("lock");
+            let out = f(self);
+            sqlx::raw_sql("ROLLBACK")
+                .execute(&mut *conn)
+                .await
+                .expect("unlock");
+            drop(conn);
+            out
+        })
+    }
+
     /// Runs a statement against the test's database; returns the rows it touched.
     pub async fn execute_sql(&self, sqlite: &str, postgres: &str) -> u64 {
         on_test_db!(self, sqlite, postgres, |pool, sql| {

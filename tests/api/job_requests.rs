@@ -91,6 +91,14 @@ async fn a_bad_one_request_job_is_refused_before_its_body_is_read() {
             "timeout",
         ),
         (
+            // A private address, which the tests' configuration does not allow for webhooks.
+            "/v1/kinds/model/jobs?webhook_url=http%3A%2F%2F10.0.0.1%2F",
+            "",
+            422,
+            "invalid_field",
+            "webhook_url",
+        ),
+        (
             "/v1/kinds/no-such-kind/jobs",
             "",
             422,

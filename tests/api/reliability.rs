@@ -248,34 +248,9 @@ async fn a_worker_that_cannot_hand_its_job_back_in_time_exits_non_zero() {
     let id = job["id"].as_str().unwrap().to_owned();
     app.wait_status(&id, "running", WITHIN).await;
 
-    let status = match app.backend {
-        Backend::Sqlite => {
-            use sqlx::Connection;
-            let mut lock = sqlx::SqliteConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::raw_sql("BEGIN IMMEDIATE")
-                .execute(&mut lock)
-                .await
-                .unwrap();
-            let status = app.terminate_worker_status(first);
-            sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
-            status
-        }
-        Backend::PostgresS3 => {
-            use sqlx::Connection;
-            let mut lock = sqlx::PgConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::raw_sql("BEGIN; LOCK TABLE ferry_jobs IN EXCLUSIVE MODE")
-                .execute(&mut lock)
-                .await
-                .unwrap();
-            let status = app.terminate_worker_status(first);
-            sqlx::raw_sql("ROLLBACK").execute(&mut lock).await.unwrap();
-            status
-        }
-    };
+    let status = app
+        .while_database_locked(|app| app.terminate_worker_status(first))
+        .await;
     let logs = app.logs_of("worker");
     let status = status.unwrap_or_else(|| panic!("the worker did not exit\n{logs}"));
     assert_eq!(status.code(), Some(1), "{logs}");

@@ -407,8 +407,8 @@ async fn addresses_the_configuration_refuses_are_422() {
         .await;
     assert_problem(reply.status, &reply.body, 422, "invalid_field");
     assert_eq!(reply.body["errors"][0]["field"], "webhook_url");
-    // The one-request job is refused before its body is stored: no row, no bytes (what is left
-    // is the upload above, made on its own).
+    // The refused one-request job keeps no upload row and no bytes (what is left is the upload
+    // above, made on its own); `job_requests` checks that it is refused before its body is read.
     assert_eq!(
         app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
         1
