@@ -93,42 +93,57 @@ pub async fn enqueue(
     }
 }
 
-/// Queued jobs that are due but not in the queue, most urgent first: those waiting out a retry
-/// backoff that ended by `now_ms` (no dispatch yet), and those whose dispatch apalis no longer
-/// holds as pending or in progress although they were due by `lost_before_ms` (lost to a crash
-/// between apalis' bookkeeping and ours). The reconciler dispatches them. Reads apalis' task
-/// table (`Jobs` on SQLite, `apalis.jobs` on PostgreSQL: id, status), one of the two places
-/// Ferry touches apalis' schema.
-pub async fn due_undispatched(
+/// Queued jobs waiting out a retry backoff (no dispatch yet) that ended by `now_ms`, most urgent
+/// first: the reconciler dispatches them. Served by the index on (status, dispatch_id,
+/// run_after_ms), so it reads only those jobs, however many others are queued.
+pub async fn due_retries(db: &Db, now_ms: i64, limit: i64) -> Result<Vec<Uuid>, StorageError> {
+    let [now, max] = match db.pool() {
+        Pool::Sqlite(_) => ["?1", "?2"],
+        Pool::Postgres(_) => ["$1", "$2"],
+    };
+    let sql = format!(
+        "SELECT id FROM ferry_jobs WHERE status = 'queued' AND dispatch_id IS NULL \
+         AND run_after_ms <= {now} ORDER BY priority DESC, created_at_ms ASC LIMIT {max}"
+    );
+    fetch_ids(db.pool(), sql, &[now_ms, limit]).await
+}
+
+/// Queued jobs whose dispatch apalis no longer holds as pending or in progress although they
+/// were due by `lost_before_ms` (lost to a crash between apalis' bookkeeping and ours, or
+/// removed behind Ferry's back): the reconciler dispatches them again. Reads apalis' task table
+/// (`Jobs` on SQLite, `apalis.jobs` on PostgreSQL: id, status), one of the two places Ferry
+/// touches apalis' schema. It looks at every queued job (a lost dispatch leaves no mark of its
+/// own), so the reconciler runs it only every few passes, on a read connection.
+pub async fn lost_dispatches(
     db: &Db,
-    now_ms: i64,
     lost_before_ms: i64,
     limit: i64,
 ) -> Result<Vec<Uuid>, StorageError> {
-    let (apalis_jobs, [now, lost, max]) = match db.pool() {
-        Pool::Sqlite(_) => ("Jobs", ["?1", "?2", "?3"]),
-        Pool::Postgres(_) => ("apalis.jobs", ["$1", "$2", "$3"]),
+    let (apalis_jobs, [lost, max]) = match db.pool() {
+        Pool::Sqlite(_) => ("Jobs", ["?1", "?2"]),
+        Pool::Postgres(_) => ("apalis.jobs", ["$1", "$2"]),
     };
     let sql = format!(
         "SELECT j.id FROM ferry_jobs j LEFT JOIN {apalis_jobs} a ON a.id = j.dispatch_id \
-         WHERE j.status = 'queued' AND ( \
-         (j.dispatch_id IS NULL AND j.run_after_ms <= {now}) \
-         OR (j.dispatch_id IS NOT NULL AND j.run_after_ms < {lost} \
-             AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')))) \
-         ORDER BY j.priority DESC, j.created_at_ms ASC LIMIT {max}"
+         WHERE j.status = 'queued' AND j.dispatch_id IS NOT NULL AND j.run_after_ms < {lost} \
+         AND (a.id IS NULL OR a.status NOT IN ('Pending', 'Queued', 'Running')) LIMIT {max}"
     );
-    // One query, bound for either database (sqlx's `Any` driver would not take our pools).
+    fetch_ids(db.read_pool(), sql, &[lost_before_ms, limit]).await
+}
+
+/// Runs a query for job ids with `params` bound in order, on either database (sqlx's `Any`
+/// driver would not take our pools).
+async fn fetch_ids(pool: &Pool, sql: String, params: &[i64]) -> Result<Vec<Uuid>, StorageError> {
     macro_rules! fetch {
-        ($pool:expr) => {
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(now_ms)
-                .bind(lost_before_ms)
-                .bind(limit)
-                .fetch_all($pool)
-                .await?
-        };
+        ($pool:expr) => {{
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for param in params {
+                query = query.bind(*param);
+            }
+            query.fetch_all($pool).await?
+        }};
     }
-    Ok(match db.pool() {
+    Ok(match pool {
         Pool::Sqlite(pool) => fetch!(pool),
         Pool::Postgres(pool) => fetch!(pool),
     })

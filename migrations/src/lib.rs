@@ -1,7 +1,8 @@
 //! Ferry's own schema, written once with sea-orm-migration's builder so the same migrations run on
 //! SQLite and PostgreSQL. apalis keeps its own tables (created by its own migrator); nothing here
-//! touches them. Migrations are recorded in sea-orm's `seaql_migrations` table, which does not
-//! collide with the `_sqlx_migrations` table apalis uses.
+//! touches them (the one index Ferry adds to them is made in `storage::Db::migrate`).
+//! Migrations are recorded in sea-orm's `seaql_migrations` table, which does not collide with the
+//! `_sqlx_migrations` table apalis uses.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -11,6 +12,7 @@ mod m20261202_000001_event_feed;
 mod m20261202_000002_webhooks;
 mod m20261203_000001_job_summary;
 mod m20261203_000002_job_list_indexes;
+mod m20261204_000001_scan_free_indexes;
 
 pub struct Migrator;
 
@@ -24,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000002_webhooks::Migration),
             Box::new(m20261203_000001_job_summary::Migration),
             Box::new(m20261203_000002_job_list_indexes::Migration),
+            Box::new(m20261204_000001_scan_free_indexes::Migration),
         ]
     }
 }

@@ -40,6 +40,8 @@ pub struct Services {
     /// When this process's reconciler last finished sweeping the blob store for orphans (ms since
     /// the epoch; 0: never; `i64::MAX` while it sweeps).
     pub last_orphan_sweep_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// How many reconciler passes this process has begun (some checks run every few passes).
+    pub reconciler_passes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Services {
@@ -72,6 +74,7 @@ impl Services {
             )),
             upload_clients: uploads::ClientShares::default(),
             last_orphan_sweep_ms: Arc::default(),
+            reconciler_passes: Arc::default(),
             settings: Arc::new(settings),
             kinds: Arc::new(kinds),
         })

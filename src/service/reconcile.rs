@@ -41,6 +41,10 @@ const BATCH: u64 = 100;
 const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 /// A dispatch is only presumed lost once its job has been due for this long.
 const LOST_DISPATCH_GRACE_MS: i64 = 2_000;
+/// Lost dispatches are looked for, and SQLite's statistics refreshed, on every this many passes
+/// (a minute at the default 5 s `reconcile_interval`), starting with the first: finding a lost
+/// dispatch reads every queued job, and one takes a crash at the wrong moment.
+const LOST_DISPATCH_CHECK_PASSES: u64 = 12;
 /// apalis' records of finished deliveries are kept this long (for debugging), then deleted.
 const FINISHED_DELIVERY_TTL_SECS: i64 = 3600;
 
@@ -103,9 +107,15 @@ impl Services {
             }
         }
 
-        let due =
-            queue::due_undispatched(&self.db, now, now - LOST_DISPATCH_GRACE_MS, BATCH as i64)
-                .await?;
+        let mut due = queue::due_retries(&self.db, now, BATCH as i64).await?;
+        let pass = self.reconciler_passes.fetch_add(1, Ordering::Relaxed);
+        if pass.is_multiple_of(LOST_DISPATCH_CHECK_PASSES) {
+            self.db.refresh_statistics().await?;
+            due.extend(
+                queue::lost_dispatches(&self.db, now - LOST_DISPATCH_GRACE_MS, BATCH as i64)
+                    .await?,
+            );
+        }
         for job_id in due {
             let Some(row) = job::Entity::find_by_id(job_id).one(&self.db.orm).await? else {
                 continue;

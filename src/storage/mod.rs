@@ -99,6 +99,8 @@ pub struct Db {
     /// of read-only connections beside the one writer; on PostgreSQL a pool of its own.
     pub reads: DatabaseConnection,
     pool: Pool,
+    /// The pool behind `reads`, for reads written in SQL.
+    read_pool: Pool,
     /// The connections apalis' workers use (the same pool on PostgreSQL).
     queue_pool: Pool,
     /// Announces committed job changes to waiting requests (see [`changes`]).
@@ -159,7 +161,8 @@ impl Db {
             let orm = DatabaseConnection::from(pool.clone());
             return Ok(Db {
                 orm,
-                reads: DatabaseConnection::from(reads),
+                reads: DatabaseConnection::from(reads.clone()),
+                read_pool: Pool::Sqlite(reads),
                 pool: Pool::Sqlite(pool),
                 queue_pool: Pool::Sqlite(queue_pool),
                 changes: JobChanges::with_backstop(changes::SQLITE_BACKSTOP),
@@ -186,7 +189,8 @@ impl Db {
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
             let orm = DatabaseConnection::from(pool.clone());
             return Ok(Db {
-                reads: DatabaseConnection::from(reads),
+                reads: DatabaseConnection::from(reads.clone()),
+                read_pool: Pool::Postgres(reads),
                 orm,
                 pool: Pool::Postgres(pool.clone()),
                 queue_pool: Pool::Postgres(pool),
@@ -230,6 +234,16 @@ impl Db {
                         .run(pool)
                         .await
                         .context("running the queue's migrations")?;
+                    // The one index Ferry adds to apalis' tables: purging finished deliveries
+                    // (`queue::purge_finished`) otherwise reads every task, queued ones too.
+                    // apalis' SQLite schema has one (`idx_jobs_completed_done_at`).
+                    sqlx::query(
+                        "CREATE INDEX IF NOT EXISTS ferry_idx_apalis_finished \
+                         ON apalis.jobs (done_at) WHERE status IN ('Done', 'Failed', 'Killed')",
+                    )
+                    .execute(pool)
+                    .await
+                    .context("indexing the queue's finished tasks")?;
                     anyhow::Ok(())
                 }
                 .await;
@@ -247,8 +261,28 @@ impl Db {
         &self.pool
     }
 
+    pub fn read_pool(&self) -> &Pool {
+        &self.read_pool
+    }
+
     pub fn queue_pool(&self) -> &Pool {
         &self.queue_pool
+    }
+
+    /// Keeps SQLite's table statistics current (PostgreSQL's autovacuum does this by itself).
+    /// Without them SQLite plans by rules of thumb, and some go wrong as the tables grow: apalis'
+    /// statement that locks fetched tasks read every pending task of every queue, not the few
+    /// it locks, once 100,000 jobs were queued. `optimize` analyzes only tables that were never
+    /// analyzed or whose size changed a lot since (0x10000: every table, not only those this
+    /// connection used); `analysis_limit` bounds each ANALYZE to a sample, so a pass takes
+    /// milliseconds (SQLite's advice for long-lived connections).
+    pub async fn refresh_statistics(&self) -> Result<(), StorageError> {
+        if let Pool::Sqlite(pool) = &self.pool {
+            sqlx::raw_sql("PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002")
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), StorageError> {

@@ -22,6 +22,7 @@ mod job_requests;
 mod jobs;
 mod lifecycle;
 mod long_poll;
+mod query_plans;
 mod queue_order;
 mod reliability;
 mod results;
