@@ -36,7 +36,12 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
    200's arrival - the job's `updated_at` (see SLEEP_SECONDS for why a sleeping job);
 9. status polls: wrk (2 threads, 32 connections, --poll-seconds per run) against GET /v1/jobs/{id}
    of a finished no-op job, plain and with If-None-Match (304), next to a static nginx serving
-   the same bytes; medians of --poll-rounds interleaved runs (scripts/bench_polls.py).
+   the same bytes; medians of --poll-rounds interleaved runs (scripts/bench_polls.py);
+10. with --backlog N: a deep queue (see `backlog_section`): dispatch latency of paced no-op jobs
+   before and after N jobs were queued, creation rate per 10,000, list pages and a poll with
+   the backlog queued, the idle server's CPU;
+11. with --peers: BullMQ, Celery + Redis and procrastinate, no-op jobs as in 4, in the same run
+   (scripts/bench_peers.py; scripts/install-peers.sh installs them).
 
 The embedded configuration (SQLite + local folder) always; the scale-out one (PostgreSQL + S3)
 too when given, like the test suite, a PostgreSQL server URL (--postgres or TEST_PG_URL) and an
@@ -68,6 +73,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +86,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
+import bench_peers
 import bench_polls
 
 MIB, GIB, MB = 1 << 20, 1 << 30, 1_000_000
@@ -559,11 +566,12 @@ class Submission:
     reconnects: int
 
 
-def submit_jobs(server: Server, n_jobs: int, n_clients: int, rate: float = 0) -> Submission:
-    """N no-op jobs (`POST /v1/kinds/noop/jobs`, a tiny raw body each) from C keep-alive client
-    threads, which start together; with `rate`, job i is sent no earlier than i / rate seconds
-    after the start (an even pace, to measure below saturation). Fails only when none was
-    accepted."""
+def submit_jobs(server: Server, n_jobs: int, n_clients: int, rate: float = 0,
+                kind: str = "noop") -> Submission:
+    """N jobs of `kind` (`POST /v1/kinds/KIND/jobs`, a tiny raw body each) from C keep-alive
+    client threads, which start together; with `rate`, job i is sent no earlier than i / rate
+    seconds after the start (an even pace, to measure below saturation). Fails only when none
+    was accepted."""
     lock, indices, start = threading.Lock(), iter(range(n_jobs)), []
     barrier = threading.Barrier(n_clients, action=lambda: start.append(time.monotonic()))
     ids, failures, round_trip_ms, codes = [], [], [], collections.Counter()
@@ -579,7 +587,7 @@ def submit_jobs(server: Server, n_jobs: int, n_clients: int, rate: float = 0) ->
                 time.sleep(max(0.0, start[0] + i / rate - time.monotonic()))
             t0 = time.monotonic()
             try:
-                status, data = client.call("POST", "/v1/kinds/noop/jobs", f"noop {i}\n".encode(),
+                status, data = client.call("POST", f"/v1/kinds/{kind}/jobs", f"{kind} {i}\n".encode(),
                                            {"Content-Type": "application/octet-stream"})
             except (http.client.HTTPException, OSError) as e:
                 status, data = 0, repr(e).encode()
@@ -592,7 +600,7 @@ def submit_jobs(server: Server, n_jobs: int, n_clients: int, rate: float = 0) ->
                     failures.append(f"job {i}: HTTP {status} {data[:300]!r}")
         client.close()
 
-    log(f"submitting {n_jobs} noop jobs from {n_clients} keep-alive clients")
+    log(f"submitting {n_jobs} {kind} jobs from {n_clients} keep-alive clients")
     clients = [Client(server) for _ in range(n_clients)]
     run_threads(submit, [(c,) for c in clients])
     sub = Submission(ids, failures, round_trip_ms, codes, time.monotonic() - start[0],
@@ -634,6 +642,85 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
         *([("first submit failure", sub.failures[0][:200])] if sub.failures else []),
         ("server CPU", f"{server_cpu:8.1f} s   (submitting and polling)"),
     ]
+
+
+# A kind whose one worker slot is taken by a job that sleeps, so the backlog stays queued.
+PARKED_TOML = ('[handlers.parked]\ncommand = ["sleep", "3600"]\nconcurrency = 1\n'
+               'timeout = "2h"\n')
+BACKLOG_BATCH = 10_000
+
+
+def wait_each(server: Server, ids: list[str]) -> list[dict[str, Any]]:
+    """Each job once it has finished, by polling it (`wait_for_jobs` waits for an empty queue,
+    which a backlog never is)."""
+    done = []
+    with contextlib.closing(Client(server)) as client:
+        for id_ in ids:
+            deadline = time.monotonic() + STALL_TIMEOUT
+            while (job := client.get(f"/v1/jobs/{id_}"))["status"] not in FINAL:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"job {id_} did not finish in {STALL_TIMEOUT} s: {job}")
+                time.sleep(0.05)
+            if job["status"] != "succeeded":
+                raise BenchError(f"job {id_} ended {job['status']}: {json.dumps(job)[:800]}")
+            done.append(job)
+    return done
+
+
+def median_ms(client: Client, path: str, times: int = 21) -> float:
+    """Median wall time of `times` GETs of `path` on one keep-alive connection."""
+    spent = []
+    for _ in range(times):
+        t0 = time.monotonic()
+        client.get(path)
+        spent.append((time.monotonic() - t0) * 1000)
+    return statistics.median(spent)
+
+
+def backlog_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, backlog: int,
+                    n_clients: int, paced: int, pace: float) -> tuple[str, Rows]:
+    """Does a deep queue slow the paths users wait on? One server; no-op jobs paced as in 4
+    with an empty queue; then `backlog` jobs of a kind whose one worker slot is busy (so they
+    stay queued), created in batches of 10,000 (creation rate per batch); then the paced no-op
+    jobs again (claiming and dispatch with the backlog queued), list pages, a status poll, and
+    the idle server's CPU (what the reconciler's rounds cost over the backlog)."""
+    rows: Rows = []
+    with serving(cfg, ferry_bin, tmp, "backlog", PARKED_TOML) as server:
+        def dispatch_ms() -> str:
+            jobs = wait_each(server, submit_jobs(server, paced, n_clients, pace).ids)
+            return pcts([(datetime.fromisoformat(j["started_at"]).timestamp()
+                          - datetime.fromisoformat(j["created_at"]).timestamp()) * 1000
+                         for j in jobs])
+
+        rows.append(("dispatch ms, empty queue", dispatch_ms()))
+        rates = []
+        for done in range(0, backlog, BACKLOG_BATCH):
+            batch = min(BACKLOG_BATCH, backlog - done)
+            sub = submit_jobs(server, batch, n_clients, kind="parked")
+            if sub.failures:
+                raise BenchError(f"backlog job refused: {sub.failures[0]}")
+            rates.append(len(sub.ids) / sub.seconds)
+        rows.append(("creation jobs/s per 10,000", "  ".join(f"{r:.0f}" for r in rates)))
+        with contextlib.closing(Client(server)) as client:
+            queued = client.get("/v1/jobs?status=queued&limit=1")["items"]
+            if not queued:
+                raise BenchError("the backlog is not queued")
+            rows.append((f"dispatch ms, {backlog} queued", dispatch_ms()))
+            page = client.get("/v1/jobs?status=queued&limit=50")
+            for what, path in [
+                ("newest 50 queued", "/v1/jobs?status=queued&limit=50"),
+                ("next 50 queued", f"/v1/jobs?status=queued&limit=50&next={page['next']}"),
+                ("newest 50, kind=noop", "/v1/jobs?kind=noop&limit=50"),
+                ("newest 50, any", "/v1/jobs?limit=50"),
+                ("one queued job (status poll)", f"/v1/jobs/{queued[0]['id']}"),
+            ]:
+                rows.append((f"GET {what}, median ms", f"{median_ms(client, path):8.2f}"))
+        cpu0 = cpu_seconds(server.pid)
+        time.sleep(10)
+        rows.append(("idle server CPU over 10 s", f"{cpu_seconds(server.pid) - cpu0:8.2f} s"))
+    title = (f"A deep queue — {label(cfg)}: {backlog} queued jobs; {paced} no-op jobs at "
+             f"{pace:g} jobs/s before and after")
+    return title, rows
 
 
 class Receiver(http.server.ThreadingHTTPServer):
@@ -979,6 +1066,19 @@ def polls_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, seconds: int,
     return title, rows
 
 
+def peers_section(tmp: str, args: argparse.Namespace) -> tuple[str, Rows]:
+    """The peers' no-op jobs, measured as Ferry's in 4 (same job counts, clients and pace), in
+    this run: see scripts/bench_peers.py for how."""
+    rows = bench_peers.measure_peers(tmp, args.jobs, args.clients, args.paced_jobs or 500,
+                                     args.pace, args.postgres)
+    title = (f"Peer job queues, same run: {args.jobs} no-op jobs from {args.clients} clients "
+             f"(their own client APIs, no HTTP), then {args.paced_jobs or 500} at "
+             f"{args.pace:g} jobs/s")
+    return title, [(name, "   ".join(f"{c}: {cells[c]}" for c in bench_peers.COLUMNS))
+                   for name, cells in rows] + [
+        (f"{name} setup", cells["setup"]) for name, cells in rows if cells["setup"]]
+
+
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="the ferry binary (a release build)")
@@ -998,6 +1098,11 @@ def parse_args() -> argparse.Namespace:
                     help="long-poll wake-ups measured (default 100)")
     ap.add_argument("--skip-long-poll", action="store_true", help="skip the long-poll wake-ups")
     ap.add_argument("--skip-polls", action="store_true", help="skip the status polls (wrk)")
+    ap.add_argument("--peers", action="store_true",
+                    help="also measure BullMQ, Celery and procrastinate the same way "
+                         "(scripts/bench_peers.py; install them with scripts/install-peers.sh)")
+    ap.add_argument("--backlog", type=int, default=0,
+                    help="also measure with this many jobs queued (e.g. 100000; default: skip)")
     ap.add_argument("--poll-seconds", type=int, default=10, help="seconds per wrk run (default 10)")
     ap.add_argument("--poll-rounds", type=int, default=3,
                     help="interleaved wrk rounds; medians are shown (default 3)")
@@ -1045,6 +1150,9 @@ def main() -> int:
                 if args.paced_jobs:
                     sections.append(jobs_section(cfg, args.bin, tmp, args.paced_jobs,
                                                  args.clients, args.pace))
+            if args.backlog:
+                sections.append(backlog_section(cfg, args.bin, tmp, args.backlog, args.clients,
+                                                args.paced_jobs or 200, args.pace))
             if not args.skip_webhooks:
                 sections.append(webhook_sequential(cfg, args.bin, tmp, SEQUENTIAL_WEBHOOK_JOBS))
                 for measure in (webhook_live, webhook_backlog):
@@ -1054,6 +1162,8 @@ def main() -> int:
             if not args.skip_polls:
                 sections.append(polls_section(cfg, args.bin, tmp, args.poll_seconds,
                                               args.poll_rounds))
+        if args.peers and not args.skip_jobs:
+            sections.append(peers_section(tmp, args))
         error = ""
     except (BenchError, OSError) as e:  # OSError: e.g. no psql, or the disk is full
         error = str(e)
