@@ -366,7 +366,7 @@ impl Services {
         self.idempotently(idempotency, |key| async move {
             // Recorded by the job's own transaction: one commit for the upload and the job.
             let upload = self.store_upload(body, meta).await?;
-            let (id, blob_key) = (UploadId(upload.id), upload.blob_key.clone());
+            let id = UploadId(upload.id);
             let created = self
                 .insert_job(spec, vec![(input, InputUpload::Stored(upload))], key)
                 .await;
@@ -375,8 +375,7 @@ impl Services {
             if created.is_err() {
                 let missing = |e: &ServiceError| e.code == ErrorCode::UploadNotFound;
                 if self.get_upload(id).await.as_ref().is_err_and(missing) {
-                    let key = object_store::path::Path::from(blob_key);
-                    self.discard_stored_upload(id, &key).await;
+                    self.discard_stored_upload(id).await;
                 }
             }
             created

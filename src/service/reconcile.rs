@@ -41,9 +41,9 @@ const BATCH: u64 = 100;
 const IDEMPOTENCY_KEY_TTL_MS: i64 = 24 * 3600 * 1000;
 /// A dispatch is only presumed lost once its job has been due for this long.
 const LOST_DISPATCH_GRACE_MS: i64 = 2_000;
-/// Lost dispatches are looked for, and SQLite's statistics refreshed, on every this many passes
-/// (a minute at the default 5 s `reconcile_interval`), starting with the first: finding a lost
-/// dispatch reads every queued job, and one takes a crash at the wrong moment.
+/// Lost dispatches are looked for on every this many passes (a minute at the default 5 s
+/// `reconcile_interval`), starting with the first: finding one reads every queued job, and one
+/// takes a crash at the wrong moment.
 const LOST_DISPATCH_CHECK_PASSES: u64 = 12;
 /// apalis' records of finished deliveries are kept this long (for debugging), then deleted.
 const FINISHED_DELIVERY_TTL_SECS: i64 = 3600;
@@ -110,7 +110,6 @@ impl Services {
         let mut due = queue::due_retries(&self.db, now, BATCH as i64).await?;
         let pass = self.reconciler_passes.fetch_add(1, Ordering::Relaxed);
         if pass.is_multiple_of(LOST_DISPATCH_CHECK_PASSES) {
-            self.db.refresh_statistics().await?;
             due.extend(
                 queue::lost_dispatches(&self.db, now - LOST_DISPATCH_GRACE_MS, BATCH as i64)
                     .await?,

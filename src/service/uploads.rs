@@ -122,7 +122,7 @@ impl Services {
                 Ok(row)
             }
             Err(err) => {
-                self.discard_stored_upload(id, &keys::upload(id.0)).await;
+                self.discard_stored_upload(id).await;
                 Err(err.into())
             }
         }
@@ -163,7 +163,7 @@ impl Services {
             .put_stream(&key, body, self.settings.limits.max_upload_bytes)
             .await?;
         let reject = |err: ServiceError| async {
-            self.discard_stored_upload(id, &key).await;
+            self.discard_stored_upload(id).await;
             Err(err)
         };
         if let Some(declared) = meta.declared_length
@@ -211,8 +211,8 @@ impl Services {
 
     /// Deletes the bytes of an upload that was stored but will not be recorded. (Bytes left
     /// behind by a process that died first are swept by the reconciler.)
-    pub(crate) async fn discard_stored_upload(&self, id: UploadId, key: &object_store::path::Path) {
-        if let Err(e) = self.blobs.delete(key).await {
+    pub(crate) async fn discard_stored_upload(&self, id: UploadId) {
+        if let Err(e) = self.blobs.delete(&keys::upload(id.0)).await {
             tracing::warn!(upload = %id, error = %e, "could not delete a refused upload");
         }
     }

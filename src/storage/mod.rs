@@ -269,22 +269,6 @@ impl Db {
         &self.queue_pool
     }
 
-    /// Keeps SQLite's table statistics current (PostgreSQL's autovacuum does this by itself).
-    /// Without them SQLite plans by rules of thumb, and some go wrong as the tables grow: apalis'
-    /// statement that locks fetched tasks read every pending task of every queue, not the few
-    /// it locks, once 100,000 jobs were queued. `optimize` analyzes only tables that were never
-    /// analyzed or whose size changed a lot since (0x10000: every table, not only those this
-    /// connection used); `analysis_limit` bounds each ANALYZE to a sample, so a pass takes
-    /// milliseconds (SQLite's advice for long-lived connections).
-    pub async fn refresh_statistics(&self) -> Result<(), StorageError> {
-        if let Pool::Sqlite(pool) = &self.pool {
-            sqlx::raw_sql("PRAGMA analysis_limit = 400; PRAGMA optimize = 0x10002")
-                .execute(pool)
-                .await?;
-        }
-        Ok(())
-    }
-
     pub async fn ping(&self) -> Result<(), StorageError> {
         Ok(self.orm.ping().await?)
     }
