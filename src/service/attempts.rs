@@ -23,6 +23,7 @@ use super::{
     ServiceError, ServiceResult, Services,
     lifecycle::{self, Applied, Dispatchable, Holder, PublishedResult, Transition},
 };
+use crate::storage::lookup::AtMostOne;
 use crate::{
     blobs::keys,
     config::Limits,
@@ -147,7 +148,7 @@ impl Services {
             return Ok(None);
         };
         let Some(job) = job::Entity::find_by_id(dispatch.job_id)
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
         else {
             return Ok(None);
@@ -183,7 +184,7 @@ impl Services {
             .filter(job::Column::Status.eq(JobStatus::Running))
             .filter(job::Column::LeaseOwner.eq(lease.owner.as_str()))
             .filter(job::Column::Attempt.eq(lease.attempt))
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?;
         Ok(match row {
             None => LeaseState::Lost,
@@ -322,7 +323,7 @@ impl Services {
             .expr_as(Expr::cust(sum), "stored")
             .filter(job_log::Column::JobId.eq(job_id))
             .into_tuple()
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?;
         Ok(stored.unwrap_or(0).max(0) as u64)
     }
@@ -385,7 +386,7 @@ impl Services {
         let previous = result::Entity::find()
             .filter(result::Column::JobId.eq(lease.job_id))
             .filter(result::Column::Name.eq(name))
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await
             .map_err(ServiceError::from)?;
         let now = now_ms();

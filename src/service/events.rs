@@ -19,6 +19,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{ServiceResult, Services};
+use crate::storage::lookup::AtMostOne;
 use crate::{
     domain::{EventKind, JobStatus},
     ids::JobId,
@@ -142,7 +143,7 @@ impl Services {
             .select_only()
             .column(job::Column::Status)
             .into_tuple::<JobStatus>()
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
             .ok_or_else(|| Self::job_not_found(id))?;
         let events = job_event::Entity::find()

@@ -18,6 +18,7 @@ use super::{
     uploads::UploadMeta,
     webhooks::JobWebhook,
 };
+use crate::storage::lookup::AtMostOne;
 use crate::{
     blobs::keys,
     config::Limits,
@@ -449,7 +450,7 @@ impl Services {
             return Ok(Reservation::Reserved(held));
         }
         let existing = idempotency_key::Entity::find_by_id(key.to_owned())
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
             .ok_or_else(|| {
                 ServiceError::new(
@@ -469,7 +470,7 @@ impl Services {
             // The replayed answer is the first one: with the job's webhook and its secret.
             view.webhook = webhook_endpoint::Entity::find()
                 .filter(webhook_endpoint::Column::JobId.eq(job_id))
-                .one(&self.db.orm)
+                .at_most_one(&self.db.orm)
                 .await?;
             return Ok(Reservation::Replay(Box::new(view)));
         }
@@ -773,11 +774,19 @@ impl Services {
     }
 
     pub async fn get_job(&self, id: JobId) -> ServiceResult<JobView> {
-        let job = job::Entity::find_by_id(id.0)
-            .one(&self.db.reads)
-            .await?
-            .ok_or_else(|| Self::job_not_found(id))?;
-        JobView::of(job)
+        let inline = self.db.inline_reads().map(|reads| reads.job(id.0));
+        let job = match inline {
+            Some(Ok(job)) => job,
+            fallback => {
+                if let Some(Err(e)) = fallback {
+                    tracing::debug!(error = %e, "reading a job inline failed; using the pool");
+                }
+                job::Entity::find_by_id(id.0)
+                    .at_most_one(&self.db.reads)
+                    .await?
+            }
+        };
+        JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)
     }
 
     /// Jobs as the API shows them: everything is on the job row (see [`inputs_column`]).

@@ -16,7 +16,7 @@
 //!   replacement's cleanup was cut short), and uploads whose process died between storing the
 //!   bytes and recording them.
 
-use std::{collections::HashMap, sync::atomic::Ordering};
+use std::{collections::HashMap, fmt::Display, sync::atomic::Ordering};
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
@@ -29,8 +29,10 @@ use super::{
     attempts::Outcome,
     lifecycle::{Dispatchable, Holder, Lease, Transition},
 };
+use crate::storage::lookup::AtMostOne;
 use crate::{
     domain::{JobFailure, JobStatus},
+    ids::{JobId, UploadId},
     queue,
     storage::entities::{idempotency_key, job, upload},
     time::now_ms,
@@ -56,6 +58,8 @@ pub struct Repairs {
     pub dispatched: usize,
     pub expired_uploads: usize,
     pub purged_deliveries: u64,
+    /// Steps and items that failed (each logged); the next pass tries them again.
+    pub failed: usize,
 }
 
 impl Services {
@@ -64,9 +68,46 @@ impl Services {
     }
 
     /// One pass as if the time were `now` (tests step time with it; see `tests/api/lifecycle.rs`).
+    ///
+    /// A step or an item that fails is logged, counted in [`Repairs::failed`] and left for the
+    /// next pass; the others go on, so one bad row or an unreachable blob store cannot keep every
+    /// expired lease or due retry waiting.
     pub async fn reconcile_at(&self, now: i64) -> ServiceResult<Repairs> {
         let mut repairs = Repairs::default();
+        let steps = [
+            (
+                "expired leases",
+                self.expire_leases(now, &mut repairs).await,
+            ),
+            ("due dispatches", self.dispatch_due(now, &mut repairs).await),
+            (
+                "expired uploads",
+                self.purge_expired_uploads(now, &mut repairs).await,
+            ),
+            (
+                "finished deliveries",
+                self.purge_deliveries(now, &mut repairs).await,
+            ),
+            ("idempotency keys", self.purge_idempotency_keys(now).await),
+        ];
+        for (step, result) in steps {
+            if let Err(err) = result {
+                tracing::warn!(step, error = %err, "reconciler step failed; retried next pass");
+                repairs.failed += 1;
+            }
+        }
+        self.start_orphan_sweep_if_due();
+        Ok(repairs)
+    }
 
+    /// Logs an item of a step that failed (a job or an upload), and counts it.
+    fn item_failed(repairs: &mut Repairs, step: &str, item: impl Display, err: ServiceError) {
+        tracing::warn!(step, %item, error = %err, "reconciler could not repair this item");
+        repairs.failed += 1;
+    }
+
+    /// Settles attempts whose worker stopped renewing its lease.
+    async fn expire_leases(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
         let expired = job::Entity::find()
             .filter(job::Column::Status.eq(JobStatus::Running))
             .filter(job::Column::LeaseExpiresAtMs.lt(now))
@@ -96,17 +137,22 @@ impl Services {
                     attempt: row.attempt,
                 })
             };
-            if self
-                .settle(&row, holder, row.attempt, outcome, now)
-                .await?
-                .is_some()
-            {
-                let (job_id, attempt) = (crate::ids::JobId(row.id), row.attempt);
-                tracing::warn!(%job_id, attempt, "lease expired; attempt settled");
-                repairs.expired_leases += 1;
+            match self.settle(&row, holder, row.attempt, outcome, now).await {
+                Ok(Some(_)) => {
+                    let (job_id, attempt) = (JobId(row.id), row.attempt);
+                    tracing::warn!(%job_id, attempt, "lease expired; attempt settled");
+                    repairs.expired_leases += 1;
+                }
+                Ok(None) => {}
+                Err(err) => Self::item_failed(repairs, "expired leases", JobId(row.id), err),
             }
         }
+        Ok(())
+    }
 
+    /// Hands to the queue the jobs whose retry backoff ended, and (every
+    /// [`LOST_DISPATCH_CHECK_PASSES`]th pass) queued jobs whose dispatch was lost.
+    async fn dispatch_due(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
         let mut due = queue::due_retries(&self.db, now, BATCH as i64).await?;
         let pass = self.reconciler_passes.fetch_add(1, Ordering::Relaxed);
         if pass.is_multiple_of(LOST_DISPATCH_CHECK_PASSES) {
@@ -116,24 +162,41 @@ impl Services {
             );
         }
         for job_id in due {
-            let Some(row) = job::Entity::find_by_id(job_id).one(&self.db.orm).await? else {
-                continue;
-            };
-            let holder = Holder::Dispatch(row.dispatch_id.as_deref());
-            let redispatch = Transition::Redispatch(Dispatchable::from(&row));
-            if self
-                .transition(job_id, holder, redispatch, now)
-                .await?
-                .is_some()
-            {
-                if row.dispatch_id.is_some() {
-                    let job_id = crate::ids::JobId(job_id);
-                    tracing::warn!(%job_id, "dispatch lost; job dispatched again");
-                }
-                repairs.dispatched += 1;
+            match self.redispatch(job_id, now).await {
+                Ok(true) => repairs.dispatched += 1,
+                Ok(false) => {}
+                Err(err) => Self::item_failed(repairs, "due dispatches", JobId(job_id), err),
             }
         }
+        Ok(())
+    }
 
+    /// Dispatches a queued job again; whether it was (another process may have done it first).
+    async fn redispatch(&self, job_id: Uuid, now: i64) -> ServiceResult<bool> {
+        let Some(row) = job::Entity::find_by_id(job_id)
+            .at_most_one(&self.db.orm)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let holder = Holder::Dispatch(row.dispatch_id.as_deref());
+        let redispatch = Transition::Redispatch(Dispatchable::from(&row));
+        if self
+            .transition(job_id, holder, redispatch, now)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        if row.dispatch_id.is_some() {
+            let job_id = JobId(job_id);
+            tracing::warn!(%job_id, "dispatch lost; job dispatched again");
+        }
+        Ok(true)
+    }
+
+    /// Deletes uploads that expired before any job took them, bytes first.
+    async fn purge_expired_uploads(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
         let expired_uploads = upload::Entity::find()
             .filter(upload::Column::JobId.is_null())
             .filter(upload::Column::ExpiresAtMs.lt(now))
@@ -141,21 +204,26 @@ impl Services {
             .all(&self.db.orm)
             .await?;
         for row in expired_uploads {
-            self.purge_upload(row.id, &row.blob_key).await?;
-            repairs.expired_uploads += 1;
+            match self.purge_upload(row.id, &row.blob_key).await {
+                Ok(()) => repairs.expired_uploads += 1,
+                Err(err) => Self::item_failed(repairs, "expired uploads", UploadId(row.id), err),
+            }
         }
+        Ok(())
+    }
 
+    async fn purge_deliveries(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
         repairs.purged_deliveries =
             queue::purge_finished(&self.db, now / 1000 - FINISHED_DELIVERY_TTL_SECS).await?;
+        Ok(())
+    }
 
+    async fn purge_idempotency_keys(&self, now: i64) -> ServiceResult<()> {
         idempotency_key::Entity::delete_many()
             .filter(idempotency_key::Column::CreatedAtMs.lt(now - IDEMPOTENCY_KEY_TTL_MS))
             .exec(&self.db.orm)
             .await?;
-
-        self.start_orphan_sweep_if_due();
-
-        Ok(repairs)
+        Ok(())
     }
 
     /// Starts a sweep of the blob store for orphans, in the background (a large store takes a
@@ -198,7 +266,7 @@ impl Services {
             .filter(job::Column::Status.eq(JobStatus::Queued))
             .filter(job::Column::DispatchId.is_null())
             .into_tuple()
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?;
         Ok(due.flatten())
     }

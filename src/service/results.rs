@@ -7,6 +7,7 @@ use futures_util::stream::BoxStream;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::{ServiceError, ServiceResult, Services};
+use crate::storage::lookup::AtMostOne;
 use crate::{
     blobs::BlobError, domain::validate_result_name, error_code::ErrorCode, ids::JobId,
     storage::entities::result,
@@ -30,7 +31,7 @@ impl Services {
         result::Entity::find()
             .filter(result::Column::JobId.eq(job.0))
             .filter(result::Column::Name.eq(name))
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
             .ok_or_else(|| {
                 ServiceError::new(

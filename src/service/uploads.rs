@@ -27,6 +27,7 @@ use super::{
     ServiceError, ServiceResult, Services,
     pacing::{Pace, paced_body},
 };
+use crate::storage::lookup::AtMostOne;
 use crate::{
     blobs::keys, error_code::ErrorCode, ids::UploadId, storage::entities::upload, time::now_ms,
 };
@@ -237,7 +238,7 @@ impl Services {
                     .is_null()
                     .or(upload::Column::ExpiresAtMs.gt(now_ms())),
             )
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
             .ok_or_else(|| upload_not_found(id))
     }

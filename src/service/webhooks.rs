@@ -9,6 +9,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{ServiceError, ServiceResult, Services};
+use crate::storage::lookup::AtMostOne;
 use crate::{
     error_code::ErrorCode,
     ids::{JobId, WebhookId},
@@ -192,7 +193,7 @@ impl Services {
     pub async fn get_endpoint(&self, id: WebhookId) -> ServiceResult<webhook_endpoint::Model> {
         webhook_endpoint::Entity::find_by_id(id.0)
             .filter(webhook_endpoint::Column::JobId.is_null())
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
             .ok_or_else(|| Self::webhook_not_found(id))
     }
@@ -344,7 +345,7 @@ impl Services {
 
     pub async fn get_delivery(&self, id: i64) -> ServiceResult<DeliveryView> {
         let delivery = delivery::Entity::find_by_id(id)
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
             .ok_or_else(|| Self::delivery_not_found(id))?;
         let attempts = attempt::Entity::find()

@@ -13,9 +13,11 @@
 
 pub mod changes;
 pub mod entities;
+pub mod inline_reads;
+pub mod lookup;
 pub mod outbox;
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use ferry_migrations::{Migrator, MigratorTrait};
@@ -38,6 +40,7 @@ use uuid::Uuid;
 
 use crate::time::now_ms;
 use changes::{JobChanges, QueueWakeups};
+use inline_reads::InlineReads;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -95,8 +98,9 @@ const PG_READERS: u32 = 8;
 pub struct Db {
     /// Every statement of Ferry's own, writes and reads that must see the writer's state.
     pub orm: DatabaseConnection,
-    /// Single-statement reads that need no transaction (status polls, lists): on SQLite a pool
-    /// of read-only connections beside the one writer; on PostgreSQL a pool of its own.
+    /// Single-statement reads that need no transaction (lists, status polls): on SQLite a pool
+    /// of read-only connections beside the one writer (status polls read through it when their
+    /// read on the calling thread fails, see [`inline_reads`]); on PostgreSQL a pool of its own.
     pub reads: DatabaseConnection,
     pool: Pool,
     /// The pool behind `reads`, for reads written in SQL.
@@ -107,6 +111,8 @@ pub struct Db {
     changes: JobChanges,
     /// Wakes this process's queue consumers when a dispatch commits (SQLite; see [`changes`]).
     queue_wakeups: QueueWakeups,
+    /// SQLite: job rows read on the calling thread (see [`inline_reads`]).
+    inline_reads: Option<Arc<InlineReads>>,
 }
 
 impl Db {
@@ -155,7 +161,7 @@ impl Db {
             let reads = SqlitePoolOptions::new()
                 .max_connections(SQLITE_READERS)
                 .acquire_timeout(Duration::from_secs(30))
-                .connect_with(options.pragma("query_only", "true"))
+                .connect_with(options.clone().pragma("query_only", "true"))
                 .await
                 .with_context(|| format!("cannot open SQLite database {url:?}"))?;
             let orm = DatabaseConnection::from(pool.clone());
@@ -167,6 +173,9 @@ impl Db {
                 queue_pool: Pool::Sqlite(queue_pool),
                 changes: JobChanges::with_backstop(changes::SQLITE_BACKSTOP),
                 queue_wakeups: QueueWakeups::default(),
+                inline_reads: Some(Arc::new(InlineReads::new(
+                    options.get_filename().to_owned(),
+                ))),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -196,6 +205,7 @@ impl Db {
                 queue_pool: Pool::Postgres(pool),
                 changes: JobChanges::announced(),
                 queue_wakeups: QueueWakeups::default(),
+                inline_reads: None,
             });
         }
         anyhow::bail!(
@@ -263,6 +273,11 @@ impl Db {
 
     pub fn read_pool(&self) -> &Pool {
         &self.read_pool
+    }
+
+    /// On SQLite, reads on the calling thread for the hottest lookups (see [`inline_reads`]).
+    pub fn inline_reads(&self) -> Option<&InlineReads> {
+        self.inline_reads.as_deref()
     }
 
     pub fn queue_pool(&self) -> &Pool {

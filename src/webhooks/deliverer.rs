@@ -21,6 +21,7 @@ use super::{
     address::{AddressPolicy, GuardedResolver},
     payload, schedule, signing,
 };
+use crate::storage::lookup::AtMostOne;
 use crate::{
     config::{Settings, WebhookSettings},
     storage::{
@@ -240,7 +241,7 @@ impl Deliverer {
         let webhook_id = payload::event_id(due.job_id, due.event_seq);
         let orm = &self.db.orm;
         let Some(target) = endpoint::Entity::find_by_id(due.endpoint_id)
-            .one(orm)
+            .at_most_one(orm)
             .await?
         else {
             return Ok((
@@ -260,13 +261,13 @@ impl Deliverer {
         let event = job_event::Entity::find()
             .filter(job_event::Column::JobId.eq(due.job_id))
             .filter(job_event::Column::Seq.eq(due.event_seq))
-            .one(orm)
+            .at_most_one(orm)
             .await?;
         let kind = job::Entity::find_by_id(due.job_id)
             .select_only()
             .column(job::Column::Kind)
             .into_tuple::<String>()
-            .one(orm)
+            .at_most_one(orm)
             .await?;
         let (Some(event), Some(kind)) = (event, kind) else {
             return Ok((Outcome::Abandoned("the job was deleted".into()), webhook_id));
@@ -289,7 +290,7 @@ impl Deliverer {
             .filter(delivery::Column::Attempts.gt(0))
             .filter(delivery::Column::Id.ne(due.id))
             .into_tuple::<Option<i64>>()
-            .one(&self.db.orm)
+            .at_most_one(&self.db.orm)
             .await?
             .flatten())
     }

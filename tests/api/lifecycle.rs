@@ -19,7 +19,7 @@ use ferry::{
     storage::entities::{job, job_event},
     time::now_ms,
 };
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use tokio_util::sync::CancellationToken;
 
 const LEASE_TTL_MS: i64 = 30_000;
@@ -423,6 +423,34 @@ async fn the_reconciler_and_a_late_worker_cannot_both_settle_an_attempt() {
     let row = m.row(id).await;
     assert_eq!(row.status, JobStatus::Queued);
     assert_eq!(row.attempt, 1);
+}
+
+#[tokio::test]
+async fn a_job_the_reconciler_cannot_repair_does_not_hold_up_the_others() {
+    let m = Machine::new().await;
+    let poisoned = m.create().await.job.id;
+    let healthy = m.create().await.job.id;
+    m.claim(poisoned, "worker-a").await;
+    m.claim(healthy, "worker-a").await;
+    // A real database failure for one row: every update of it is refused.
+    let orm = &m.services.db.orm;
+    orm.execute_unprepared(&format!(
+        "CREATE TRIGGER poison BEFORE UPDATE ON ferry_jobs WHEN OLD.id = X'{}' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+        poisoned.simple()
+    ))
+    .await
+    .unwrap();
+    let at = now_ms() + LEASE_TTL_MS + 1;
+    let repairs = m.services.reconcile_at(at).await.unwrap();
+    assert_eq!((repairs.expired_leases, repairs.failed), (1, 1));
+    assert_eq!(m.row(healthy).await.status, JobStatus::Queued);
+    assert_eq!(m.row(poisoned).await.status, JobStatus::Running);
+    // Once the row can be written again, the next pass settles it.
+    orm.execute_unprepared("DROP TRIGGER poison").await.unwrap();
+    let repairs = m.services.reconcile_at(at).await.unwrap();
+    assert_eq!((repairs.expired_leases, repairs.failed), (1, 0));
+    assert_eq!(m.row(poisoned).await.status, JobStatus::Queued);
 }
 
 #[tokio::test]

@@ -151,20 +151,25 @@ async fn exercise_every_feature(app: &TestApp, receiver: &Receiver) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
-/// The statements a `ferry` process logged (`--log-format json`, `sqlx::query` at debug): sqlx
-/// puts a short statement in `summary` and a long one in `db.statement`.
+/// The log target of Ferry's reads on SQLite that bypass sqlx.
+const INLINE_READS: &str = "ferry::storage::inline_reads";
+/// Every statement a server runs, logged at debug (sqlx's and Ferry's own).
+const STATEMENT_LOGS: &str = "warn,sqlx::query=debug,ferry::storage::inline_reads=debug";
+
+/// The statements a `ferry` process logged (`--log-format json`, [`STATEMENT_LOGS`] at debug):
+/// sqlx puts a short statement in `summary` and a long one in `db.statement`; Ferry's reads on
+/// SQLite that bypass sqlx (`storage::inline_reads`) put theirs in `statement`.
 fn statements_in(log: &str) -> BTreeSet<String> {
     log.lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| event["target"] == "sqlx::query")
+        .filter(|event| event["target"] == "sqlx::query" || event["target"] == INLINE_READS)
         .map(|event| {
-            let long = event["db.statement"].as_str().unwrap_or_default().trim();
-            let text = if long.is_empty() {
-                event["summary"].as_str().unwrap_or_default()
-            } else {
-                long
-            };
-            text.to_owned()
+            ["statement", "db.statement", "summary"]
+                .iter()
+                .map(|field| event[field].as_str().unwrap_or_default().trim())
+                .find(|text| !text.is_empty())
+                .unwrap_or_default()
+                .to_owned()
         })
         .filter(|sql| is_data_statement(sql))
         .collect()
@@ -493,7 +498,7 @@ async fn every_statement_on_a_growing_table_is_served_by_an_index() {
     let log = app.start_server_in(
         &["--log-format", "json"],
         &dir,
-        &[("RUST_LOG", "warn,sqlx::query=debug")],
+        &[("RUST_LOG", STATEMENT_LOGS)],
     );
     let receiver = Receiver::start();
     exercise_every_feature(&app, &receiver).await;
