@@ -774,18 +774,7 @@ impl Services {
     }
 
     pub async fn get_job(&self, id: JobId) -> ServiceResult<JobView> {
-        let inline = self.db.inline_reads().map(|reads| reads.job(id.0));
-        let job = match inline {
-            Some(Ok(job)) => job,
-            fallback => {
-                if let Some(Err(e)) = fallback {
-                    tracing::debug!(error = %e, "reading a job inline failed; using the pool");
-                }
-                job::Entity::find_by_id(id.0)
-                    .at_most_one(&self.db.reads)
-                    .await?
-            }
-        };
+        let job = self.db.find_job(id.0).await?;
         JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)
     }
 

@@ -6,7 +6,8 @@
 //! again. Measured with `sqlite3_stmt_status(SQLITE_STMTSTATUS_REPREPARE)` on a job lookup: one
 //! re-prepare per execution and 33 µs a lookup, against none and 5 µs without the `LIMIT`; under
 //! a load of status polls, re-parsing was a fifth of the server's CPU. A query that matches at
-//! most one row needs no `LIMIT`, so these read it with `all()` and take that row.
+//! most one row needs no `LIMIT`, so these read it with `all()` and take that row. `clippy.toml`
+//! disallows `one()`, so a new lookup cannot bring the re-prepare back unnoticed.
 
 use std::future::Future;
 

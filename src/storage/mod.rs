@@ -22,7 +22,7 @@ use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 use anyhow::Context;
 use ferry_migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    DatabaseConnection,
+    DatabaseConnection, EntityTrait,
     sea_query::{Alias, Expr, ExprTrait, PostgresQueryBuilder, Query, SqliteQueryBuilder},
 };
 use sea_query_sqlx::SqlxBinder;
@@ -40,7 +40,9 @@ use uuid::Uuid;
 
 use crate::time::now_ms;
 use changes::{JobChanges, QueueWakeups};
+use entities::job;
 use inline_reads::InlineReads;
+use lookup::AtMostOne;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -275,9 +277,18 @@ impl Db {
         &self.read_pool
     }
 
-    /// On SQLite, reads on the calling thread for the hottest lookups (see [`inline_reads`]).
-    pub fn inline_reads(&self) -> Option<&InlineReads> {
-        self.inline_reads.as_deref()
+    /// The job row `id`, read as a status poll reads it: on SQLite on the calling thread (see
+    /// [`inline_reads`]), through the read pool when that fails or on PostgreSQL.
+    pub async fn find_job(&self, id: Uuid) -> Result<Option<job::Model>, StorageError> {
+        if let Some(inline) = &self.inline_reads {
+            match inline.job(id) {
+                Ok(job) => return Ok(job),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading a job inline failed; using the pool")
+                }
+            }
+        }
+        Ok(job::Entity::find_by_id(id).at_most_one(&self.reads).await?)
     }
 
     pub fn queue_pool(&self) -> &Pool {

@@ -16,7 +16,10 @@ use ferry::{
         jobs::{JobRequest, JobView},
         lifecycle::{Dispatchable, Holder, Lease, PublishedResult, Transition},
     },
-    storage::entities::{job, job_event},
+    storage::{
+        entities::{job, job_event},
+        lookup::AtMostOne,
+    },
     time::now_ms,
 };
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
@@ -73,7 +76,7 @@ impl Machine {
 
     async fn row(&self, id: uuid::Uuid) -> job::Model {
         job::Entity::find_by_id(id)
-            .one(&self.services.db.orm)
+            .at_most_one(&self.services.db.orm)
             .await
             .expect("read job")
             .expect("job exists")
