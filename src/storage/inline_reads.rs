@@ -185,21 +185,31 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_job_reads_inline_as_sea_orm_reads_it() {
+    async fn migrated_db() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
         let db = Db::connect(&url).await.unwrap();
         db.migrate().await.unwrap();
+        (dir, db)
+    }
+
+    async fn insert_job(db: &Db, filled: bool) -> job::Model {
+        let written = job(Uuid::now_v7(), filled);
+        written
+            .clone()
+            .into_active_model()
+            .insert(&db.orm)
+            .await
+            .unwrap();
+        written
+    }
+
+    #[tokio::test]
+    async fn a_job_reads_inline_as_sea_orm_reads_it() {
+        let (_dir, db) = migrated_db().await;
         let inline = db.inline_reads.as_deref().expect("SQLite reads inline");
         for filled in [true, false] {
-            let written = job(Uuid::now_v7(), filled);
-            written
-                .clone()
-                .into_active_model()
-                .insert(&db.orm)
-                .await
-                .unwrap();
+            let written = insert_job(&db, filled).await;
             let by_orm = job::Entity::find_by_id(written.id)
                 .at_most_one(&db.orm)
                 .await
@@ -212,17 +222,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_cannot_be_read_inline_is_read_through_the_pool() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
-        let mut db = Db::connect(&url).await.unwrap();
-        db.migrate().await.unwrap();
-        let written = job(Uuid::now_v7(), true);
-        written
-            .clone()
-            .into_active_model()
-            .insert(&db.orm)
-            .await
-            .unwrap();
+        let (dir, mut db) = migrated_db().await;
+        let written = insert_job(&db, true).await;
         // Inline reads of a database that is not there fail...
         let broken = InlineReads::new(dir.path().join("missing").join("ferry.db"));
         assert!(broken.job(written.id).is_err());
