@@ -147,10 +147,8 @@ impl Services {
         let Some(applied) = self.transition(dispatch.job_id, holder, claim, now).await? else {
             return Ok(None);
         };
-        let Some(job) = job::Entity::find_by_id(dispatch.job_id)
-            .at_most_one(&self.db.orm)
-            .await?
-        else {
+        // Read after the commit, as a status poll reads: off the writer's connection.
+        let Some(job) = self.db.find_job(dispatch.job_id).await? else {
             return Ok(None);
         };
         // The inputs come with the job row (see `JobView::of`): no second query.

@@ -33,6 +33,8 @@ use crate::{
     time::now_ms,
 };
 
+/// The number of a job's first event (`queued`), written by its creation.
+const FIRST_EVENT: i64 = 1;
 /// A reservation recorded without a lease (by a process older than the lease) is presumed
 /// abandoned this long after it was made.
 const IDEMPOTENCY_UNLEASED_STALE_MS: i64 = 15 * 60 * 1000;
@@ -666,7 +668,8 @@ impl Services {
             lease_owner: None,
             lease_expires_at_ms: None,
             cancel_requested: false,
-            event_seq: 0,
+            // Its first event's number, written with it (see `Tx::insert_event`).
+            event_seq: FIRST_EVENT,
             inputs: inputs_column(&inputs),
             result_count: 0,
         };
@@ -734,7 +737,7 @@ impl Services {
             .await?;
         }
         let created = JobEvent::Queued;
-        tx.append_event(id.0, created.kind(), created.data())
+        tx.insert_event(id.0, FIRST_EVENT, created.kind(), created.data())
             .await?;
         if let Some(held) = idempotency_key {
             let recorded = tx
@@ -763,10 +766,7 @@ impl Services {
         // The job as created, not re-read: a worker may already have claimed it, and the answer
         // to the request that queued it should say "queued".
         Ok(JobView {
-            job: job::Model {
-                event_seq: 1,
-                ..row
-            },
+            job: row,
             inputs,
             result_count: 0,
             webhook,

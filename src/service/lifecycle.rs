@@ -21,8 +21,8 @@
 //! So interrupted or retried work keeps its place ahead of jobs created after it.
 
 use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
-    sea_query::{Condition, Expr, ExprTrait, Func},
+    ColumnTrait, EntityTrait, QueryFilter, QueryTrait,
+    sea_query::{Condition, Expr, ExprTrait, Func, Query},
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -453,32 +453,39 @@ pub async fn apply(
             Some(JobEvent::Redispatched)
         }
     };
-    if tx.execute(&update.into_query()).await? == 0 {
-        return Ok(None);
+    // A claim's `started` event takes the attempt number the update gives it.
+    let appends_event = event.is_some() || matches!(transition, Transition::Claim { .. });
+    if appends_event {
+        update = update.col_expr(
+            job::Column::EventSeq,
+            Expr::col(job::Column::EventSeq).add(1),
+        );
     }
+    // One statement changes the job, numbers its event and says the attempt and the number:
+    // every round trip inside a write transaction holds SQLite's one writer.
+    let mut update = update.into_query();
+    update.returning(Query::returning().exprs([
+        // BIGINT so one decoder fits both SQLite and PostgreSQL (INT4 there).
+        Expr::col(job::Column::Attempt).cast_as("BIGINT"),
+        Expr::col(job::Column::EventSeq),
+    ]));
+    let Some((new_attempt, seq)) = tx.fetch_i64_pair(&update).await? else {
+        return Ok(None);
+    };
     // Renewing a lease changes nothing a client sees; every other move does.
     if !matches!(transition, Transition::Renew { .. }) {
         tx.job_changed(job_id);
     }
     let (attempt, event) = match transition {
         Transition::Claim { .. } => {
-            let attempt = tx
-                .fetch_i64(
-                    &job::Entity::find()
-                        .select_only()
-                        // BIGINT so one decoder fits both SQLite and PostgreSQL (INT4 there).
-                        .column_as(Expr::col(job::Column::Attempt).cast_as("BIGINT"), "attempt")
-                        .filter(job::Column::Id.eq(job_id))
-                        .into_query(),
-                )
-                .await?
-                .unwrap_or_default() as i32;
+            let attempt = new_attempt as i32;
             (Some(attempt), Some(JobEvent::Started { attempt }))
         }
         _ => (attempt, event),
     };
     if let Some(event) = event {
-        tx.append_event(job_id, event.kind(), event.data()).await?;
+        tx.insert_event(job_id, seq, event.kind(), event.data())
+            .await?;
     }
     if let Some((job, dispatch_id)) = new_dispatch {
         dispatch(tx, job, dispatch_id).await?;

@@ -1,5 +1,5 @@
 //! The webhook outbox: the delivery rows an event owes its endpoints, written by
-//! [`Tx::append_event`](super::Tx::append_event) in the event's own transaction, so that an event
+//! [`Tx::insert_event`](super::Tx::insert_event) in the event's own transaction, so that an event
 //! that committed always has its deliveries and a rolled-back one never does (no event is sent
 //! that did not happen, none that happened is lost to a crash between the two writes).
 //!

@@ -713,6 +713,16 @@ concurrency = {concurrency}
         })
     }
 
+    /// The one text column `sql` selects, row by row (for failure messages that show rows).
+    pub async fn text_rows(&self, sql: &str) -> Vec<String> {
+        on_test_db!(self, sql, sql, |pool, statement| {
+            sqlx::query_scalar(sqlx::AssertSqlSafe(statement.to_owned()))
+                .fetch_all(&pool)
+                .await
+                .expect("rows")
+        })
+    }
+
     /// Runs `f` while a transaction of the test's own holds the database against Ferry's
     /// writes (SQLite: the write lock; PostgreSQL: `ferry_jobs` locked), then lets go.
     pub async fn while_database_locked<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> T {

@@ -70,10 +70,29 @@ async fn two_replicas_and_two_workers_run_200_jobs_exactly_once_despite_a_killed
             .count_rows("SELECT COUNT(*) FROM ferry_jobs WHERE status IN ('failed', 'canceled')")
             .await;
         assert_eq!(failed, 0, "jobs failed");
-        assert!(
-            start.elapsed() < Duration::from_secs(180),
-            "only {done} of 200 jobs succeeded"
-        );
+        if start.elapsed() > Duration::from_secs(180) {
+            // Say what is stuck: the jobs' rows, their deliveries in apalis, the processes' logs.
+            let stuck = app
+                .text_rows(
+                    "SELECT concat_ws(' ', j.id, j.status, 'attempt', j.attempt, 'dispatch', \
+                     j.dispatch_id, 'lease', j.lease_owner, j.lease_expires_at_ms, 'run_after', \
+                     j.run_after_ms, 'apalis', a.status, a.lock_by, a.attempts) \
+                     FROM ferry_jobs j LEFT JOIN apalis.jobs a ON a.id = j.dispatch_id \
+                     WHERE j.status <> 'succeeded'",
+                )
+                .await;
+            let workers = app
+                .text_rows("SELECT concat_ws(' ', id, worker_type, last_seen) FROM apalis.workers")
+                .await;
+            panic!(
+                "only {done} of 200 jobs succeeded after 180 s; not succeeded:\n{}\n\
+                 apalis workers:\n{}\n{}\n{}",
+                stuck.join("\n"),
+                workers.join("\n"),
+                app.logs_of("worker"),
+                app.logs_of("serve")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Exactly once: one completion per job, one result per name, and any replica answers.
