@@ -18,6 +18,7 @@ pub mod entities;
 pub mod inline_reads;
 pub mod lookup;
 pub mod outbox;
+pub mod planner_stats;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -241,6 +242,9 @@ impl Db {
                     .run(pool)
                     .await
                     .context("running the queue's migrations")?;
+                planner_stats::seed(pool)
+                    .await
+                    .context("writing the queue table's planner statistics")?;
             }
             Pool::Postgres(pool) => {
                 // sea-orm's migrator takes no lock: hold an advisory lock on one connection while
