@@ -11,6 +11,8 @@
 //! configured the way their SDKs are: `AWS_*` / `GOOGLE_*` / `AZURE_*` environment variables
 //! (`AWS_ENDPOINT_URL` for S3-compatible servers), overridden by `blob_options` in `ferry.toml`.
 
+mod hashing;
+
 use std::{collections::BTreeMap, ops::Range, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
@@ -79,6 +81,8 @@ pub enum BlobError {
     Store(#[from] object_store::Error),
     #[error("local file error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Hashing(#[from] hashing::HashingStopped),
 }
 
 impl BlobError {
@@ -224,9 +228,10 @@ impl Blobs {
         .unwrap_or(0)
     }
 
-    /// Streams `body` to `key`, hashing as it goes. Fails with [`BlobError::TooLarge`] as soon
-    /// as more than `limit` bytes arrive. On any failure the partial object is aborted, so
-    /// nothing is left behind; on success the bytes are durable.
+    /// Streams `body` to `key`, hashing as it goes (beyond its first part on a thread of its
+    /// own, see [`hashing`]). Fails with [`BlobError::TooLarge`] as soon as more than `limit`
+    /// bytes arrive. On any failure the partial object is aborted, so nothing is left behind; on
+    /// success the bytes are durable.
     pub async fn put_stream<S, E>(
         &self,
         key: &Path,
@@ -246,7 +251,6 @@ impl Blobs {
             if size > limit {
                 return Err(BlobError::TooLarge { limit });
             }
-            hasher.update(&chunk);
             Ok(chunk)
         };
 
@@ -272,40 +276,46 @@ impl Blobs {
                     if head_len + chunk.len() > self.part_bytes {
                         break chunk;
                     }
+                    hasher.update(&chunk);
                     head_len += chunk.len();
                     head.push(chunk);
                 }
             }
         };
 
+        // A body larger than a part is hashed on a thread of its own from here on.
+        let mut hashing = hashing::BackgroundSha256::start(hasher);
         let upload = self.store.put_multipart(key).await?;
         let mut writer = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(
             upload,
             self.part_bytes,
         )));
-        let outcome: Result<(), BlobError> = async {
+        let outcome: Result<[u8; 32], BlobError> = async {
             let w = writer.0.as_mut().expect("writer present until finished");
-            for chunk in head.into_iter().chain(std::iter::once(overflow)) {
+            for chunk in head {
                 w.wait_for_capacity(1).await?;
                 w.put(chunk);
             }
-            while let Some(chunk) = body.next().await {
-                let chunk = accept(chunk)?;
+            let mut next = Some(overflow);
+            while let Some(chunk) = next {
+                hashing.update(chunk.clone()).await?;
                 // Backpressure: at most one part in flight besides the one being filled, so an
                 // upload holds at most two parts in memory.
                 w.wait_for_capacity(1).await?;
                 w.put(chunk);
+                next = match body.next().await {
+                    Some(chunk) => Some(accept(chunk)?),
+                    None => None,
+                };
             }
-            Ok(())
+            // Before the object is completed: a body whose digest is unknown is not stored.
+            Ok(hashing.finish().await?)
         }
         .await;
         let w = writer.0.take().expect("writer present until finished");
         match outcome {
-            Ok(()) => match w.finish().await {
-                Ok(_) => Ok(Stored {
-                    size,
-                    sha256: hasher.finalize().into(),
-                }),
+            Ok(sha256) => match w.finish().await {
+                Ok(_) => Ok(Stored { size, sha256 }),
                 Err(err) => {
                     // The completion may still take effect on the server after our request gave
                     // up (a slow CompleteMultipartUpload): delete the key too, so no object that
