@@ -38,10 +38,12 @@ const JOBS_STATS: &[(&str, &str)] = &[
     ("LIdx", "100000 20000"),
 ];
 
-/// Writes [`JOBS_STATS`] unless `Jobs` has statistics already. In one transaction that also
-/// creates `sqlite_stat1` if it is missing (`ANALYZE sqlite_schema` analyzes nothing else): a
-/// schema change, so every connection open on the database reloads its schema, and with it the
-/// statistics, before its next statement.
+/// Writes [`JOBS_STATS`] unless `Jobs` has statistics already, in one transaction that creates
+/// `sqlite_stat1` if it is missing (`ANALYZE sqlite_schema` analyzes nothing else) and changes
+/// the schema: a connection reads statistics only when it loads its schema, which every
+/// connection open on the database does at its next statement once the schema changed.
+/// Creating `sqlite_stat1` is such a change, but the table may be there already (an operator
+/// analyzed other tables), so a table of Ferry's own is created and dropped as well.
 pub async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     sqlx::query("ANALYZE sqlite_schema")
@@ -60,6 +62,12 @@ pub async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
             .execute(&mut *tx)
             .await?;
     }
+    for ddl in [
+        "CREATE TABLE ferry_statistics_changed (x)",
+        "DROP TABLE ferry_statistics_changed",
+    ] {
+        sqlx::query(ddl).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     // This connection reloads the statistics now (the others did with the schema change).
     sqlx::query("ANALYZE sqlite_schema").execute(pool).await?;
@@ -68,7 +76,24 @@ pub async fn seed(pool: &SqlitePool) -> Result<(), sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
+    use sqlx::{Connection, Row, SqliteConnection};
+
     use crate::storage::{Db, Pool};
+
+    /// How `conn` plans apalis' statement that locks fetched tasks (see the module notes).
+    async fn lock_plan(conn: &mut SqliteConnection) -> String {
+        let rows = sqlx::raw_sql(
+            "EXPLAIN QUERY PLAN UPDATE Jobs SET status = 'Running' WHERE id IN \
+             (SELECT value FROM json_each('[]')) AND (status = 'Queued' OR status = 'Pending')",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .expect("plan");
+        rows.iter()
+            .map(|row| row.get::<String, _>(3))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 
     async fn jobs_stats(db: &Db) -> Vec<(String, String)> {
         let Pool::Sqlite(pool) = db.pool() else {
@@ -124,5 +149,36 @@ mod tests {
         let stats = jobs_stats(&again).await;
         assert_eq!(stats.len(), expected.len());
         assert!(stats.contains(&("LIdx".to_owned(), "7 7".to_owned())));
+    }
+
+    /// A connection open before the statistics are written plans with them from its next
+    /// statement, also when `sqlite_stat1` was there already (so creating it changed nothing).
+    #[tokio::test]
+    async fn connections_already_open_plan_with_the_statistics() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
+        let db = migrated(&url).await;
+        let Pool::Sqlite(pool) = db.pool() else {
+            unreachable!()
+        };
+        // As if an operator's `ANALYZE` had covered another table only.
+        sqlx::raw_sql(
+            "DELETE FROM sqlite_stat1; \
+             INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES ('ferry_jobs', NULL, '10')",
+        )
+        .execute(pool)
+        .await
+        .expect("an operator's statistics");
+        let mut open = SqliteConnection::connect(&url).await.expect("connect");
+        let before = lock_plan(&mut open).await;
+        assert!(before.contains("idx_jobs_status_run_at"), "{before}");
+
+        super::seed(pool).await.expect("seed");
+        sqlx::raw_sql("SELECT COUNT(*) FROM Jobs")
+            .execute(&mut open)
+            .await
+            .expect("a statement");
+        let after = lock_plan(&mut open).await;
+        assert!(after.contains("sqlite_autoindex_Jobs_1 (id=?)"), "{after}");
     }
 }
