@@ -296,17 +296,14 @@ impl Blobs {
                 w.wait_for_capacity(1).await?;
                 w.put(chunk);
             }
-            let mut next = Some(overflow);
-            while let Some(chunk) = next {
+            let mut rest = futures_util::stream::iter([Ok(overflow)]).chain(body.map(accept));
+            while let Some(chunk) = rest.next().await {
+                let chunk = chunk?;
                 hashing.update(chunk.clone()).await?;
                 // Backpressure: at most one part in flight besides the one being filled, so an
                 // upload holds at most two parts in memory.
                 w.wait_for_capacity(1).await?;
                 w.put(chunk);
-                next = match body.next().await {
-                    Some(chunk) => Some(accept(chunk)?),
-                    None => None,
-                };
             }
             // Before the object is completed: a body whose digest is unknown is not stored.
             Ok(hashing.finish().await?)
