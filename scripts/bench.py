@@ -184,20 +184,28 @@ def print_log_tail(path: str, what: str) -> None:
 
 class Server:
     """One `ferry serve` process with its own data folder, config file and stderr log;
-    `extra_toml` adds tables to the config file (e.g. `[webhooks]`, `[handlers.x]`)."""
+    `extra_toml` adds tables to the config file (e.g. `[webhooks]`, `[handlers.x]`), `args` to
+    the command line, `env` to the environment. `stop()` and `start()` restart it on the same
+    data (its log starts over)."""
 
     def __init__(self, ferry_bin: str, tmp: str, name: str, storage_toml: str,
-                 extra_toml: str = "") -> None:
+                 extra_toml: str = "", args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.name, self.root = name, os.path.join(tmp, name)
         self.log_path = os.path.join(tmp, f"{name}.stderr.log")
-        data_dir = os.path.join(self.root, "data")
+        self.data_dir = os.path.join(self.root, "data")
         self.config = os.path.join(self.root, "ferry.toml")
-        os.makedirs(data_dir)
+        os.makedirs(self.data_dir)
         with open(self.config, "w") as f:  # top-level keys first, then tables
-            f.write(f'data_dir = "{data_dir}"\n{storage_toml}[queue]\npoll_interval = "50ms"\n'
-                    f"{extra_toml}")
-        self.proc = spawn([ferry_bin, "serve", "--config", self.config, "--listen", "127.0.0.1:0"],
-                          self.log_path, self.root, subprocess.PIPE)
+            f.write(f'data_dir = "{self.data_dir}"\n{storage_toml}[queue]\n'
+                    f'poll_interval = "50ms"\n{extra_toml}')
+        self.cmd = [ferry_bin, "serve", "--config", self.config, "--listen", "127.0.0.1:0",
+                    *(args or [])]
+        self.env = env
+        self.start()
+
+    def start(self) -> None:
+        self.proc = spawn(self.cmd, self.log_path, self.root, subprocess.PIPE, self.env)
         self.pid, self.host, self.port = self.proc.pid, "", 0
 
     def wait_ready(self) -> None:

@@ -13,19 +13,19 @@ Ferry's. What runs on a timer (heartbeats, the reconciler, the queue's polling) 
 too, spread over the jobs. Transaction control (BEGIN, COMMIT) is counted only where sqlx logs it
 (PostgreSQL). A figure that moves little between runs, next to the noisy timings of
 scripts/bench.py.
-Stops its server by PID; the PostgreSQL database is dropped.
+The server is scripts/bench.py's `Server`, stopped by PID; the PostgreSQL database is dropped.
 """
 
 import argparse
 import collections
-import http.client
 import json
 import os
 import re
 import subprocess
 import tempfile
-import threading
 import time
+
+from bench import Client, Server
 
 
 def statement_kind(event: dict) -> str | None:
@@ -53,43 +53,31 @@ def main() -> None:
         database = "count_" + os.path.basename(tmp).replace("-", "_").lower()
         subprocess.run(["psql", args.postgres, "-qc", f"CREATE DATABASE {database}"], check=True)
         storage = f'database_url = "{args.postgres.rstrip("/")}/{database}"\n'
-    config, log_path = os.path.join(tmp, "ferry.toml"), os.path.join(tmp, "server.log")
-    with open(config, "w") as f:
-        f.write(f'data_dir = "{tmp}/data"\n{storage}[queue]\npoll_interval = "50ms"\n')
-    env = dict(os.environ, RUST_LOG="warn,sqlx::query=debug,ferry::storage::inline_reads=debug")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([args.bin, "serve", "--config", config, "--listen", "127.0.0.1:0",
-                                 "--log-format", "json"], stdout=subprocess.PIPE, stderr=log, env=env)
+    server = None
     try:
-        port = 0
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if m := re.search(rb"listening on http://\S+:(\d+)", line):
-                port = int(m.group(1))
-                break
-        if not port:
-            raise SystemExit(f"the server reported no address (exit code {proc.wait()})")
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        server = Server(args.bin, tmp, "count", storage, args=["--log-format", "json"],
+                        env={"RUST_LOG": "warn,sqlx::query=debug,"
+                                         "ferry::storage::inline_reads=debug"})
+        server.wait_ready()
         time.sleep(3)  # start-up's own statements
-        with open(log_path) as log:
+        with open(server.log_path) as log:
             skip = sum(1 for _ in log)
-        client = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        client = Client(server)
         for _ in range(args.jobs):
-            client.request("POST", "/v1/kinds/noop/jobs", body=b"x")
-            client.getresponse().read()
+            client.call("POST", "/v1/kinds/noop/jobs", b"x")
             time.sleep(0.1)
-        with open(log_path) as log:
+        with open(server.log_path) as log:
             end = sum(1 for _ in log)
-        client.request("GET", f"/v1/jobs?status=succeeded&limit={args.jobs}")
-        done = len(json.loads(client.getresponse().read())["items"])
+        done = len(client.get(f"/v1/jobs?status=succeeded&limit={args.jobs}")["items"])
         if done != args.jobs:
             raise SystemExit(f"only {done} of {args.jobs} jobs succeeded")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        if server is not None:
+            server.stop()
         if database:
             subprocess.run(["psql", args.postgres, "-qc", f"DROP DATABASE {database}"], check=False)
     counts: collections.Counter[str] = collections.Counter()
-    with open(log_path) as log:
+    with open(server.log_path) as log:
         for n, line in enumerate(log):
             if n < skip or n >= end:
                 continue
