@@ -45,6 +45,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let app = Application::build(settings, registry, false).await?;
             app.run_until_stopped().await
         }
+        Command::Keys { action, .. } => crate::keys_cli::run(action, &settings).await,
         // `main` hands client commands to `client_cli` before any server setting is read.
         Command::Client(_) => anyhow::bail!("client commands do not run a server"),
     }
@@ -87,6 +88,9 @@ impl Application {
             workers.spawn(deliverer.run(shutdown.clone()));
         }
 
+        if http {
+            check_access(&services).await?;
+        }
         let (port, server) = if http {
             let listener = TcpListener::bind(&settings.listen)
                 .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -95,6 +99,7 @@ impl Application {
             let stopping = shutdown.clone();
             let server = HttpServer::new(move || {
                 App::new()
+                    .wrap(middleware::from_fn(api::auth::authorize))
                     .wrap(middleware::from_fn(api::problem::negotiate_problem_type))
                     .wrap(middleware::Logger::new("%r %s %b %Dms").log_target("ferry::http"))
                     .configure(api::configure(api_services.clone(), stopping.clone()))
@@ -200,6 +205,40 @@ impl StopHandle {
             server.stop(graceful).await;
         }
     }
+}
+
+/// Refuses to serve without keys on an address others can reach, unless told to; says at start-up
+/// when the server is open.
+async fn check_access(services: &Services) -> anyhow::Result<()> {
+    let keys = services
+        .keys
+        .count_active()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read the API keys: {}", e.detail))?;
+    if keys > 0 {
+        println!("ferry: API keys required ({keys} active)");
+        return Ok(());
+    }
+    let listen = &services.settings.listen;
+    if !services.keys.open_allowed() {
+        anyhow::bail!(
+            "no API key exists, and {listen} is not a loopback address: anyone who can reach it \
+             could read every job. Create a key first (`ferry keys create --name NAME --scope \
+             admin …`), listen on 127.0.0.1, or pass --insecure-no-auth to serve without keys"
+        );
+    }
+    if services.settings.auth.insecure_no_auth && !crate::service::loopback_only(listen) {
+        println!(
+            "ferry: WARNING: no API key exists and --insecure-no-auth is set: serving {listen} \
+             without authentication"
+        );
+    } else {
+        println!(
+            "ferry: no API key exists: serving without authentication, on loopback only \
+             (create one with `ferry keys create`; from then on every request needs a key)"
+        );
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

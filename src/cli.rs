@@ -44,6 +44,11 @@ pub enum Command {
         /// Serve the API only; run workers elsewhere with `ferry worker`.
         #[arg(long)]
         no_workers: bool,
+        /// Serve without API keys on a non-loopback address while no key exists: anyone who
+        /// can reach it can read and delete every job. Without it, such a server refuses to
+        /// start (create a key first with `ferry keys create`).
+        #[arg(long)]
+        insecure_no_auth: bool,
     },
     /// Run workers only, against the same database and blob store as the API.
     Worker {
@@ -54,6 +59,14 @@ pub enum Command {
     Migrate {
         #[command(flatten)]
         common: CommonArgs,
+    },
+    /// Manage API keys, in the database directly (no server needed): how the first key of a
+    /// tenant is made.
+    Keys {
+        #[command(flatten)]
+        common: CommonArgs,
+        #[command(subcommand)]
+        action: KeysCommand,
     },
     /// Client commands, talking to a running server over HTTP.
     #[command(flatten)]
@@ -83,8 +96,42 @@ impl Command {
         match self {
             Command::Serve { common, .. }
             | Command::Worker { common }
-            | Command::Migrate { common } => Some(common),
+            | Command::Migrate { common }
+            | Command::Keys { common, .. } => Some(common),
             Command::Client(_) => None,
         }
     }
+}
+
+/// `ferry keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key. Prints the key itself (once: only its digest is stored) on stdout, and what
+    /// it is on stderr, so that `KEY=$(ferry keys create …)` keeps just the key.
+    Create {
+        /// The tenant the key acts for: 1-63 of a-z, 0-9, '_' and '-'.
+        #[arg(long, default_value = crate::tenancy::DEFAULT_TENANT)]
+        tenant: String,
+        /// Who or what uses the key (shown in lists).
+        #[arg(long)]
+        name: String,
+        /// A scope: jobs:read, jobs:write, results:read or admin; repeat for several. Default:
+        /// jobs:read, jobs:write and results:read.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// The key stops working after this long (e.g. 90d, 12h); default: never.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires_in: Option<std::time::Duration>,
+    },
+    /// List keys (never the keys themselves), newest first.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key: every server refuses it within a second.
+    Revoke {
+        /// The key's id (key_…).
+        id: String,
+    },
 }

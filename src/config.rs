@@ -48,7 +48,21 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub webhooks: WebhookSettings,
     pub events: EventSettings,
+    pub auth: AuthSettings,
     pub handlers: BTreeMap<String, HandlerSettings>,
+}
+
+/// Who may use the API. Keys live in the database (`ferry keys`, `/v1/keys`); while none
+/// exists, a server on a loopback address serves every request as the `default` tenant.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Serve without keys on a non-loopback address while none exists (anyone who can reach
+    /// the server can read every job). Also `ferry serve --insecure-no-auth`.
+    pub insecure_no_auth: bool,
+    /// `/readyz` asks for a key (any valid key, whatever its scopes) when keys exist. By
+    /// default it is open, like `/healthz`, for load balancers and orchestrators.
+    pub readyz_requires_key: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -199,6 +213,7 @@ impl Default for Settings {
             queue: QueueSettings::default(),
             webhooks: WebhookSettings::default(),
             events: EventSettings::default(),
+            auth: AuthSettings::default(),
             handlers: BTreeMap::new(),
         }
     }
@@ -323,6 +338,14 @@ struct CommandLine {
     workers: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<AuthFlags>,
+}
+
+/// `[auth]` settings given as flags.
+#[derive(Debug, Default, Serialize)]
+struct AuthFlags {
+    insecure_no_auth: bool,
 }
 
 impl CommandLine {
@@ -336,11 +359,17 @@ impl CommandLine {
             ..CommandLine::default()
         };
         if let Command::Serve {
-            listen, no_workers, ..
+            listen,
+            no_workers,
+            insecure_no_auth,
+            ..
         } = &cli.command
         {
             flags.listen = listen.clone();
             flags.workers = no_workers.then_some(false);
+            flags.auth = insecure_no_auth.then_some(AuthFlags {
+                insecure_no_auth: true,
+            });
         }
         flags
     }

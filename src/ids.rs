@@ -1,4 +1,4 @@
-//! Public identifiers: UUIDv7 shown with a readable prefix (`job_…`, `upl_…`, `res_…`).
+//! Public identifiers: UUIDv7 shown with a readable prefix (`job_…`, `upl_…`, `res_…`, `key_…`).
 //! The prefix makes a pasted id self-describing and stops a job id being used as an upload id.
 
 use std::fmt;
@@ -44,6 +44,7 @@ prefixed_id!(JobId, "job");
 prefixed_id!(UploadId, "upl");
 prefixed_id!(ResultId, "res");
 prefixed_id!(WebhookId, "whk");
+prefixed_id!(KeyId, "key");
 
 #[cfg(test)]
 mod tests {

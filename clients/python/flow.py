@@ -11,7 +11,9 @@ the second by polling with the server's `Retry-After`,
 lists and downloads their results checking each SHA-256 against the listing, reads the events
 (kinds and `seq` order), cancels a running job of the model kind (which, given
 `{"mode": "sleep"}`, sleeps until stopped), deletes a job, and parses two errors into the typed
-`Problem` model. Webhooks: it creates a server-wide endpoint for a receiver of its own, checks
+`Problem` model (a request without the API key among them: `401 unauthenticated`). With
+`--api-key`, every other request authenticates with it (the generated `AuthenticatedClient`).
+Webhooks: it creates a server-wide endpoint for a receiver of its own, checks
 that the digest job's events arrive signed (verified with the `standardwebhooks` package, the
 Standard Webhooks reference library, not with anything of Ferry's) and are in the job's delivery
 log, rotates the endpoint's secret and deletes the endpoint. Any mismatch exits non-zero with a
@@ -74,19 +76,28 @@ def main() -> None:
         help="a kind served by tests/handlers/model.py (params.mode ok: nested result names; "
         "sleep: runs until canceled)",
     )
+    parser.add_argument(
+        "--api-key",
+        help="an API key with every scope, sent as Authorization: Bearer (the server needs one)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, args.client_path)
-    Flow(args.server, args.model_kind).run()
+    Flow(args.server, args.model_kind, args.api_key).run()
     step("OK")
 
 
 class Flow:
-    def __init__(self, server: str, model_kind: str) -> None:
+    def __init__(self, server: str, model_kind: str, api_key: str | None) -> None:
         # Imported here: the package exists only once the test has generated it.
-        from ferry_client import Client
+        from ferry_client import AuthenticatedClient, Client
 
         # Every response the server gives must be documented: an undocumented status raises.
-        self.client = Client(base_url=server, raise_on_unexpected_status=True, timeout=60.0)
+        options = {"base_url": server, "raise_on_unexpected_status": True, "timeout": 60.0}
+        self.client = (
+            AuthenticatedClient(token=api_key, **options) if api_key else Client(**options)
+        )
+        self.server = server
+        self.keyed = api_key is not None
         self.model_kind = model_kind
         self.scratch = tempfile.TemporaryDirectory(prefix="ferry-flow-")
 
@@ -109,6 +120,8 @@ class Flow:
             self.cancel_running_job()
             self.delete_job(one.id)
             self.unknown_kind_problem(upload.id)
+            if self.keyed:
+                self.unauthenticated_problem()
 
     def make_file(self, name: str, size: int) -> tuple[str, str]:
         path = os.path.join(self.scratch.name, name)
@@ -404,6 +417,16 @@ class Flow:
             client=self.client, body=JobIn(kind="no-such-kind", inputs=inputs)
         )
         self.expect_problem(res, 422, "unknown_kind", "createJob (unknown kind)")
+
+    def unauthenticated_problem(self) -> None:
+        from ferry_client import Client
+        from ferry_client.api.jobs import list_jobs
+
+        with Client(base_url=self.server, raise_on_unexpected_status=True) as anonymous:
+            res = list_jobs.sync_detailed(client=anonymous)
+        self.expect_problem(res, 401, "unauthenticated", "listJobs without a key")
+        challenge = res.headers.get("WWW-Authenticate")
+        check(challenge == 'Bearer realm="ferry"', f"listJobs without a key: {challenge!r}")
 
     def expect_problem(self, res, status: int, code: str, what: str) -> None:
         from ferry_client.models import Problem

@@ -90,10 +90,12 @@ class Flow {
   private scratch = "";
 
   constructor(
-    server: string,
+    private readonly server: string,
     private readonly modelKind: string,
+    private readonly apiKey: string | undefined,
   ) {
-    this.api = createClient<paths>({ baseUrl: server });
+    const headers = apiKey === undefined ? {} : { Authorization: `Bearer ${apiKey}` };
+    this.api = createClient<paths>({ baseUrl: server, headers });
   }
 
   async run(): Promise<void> {
@@ -114,6 +116,7 @@ class Flow {
       await this.cancelRunningJob();
       await this.deleteJob(one.id);
       await this.unknownKindProblem(uploadId);
+      if (this.apiKey !== undefined) await this.unauthenticatedProblem();
       await this.manageWebhook();
     } finally {
       await rm(this.scratch, { recursive: true, force: true });
@@ -350,6 +353,15 @@ class Flow {
     step(`webhook endpoint ${hook.id} created, read, disabled and deleted`);
   }
 
+  /** Without the key: a typed `401` problem, with the Bearer challenge. */
+  private async unauthenticatedProblem(): Promise<void> {
+    const anonymous = createClient<paths>({ baseUrl: this.server });
+    const { error, response } = await anonymous.GET("/v1/jobs");
+    expectProblem(error, response, 401, "unauthenticated", "listJobs without a key");
+    const challenge = response.headers.get("WWW-Authenticate");
+    check(challenge === 'Bearer realm="ferry"', `listJobs without a key: ${challenge}`);
+  }
+
   private async unknownKindProblem(uploadId: string): Promise<void> {
     const { error, response } = await this.api.POST("/v1/jobs", {
       body: { kind: "no-such-kind", inputs: { scan: uploadId } },
@@ -382,10 +394,14 @@ async function main(): Promise<void> {
     options: {
       server: { type: "string" },
       "model-kind": { type: "string", default: "model" },
+      "api-key": { type: "string" },
     },
   });
-  check(values.server !== undefined, "usage: node flow.js --server URL [--model-kind KIND]");
-  await new Flow(values.server, values["model-kind"] ?? "model").run();
+  check(
+    values.server !== undefined,
+    "usage: node flow.js --server URL [--model-kind KIND] [--api-key KEY]",
+  );
+  await new Flow(values.server, values["model-kind"] ?? "model", values["api-key"]).run();
   step("OK");
 }
 

@@ -28,6 +28,7 @@ use crate::{
         events::{FeedCursor, FeedFilter},
     },
     storage::changes::Subscription,
+    tenancy::{Caller, Tenant},
 };
 
 /// Events read at once by a stream.
@@ -87,6 +88,7 @@ pub struct JobEventsQuery {
 /// `GET /v1/jobs/{id}/events`: the job's events after `after` (or `Last-Event-ID`).
 pub async fn job_events(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
     query: web::Query<JobEventsQuery>,
     req: HttpRequest,
@@ -102,7 +104,9 @@ pub async fn job_events(
     let after = resume.or(query.after).unwrap_or(0);
     let id = parse_job_id(&id)?;
     if !wants_event_stream(&req) {
-        let (_, events) = services.job_events_since(id, after, limit).await?;
+        let (_, events) = services
+            .job_events_since(&caller.tenant, id, after, limit)
+            .await?;
         return Ok(HttpResponse::Ok().json(EventList {
             items: events.iter().map(EventOut::from).collect(),
         }));
@@ -111,6 +115,7 @@ pub async fn job_events(
         // Subscribed before the first read, so an event right after it is heard.
         changes: services.db.changes().subscribe(),
         services: services.clone(),
+        tenant: caller.tenant,
         id,
         after,
     };
@@ -121,6 +126,7 @@ pub async fn job_events(
 /// JSON list shows it. Ends after the job's last event (it finished, was canceled or deleted).
 struct JobStream {
     services: web::Data<Services>,
+    tenant: Tenant,
     changes: Subscription,
     id: JobId,
     after: i64,
@@ -130,7 +136,7 @@ impl sse::Source for JobStream {
     async fn read(&mut self) -> Result<Batch, ApiError> {
         let (status, events) = self
             .services
-            .job_events_since(self.id, self.after, STREAM_PAGE)
+            .job_events_since(&self.tenant, self.id, self.after, STREAM_PAGE)
             .await?;
         let mut frames = String::new();
         let mut ended = false;
@@ -229,6 +235,7 @@ fn feed_filter(services: &Services, q: &FeedQuery) -> Result<FeedFilter, ApiErro
 /// `Last-Event-ID`).
 pub async fn feed(
     services: web::Data<Services>,
+    caller: Caller,
     query: web::Query<FeedQuery>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -247,7 +254,9 @@ pub async fn feed(
     let resume = last_event_id(&req, "an event id of the feed", FeedCursor::parse)?;
     let after = resume.unwrap_or(after);
     if !wants_event_stream(&req) {
-        let page = services.event_feed(&filter, after, limit).await?;
+        let page = services
+            .event_feed(&caller.tenant, &filter, after, limit)
+            .await?;
         return Ok(HttpResponse::Ok().json(FeedPageOut {
             items: page.events.iter().map(FeedEventOut::from).collect(),
             next: page.next.to_string(),
@@ -256,6 +265,7 @@ pub async fn feed(
     let stream = FeedStream {
         changes: services.db.changes().subscribe(),
         services: services.clone(),
+        tenant: caller.tenant,
         filter,
         after,
     };
@@ -266,6 +276,7 @@ pub async fn feed(
 /// = the feed item. Never ends by itself.
 struct FeedStream {
     services: web::Data<Services>,
+    tenant: Tenant,
     changes: Subscription,
     filter: FeedFilter,
     after: FeedCursor,
@@ -275,7 +286,7 @@ impl sse::Source for FeedStream {
     async fn read(&mut self) -> Result<Batch, ApiError> {
         let page = self
             .services
-            .event_feed(&self.filter, self.after, STREAM_PAGE)
+            .event_feed(&self.tenant, &self.filter, self.after, STREAM_PAGE)
             .await?;
         let mut frames = String::new();
         for event in &page.events {

@@ -32,6 +32,7 @@ use crate::{
         },
         pacing::{Pace, Stalled, paced_body},
     },
+    tenancy::{Caller, Tenant},
     time::parse_rfc3339,
 };
 
@@ -148,11 +149,12 @@ fn invalid_field(field: &str, msg: String) -> ApiError {
 /// `POST /v1/jobs`: a JSON job request naming uploaded inputs.
 pub async fn create(
     services: web::Data<Services>,
+    caller: Caller,
     req: HttpRequest,
     _query: web::Query<NoQuery>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let submitted = create_from_json(&services, &req, body).await;
+    let submitted = create_from_json(&services, &caller.tenant, &req, body).await;
     // The body may be left unread by an error.
     Ok(submitted.map_or_else(closing, submitted_response))
 }
@@ -160,13 +162,14 @@ pub async fn create(
 /// `POST /v1/kinds/{kind}/jobs`: the one-request form, the raw input file as the body.
 pub async fn create_with_file(
     services: web::Data<Services>,
+    caller: Caller,
     req: HttpRequest,
     kind: web::Path<String>,
     query: web::Query<FileJobQuery>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let submitted =
-        create_from_file(&services, &req, kind.into_inner(), query.into_inner(), body).await;
+    let (kind, query) = (kind.into_inner(), query.into_inner());
+    let submitted = create_from_file(&services, &caller.tenant, &req, kind, query, body).await;
     Ok(submitted.map_or_else(closing, submitted_response))
 }
 
@@ -241,6 +244,7 @@ pub(crate) async fn json_request<T: serde::de::DeserializeOwned>(
 
 async fn create_from_json(
     services: &Services,
+    tenant: &Tenant,
     req: &HttpRequest,
     body: web::Payload,
 ) -> Result<Submitted, ApiError> {
@@ -277,7 +281,7 @@ async fn create_from_json(
         Idempotency::new(key, &["json", &spec.canonical(), &inputs])
     });
     Ok(services
-        .submit_job(spec, job_in.inputs, idempotency)
+        .submit_job(tenant, spec, job_in.inputs, idempotency)
         .await?)
 }
 
@@ -285,6 +289,7 @@ async fn create_from_json(
 /// is checked before one byte of the (possibly multi-GiB) body is read.
 async fn create_from_file(
     services: &Services,
+    tenant: &Tenant,
     req: &HttpRequest,
     kind: String,
     query: FileJobQuery,
@@ -348,7 +353,7 @@ async fn create_from_file(
         Idempotency::new(key, &["file", &spec.canonical(), &input, &length, &digest])
     });
     Ok(services
-        .submit_job_with_body(spec, input, body, meta, idempotency)
+        .submit_job_with_body(tenant, spec, input, body, meta, idempotency)
         .await
         .map_err(query_fields)?)
 }
@@ -358,6 +363,7 @@ async fn create_from_file(
 /// No database connection is held while waiting: the job is read again on every wake-up.
 pub async fn get(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
@@ -368,7 +374,7 @@ pub async fn get(
     let mut changes = wait.map(|_| services.db.changes().subscribe());
     let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
     loop {
-        let view = services.get_job(id).await?;
+        let view = services.get_job(&caller.tenant, id).await?;
         let body = serde_json::to_vec(&JobOut::from(&view))
             .map_err(|e| ApiError::from(ServiceError::internal("serializing a job", e)))?;
         let etag = etag_of(&body);
@@ -413,6 +419,7 @@ pub struct ListQuery {
 
 pub async fn list(
     services: web::Data<Services>,
+    caller: Caller,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
@@ -449,7 +456,7 @@ pub async fn list(
         before_id: page.after,
         limit: page.limit,
     };
-    let (views, more) = services.list_jobs(filter).await?;
+    let (views, more) = services.list_jobs(&caller.tenant, filter).await?;
     let next = next_cursor(&views, more, |v| JobId(v.job.id).to_string());
     Ok(HttpResponse::Ok().json(JobList {
         items: views.iter().map(JobOut::from).collect(),
@@ -459,9 +466,12 @@ pub async fn list(
 
 pub async fn cancel(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = services.cancel_job(parse_job_id(&id)?).await?;
+    let view = services
+        .cancel_job(&caller.tenant, parse_job_id(&id)?)
+        .await?;
     let status = if view.job.status == JobStatus::Canceled {
         StatusCode::OK
     } else {
@@ -478,9 +488,12 @@ pub async fn cancel(
 
 pub async fn delete(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    services.delete_job(parse_job_id(&id)?).await?;
+    services
+        .delete_job(&caller.tenant, parse_job_id(&id)?)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -492,6 +505,7 @@ pub struct LogsQuery {
 
 pub async fn logs(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -502,7 +516,9 @@ pub async fn logs(
                 .with_field("tail", "out of range"),
         );
     }
-    let lines = services.job_logs(parse_job_id(&id)?, tail).await?;
+    let lines = services
+        .job_logs(&caller.tenant, parse_job_id(&id)?, tail)
+        .await?;
     Ok(HttpResponse::Ok().json(LogList {
         items: lines.iter().map(LogLineOut::from).collect(),
     }))

@@ -2,11 +2,13 @@
 //! route table. Every error leaves as an RFC 9457 problem.
 
 pub mod accept;
+pub mod auth;
 pub mod conditional;
 pub mod digest_header;
 pub mod events;
 pub mod health;
 pub mod jobs;
+pub mod keys;
 pub mod paging;
 pub mod problem;
 pub mod results;
@@ -18,56 +20,142 @@ pub mod wire;
 use actix_web::{FromRequest, Handler, Resource, Responder, web};
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Services;
+use crate::{service::Services, tenancy::Scope};
 
-/// Every (method, path) the API serves, in OpenAPI path syntax. The contract test checks that
-/// `openapi.yaml` lists exactly these and that the running server routes each of them; the
-/// `Allow` header of a 405 is read from here. Every `get` has its `head` (see [`readable`]).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/healthz"),
-    ("head", "/healthz"),
-    ("get", "/readyz"),
-    ("head", "/readyz"),
-    ("post", "/v1/uploads"),
-    ("get", "/v1/uploads"),
-    ("head", "/v1/uploads"),
-    ("get", "/v1/uploads/{id}"),
-    ("head", "/v1/uploads/{id}"),
-    ("delete", "/v1/uploads/{id}"),
-    ("post", "/v1/jobs"),
-    ("post", "/v1/kinds/{kind}/jobs"),
-    ("get", "/v1/jobs"),
-    ("head", "/v1/jobs"),
-    ("get", "/v1/jobs/{id}"),
-    ("head", "/v1/jobs/{id}"),
-    ("delete", "/v1/jobs/{id}"),
-    ("post", "/v1/jobs/{id}/cancel"),
-    ("get", "/v1/jobs/{id}/events"),
-    ("head", "/v1/jobs/{id}/events"),
-    ("get", "/v1/jobs/{id}/logs"),
-    ("head", "/v1/jobs/{id}/logs"),
-    ("get", "/v1/jobs/{id}/results"),
-    ("head", "/v1/jobs/{id}/results"),
-    ("get", "/v1/jobs/{id}/results/{name}"),
-    ("head", "/v1/jobs/{id}/results/{name}"),
-    ("get", "/v1/jobs/{id}/webhook-deliveries"),
-    ("head", "/v1/jobs/{id}/webhook-deliveries"),
-    ("post", "/v1/webhooks"),
-    ("get", "/v1/webhooks"),
-    ("head", "/v1/webhooks"),
-    ("get", "/v1/webhooks/{id}"),
-    ("head", "/v1/webhooks/{id}"),
-    ("delete", "/v1/webhooks/{id}"),
-    ("post", "/v1/webhooks/{id}/rotate-secret"),
-    ("post", "/v1/webhooks/{id}/disable"),
-    ("post", "/v1/webhooks/{id}/enable"),
-    ("get", "/v1/webhooks/{id}/deliveries"),
-    ("head", "/v1/webhooks/{id}/deliveries"),
-    ("get", "/v1/webhook-deliveries/{id}"),
-    ("head", "/v1/webhook-deliveries/{id}"),
-    ("post", "/v1/webhook-deliveries/{id}/redeliver"),
-    ("get", "/v1/events"),
-    ("head", "/v1/events"),
+pub use auth::Access;
+
+/// Every (method, path) the API serves, in OpenAPI path syntax, with who may call it. The
+/// contract test checks that `openapi.yaml` lists exactly these, each with the matching
+/// `security`, and that the running server routes each of them; the `Allow` header of a 405
+/// and the scope [`auth::authorize`] asks for are read from here. Every `get` has its `head`
+/// (see [`readable`]).
+pub const ROUTES: &[(&str, &str, Access)] = &[
+    ("get", "/healthz", Access::Open),
+    ("head", "/healthz", Access::Open),
+    ("get", "/readyz", Access::Probe),
+    ("head", "/readyz", Access::Probe),
+    ("post", "/v1/uploads", Access::Needs(Scope::JobsWrite)),
+    ("get", "/v1/uploads", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/uploads", Access::Needs(Scope::JobsRead)),
+    ("get", "/v1/uploads/{id}", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/uploads/{id}", Access::Needs(Scope::JobsRead)),
+    (
+        "delete",
+        "/v1/uploads/{id}",
+        Access::Needs(Scope::JobsWrite),
+    ),
+    ("post", "/v1/jobs", Access::Needs(Scope::JobsWrite)),
+    (
+        "post",
+        "/v1/kinds/{kind}/jobs",
+        Access::Needs(Scope::JobsWrite),
+    ),
+    ("get", "/v1/jobs", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/jobs", Access::Needs(Scope::JobsRead)),
+    ("get", "/v1/jobs/{id}", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/jobs/{id}", Access::Needs(Scope::JobsRead)),
+    ("delete", "/v1/jobs/{id}", Access::Needs(Scope::JobsWrite)),
+    (
+        "post",
+        "/v1/jobs/{id}/cancel",
+        Access::Needs(Scope::JobsWrite),
+    ),
+    (
+        "get",
+        "/v1/jobs/{id}/events",
+        Access::Needs(Scope::JobsRead),
+    ),
+    (
+        "head",
+        "/v1/jobs/{id}/events",
+        Access::Needs(Scope::JobsRead),
+    ),
+    ("get", "/v1/jobs/{id}/logs", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/jobs/{id}/logs", Access::Needs(Scope::JobsRead)),
+    (
+        "get",
+        "/v1/jobs/{id}/results",
+        Access::Needs(Scope::ResultsRead),
+    ),
+    (
+        "head",
+        "/v1/jobs/{id}/results",
+        Access::Needs(Scope::ResultsRead),
+    ),
+    (
+        "get",
+        "/v1/jobs/{id}/results/{name}",
+        Access::Needs(Scope::ResultsRead),
+    ),
+    (
+        "head",
+        "/v1/jobs/{id}/results/{name}",
+        Access::Needs(Scope::ResultsRead),
+    ),
+    (
+        "get",
+        "/v1/jobs/{id}/webhook-deliveries",
+        Access::Needs(Scope::JobsRead),
+    ),
+    (
+        "head",
+        "/v1/jobs/{id}/webhook-deliveries",
+        Access::Needs(Scope::JobsRead),
+    ),
+    ("post", "/v1/webhooks", Access::Needs(Scope::Admin)),
+    ("get", "/v1/webhooks", Access::Needs(Scope::Admin)),
+    ("head", "/v1/webhooks", Access::Needs(Scope::Admin)),
+    ("get", "/v1/webhooks/{id}", Access::Needs(Scope::Admin)),
+    ("head", "/v1/webhooks/{id}", Access::Needs(Scope::Admin)),
+    ("delete", "/v1/webhooks/{id}", Access::Needs(Scope::Admin)),
+    (
+        "post",
+        "/v1/webhooks/{id}/rotate-secret",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "post",
+        "/v1/webhooks/{id}/disable",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "post",
+        "/v1/webhooks/{id}/enable",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "get",
+        "/v1/webhooks/{id}/deliveries",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "head",
+        "/v1/webhooks/{id}/deliveries",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "get",
+        "/v1/webhook-deliveries/{id}",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "head",
+        "/v1/webhook-deliveries/{id}",
+        Access::Needs(Scope::Admin),
+    ),
+    (
+        "post",
+        "/v1/webhook-deliveries/{id}/redeliver",
+        Access::Needs(Scope::Admin),
+    ),
+    ("get", "/v1/events", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/events", Access::Needs(Scope::JobsRead)),
+    ("post", "/v1/keys", Access::Needs(Scope::Admin)),
+    ("get", "/v1/keys", Access::Needs(Scope::Admin)),
+    ("head", "/v1/keys", Access::Needs(Scope::Admin)),
+    ("get", "/v1/keys/{id}", Access::Needs(Scope::Admin)),
+    ("head", "/v1/keys/{id}", Access::Needs(Scope::Admin)),
+    ("post", "/v1/keys/{id}/revoke", Access::Needs(Scope::Admin)),
 ];
 
 /// Routes `GET` and `HEAD` of a resource to `handler`. A HEAD answer is the GET answer — same
@@ -159,6 +247,9 @@ pub fn configure(
                 resource("/v1/webhook-deliveries/{id}/redeliver")
                     .route(web::post().to(webhooks::redeliver)),
             )
-            .service(readable(resource("/v1/events"), events::feed));
+            .service(readable(resource("/v1/events"), events::feed))
+            .service(readable(resource("/v1/keys"), keys::list).route(web::post().to(keys::create)))
+            .service(readable(resource("/v1/keys/{id}"), keys::get))
+            .service(resource("/v1/keys/{id}/revoke").route(web::post().to(keys::revoke)));
     }
 }

@@ -5,6 +5,14 @@
 use super::problem::ApiError;
 use crate::error_code::ErrorCode;
 
+/// The query of a list with no filters of its own: `limit` and `next`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<u64>,
+    pub next: Option<String>,
+}
+
 /// Items per page when the client gives no `limit`, and the most it may ask for.
 pub const DEFAULT_LIMIT: u64 = 50;
 pub const MAX_LIMIT: u64 = 200;

@@ -141,8 +141,8 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
         .replace("{name:.+}", "{name}");
     let allowed: Vec<String> = super::ROUTES
         .iter()
-        .filter(|(_, path)| *path == pattern)
-        .map(|(method, _)| method.to_ascii_uppercase())
+        .filter(|(_, path, _)| *path == pattern)
+        .map(|(method, _, _)| method.to_ascii_uppercase())
         .collect();
     let mut res = ApiError::new(
         ErrorCode::MethodNotAllowed,

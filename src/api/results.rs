@@ -37,13 +37,17 @@ use crate::{
         Services,
         pacing::{Pace, paced_download},
     },
+    tenancy::Caller,
 };
 
 pub async fn list(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let rows = services.list_results(parse_job_id(&id)?).await?;
+    let rows = services
+        .list_results(&caller.tenant, parse_job_id(&id)?)
+        .await?;
     Ok(HttpResponse::Ok().json(ResultList {
         items: rows.iter().map(ResultOut::from).collect(),
     }))
@@ -111,11 +115,14 @@ fn displayed_inline(content_type: &str) -> bool {
 /// bytes (`HEAD`: the blob store is asked only whether they are still there).
 pub async fn download(
     services: web::Data<Services>,
+    caller: Caller,
     path: web::Path<(String, String)>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name) = path.into_inner();
-    let row = services.get_result(parse_job_id(&id)?, &name).await?;
+    let row = services
+        .get_result(&caller.tenant, parse_job_id(&id)?, &name)
+        .await?;
     let size = row.size as u64;
     let etag = EntityTag::new_strong(row.sha256.clone());
     if not_modified(&typed::<IfNoneMatch>(&req), &etag) {

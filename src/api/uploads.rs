@@ -17,6 +17,7 @@ use crate::{
         Services,
         uploads::{UploadFilter, UploadMeta},
     },
+    tenancy::Caller,
 };
 
 /// What the request's headers say about the body to come.
@@ -72,12 +73,13 @@ pub(crate) fn parse_upload_id(text: &str) -> Result<UploadId, ApiError> {
 
 pub async fn create(
     services: web::Data<Services>,
+    caller: Caller,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let created = async {
         let meta = upload_meta(&req)?;
-        let row = services.create_upload(body, meta).await?;
+        let row = services.create_upload(&caller.tenant, body, meta).await?;
         let out = UploadOut::from(&row);
         Ok(HttpResponse::Created()
             .insert_header((header::LOCATION, format!("/v1/uploads/{}", out.id)))
@@ -90,17 +92,23 @@ pub async fn create(
 
 pub async fn get(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = services.get_upload(parse_upload_id(&id)?).await?;
+    let row = services
+        .get_upload(&caller.tenant, parse_upload_id(&id)?)
+        .await?;
     Ok(HttpResponse::Ok().json(UploadOut::from(&row)))
 }
 
 pub async fn delete(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    services.delete_upload(parse_upload_id(&id)?).await?;
+    services
+        .delete_upload(&caller.tenant, parse_upload_id(&id)?)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -115,6 +123,7 @@ pub struct ListQuery {
 /// `GET /v1/uploads`: the same paging as `GET /v1/jobs` (newest first, `limit`, `next`).
 pub async fn list(
     services: web::Data<Services>,
+    caller: Caller,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let q = query.into_inner();
@@ -132,7 +141,7 @@ pub async fn list(
         before_id: page.after,
         limit: page.limit,
     };
-    let (rows, more) = services.list_uploads(filter).await?;
+    let (rows, more) = services.list_uploads(&caller.tenant, filter).await?;
     let next = next_cursor(&rows, more, |row| UploadId(row.id).to_string());
     Ok(HttpResponse::Ok().json(UploadList {
         items: rows.iter().map(UploadOut::from).collect(),

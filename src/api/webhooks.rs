@@ -3,11 +3,10 @@
 //! `/v1/webhook-deliveries/{id}` (one delivery with its attempts; redeliver).
 
 use actix_web::{HttpRequest, HttpResponse, http::header, web};
-use serde::Deserialize;
 
 use super::{
     jobs::{json_request, parse_job_id},
-    paging::{Page, next_cursor},
+    paging::{Page, PageQuery, next_cursor},
     problem::ApiError,
     uploads::closing,
     wire::webhooks::{
@@ -18,6 +17,7 @@ use crate::{
     error_code::ErrorCode,
     ids::WebhookId,
     service::{Services, webhooks::EndpointRequest},
+    tenancy::Caller,
 };
 
 fn parse_webhook_id(text: &str) -> Result<WebhookId, ApiError> {
@@ -43,6 +43,7 @@ fn parse_delivery_id(text: &str) -> Result<i64, ApiError> {
 
 pub async fn create(
     services: web::Data<Services>,
+    caller: Caller,
     req: HttpRequest,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -57,12 +58,15 @@ pub async fn create(
         .await?;
         Ok::<_, ApiError>(
             services
-                .create_endpoint(EndpointRequest {
-                    url: hook.url,
-                    events: hook.events,
-                    description: hook.description,
-                    secret: hook.secret,
-                })
+                .create_endpoint(
+                    &caller.tenant,
+                    EndpointRequest {
+                        url: hook.url,
+                        events: hook.events,
+                        description: hook.description,
+                        secret: hook.secret,
+                    },
+                )
                 .await?,
         )
     }
@@ -78,21 +82,17 @@ pub async fn create(
     })
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    pub limit: Option<u64>,
-    pub next: Option<String>,
-}
-
 pub async fn list(
     services: web::Data<Services>,
-    query: web::Query<ListQuery>,
+    caller: Caller,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let page = Page::parse(query.limit, query.next.as_deref(), |c| {
         WebhookId::parse(c).map(|id| id.0)
     })?;
-    let (rows, more) = services.list_endpoints(page.after, page.limit).await?;
+    let (rows, more) = services
+        .list_endpoints(&caller.tenant, page.after, page.limit)
+        .await?;
     let next = next_cursor(&rows, more, |row| WebhookId(row.id).to_string());
     Ok(HttpResponse::Ok().json(WebhookList {
         items: rows.iter().map(WebhookOut::of).collect(),
@@ -102,23 +102,30 @@ pub async fn list(
 
 pub async fn get(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = services.get_endpoint(parse_webhook_id(&id)?).await?;
+    let row = services
+        .get_endpoint(&caller.tenant, parse_webhook_id(&id)?)
+        .await?;
     Ok(HttpResponse::Ok().json(WebhookOut::of(&row)))
 }
 
 pub async fn delete(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    services.delete_endpoint(parse_webhook_id(&id)?).await?;
+    services
+        .delete_endpoint(&caller.tenant, parse_webhook_id(&id)?)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
 /// The body is optional: empty, a new random secret; `{"secret": "whsec_…"}`, that one.
 pub async fn rotate_secret(
     services: web::Data<Services>,
+    caller: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     body: web::Payload,
@@ -146,32 +153,36 @@ pub async fn rotate_secret(
             Err(e) => return Ok(closing(e)),
         }
     };
-    let row = services.rotate_endpoint_secret(id, wanted.secret).await?;
+    let row = services
+        .rotate_endpoint_secret(&caller.tenant, id, wanted.secret)
+        .await?;
     Ok(HttpResponse::Ok().json(WebhookOut::with_secret(&row)))
 }
 
 pub async fn disable(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let row = services
-        .set_endpoint_enabled(parse_webhook_id(&id)?, false)
+        .set_endpoint_enabled(&caller.tenant, parse_webhook_id(&id)?, false)
         .await?;
     Ok(HttpResponse::Ok().json(WebhookOut::of(&row)))
 }
 
 pub async fn enable(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let row = services
-        .set_endpoint_enabled(parse_webhook_id(&id)?, true)
+        .set_endpoint_enabled(&caller.tenant, parse_webhook_id(&id)?, true)
         .await?;
     Ok(HttpResponse::Ok().json(WebhookOut::of(&row)))
 }
 
 /// A page of deliveries: their cursor is the last one's id.
-fn delivery_page_of(query: &ListQuery) -> Result<Page<i64>, ApiError> {
+fn delivery_page_of(query: &PageQuery) -> Result<Page<i64>, ApiError> {
     Page::parse(query.limit, query.next.as_deref(), |c| {
         c.parse::<i64>().ok()
     })
@@ -192,40 +203,50 @@ fn delivery_page(
 
 pub async fn endpoint_deliveries(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
-    query: web::Query<ListQuery>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_webhook_id(&id)?;
     let page = delivery_page_of(&query)?;
     let (rows, more) = services
-        .endpoint_deliveries(id, page.after, page.limit)
+        .endpoint_deliveries(&caller.tenant, id, page.after, page.limit)
         .await?;
     Ok(delivery_page(rows, more))
 }
 
 pub async fn job_deliveries(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
-    query: web::Query<ListQuery>,
+    query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let job = parse_job_id(&id)?;
     let page = delivery_page_of(&query)?;
-    let (rows, more) = services.job_deliveries(job, page.after, page.limit).await?;
+    let (rows, more) = services
+        .job_deliveries(&caller.tenant, job, page.after, page.limit)
+        .await?;
     Ok(delivery_page(rows, more))
 }
 
 pub async fn delivery(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = services.get_delivery(parse_delivery_id(&id)?).await?;
+    let view = services
+        .get_delivery(&caller.tenant, parse_delivery_id(&id)?)
+        .await?;
     Ok(HttpResponse::Ok().json(DeliveryOut::from(&view)))
 }
 
 pub async fn redeliver(
     services: web::Data<Services>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let view = services.redeliver(parse_delivery_id(&id)?).await?;
+    let view = services
+        .redeliver(&caller.tenant, parse_delivery_id(&id)?)
+        .await?;
     Ok(HttpResponse::Accepted().json(DeliveryOut::from(&view)))
 }

@@ -26,7 +26,9 @@ use crate::{
     storage::{
         Pool,
         entities::{job, job_event},
+        tenancy,
     },
+    tenancy::Tenant,
 };
 
 /// A position in the feed: after the event `(tx, id)`. Opaque to clients: 32 lowercase hex
@@ -135,11 +137,12 @@ impl Services {
     /// job is read first: if it had finished then, every one of its events is in the answer.
     pub async fn job_events_since(
         &self,
+        tenant: &Tenant,
         id: JobId,
         after_seq: i64,
         limit: u64,
     ) -> ServiceResult<(JobStatus, Vec<job_event::Model>)> {
-        let status = job::Entity::find_by_id(id.0)
+        let status = tenancy::find_by_id::<job::Entity>(tenant, id.0)
             .select_only()
             .column(job::Column::Status)
             .into_tuple::<JobStatus>()
@@ -159,6 +162,7 @@ impl Services {
     /// Events after `after` matching `filter`, in feed order, at most `limit`.
     pub async fn event_feed(
         &self,
+        tenant: &Tenant,
         filter: &FeedFilter,
         after: FeedCursor,
         limit: u64,
@@ -185,7 +189,7 @@ impl Services {
                 .eq(after.tx)
                 .and(job_event::Column::Id.gt(after.id)),
         };
-        let mut query = job_event::Entity::find()
+        let mut query = tenancy::find::<job_event::Entity>(tenant)
             .filter(past_cursor)
             .order_by_asc(job_event::Column::Tx)
             .order_by_asc(job_event::Column::Id);

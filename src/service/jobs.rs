@@ -30,6 +30,8 @@ use crate::{
         idempotency_key, job, job_event, job_input, job_log, result, upload, webhook_attempt,
         webhook_delivery, webhook_endpoint,
     },
+    storage::tenancy,
+    tenancy::Tenant,
     time::now_ms,
 };
 
@@ -168,6 +170,7 @@ enum Reservation {
 /// after this request's lease ran out.
 #[derive(Clone, Debug)]
 pub(crate) struct HeldKey {
+    tenant: Tenant,
     key: String,
     holder: String,
 }
@@ -339,12 +342,15 @@ impl Services {
     /// wrote it), or replays the job an idempotency key created.
     pub async fn submit_job(
         &self,
+        tenant: &Tenant,
         spec: JobSpec,
         inputs: BTreeMap<String, String>,
         idempotency: Option<Idempotency>,
     ) -> ServiceResult<Submitted> {
-        self.idempotently(idempotency, |key| self.create_job(spec, inputs, key))
-            .await
+        self.idempotently(tenant, idempotency, |key| {
+            self.create_job(tenant, spec, inputs, key)
+        })
+        .await
     }
 
     /// The one-request form: streams `body` into an upload, then creates a job with it as input
@@ -352,6 +358,7 @@ impl Services {
     /// upload with it.
     pub async fn submit_job_with_body<S, E>(
         &self,
+        tenant: &Tenant,
         spec: JobSpec,
         input: String,
         body: S,
@@ -366,18 +373,28 @@ impl Services {
             .map_err(|msg| ServiceError::invalid("input", format!("input name {msg}")))?;
         // Before the body is read: a refused address should not cost an upload.
         self.check_job_webhook(&spec).await?;
-        self.idempotently(idempotency, |key| async move {
+        self.idempotently(tenant, idempotency, |key| async move {
             // Recorded by the job's own transaction: one commit for the upload and the job.
-            let upload = self.store_upload(body, meta).await?;
+            let upload = self.store_upload(tenant, body, meta).await?;
             let id = UploadId(upload.id);
             let created = self
-                .insert_job(spec, vec![(input, InputUpload::Stored(upload))], key)
+                .insert_job(
+                    tenant,
+                    spec,
+                    vec![(input, InputUpload::Stored(upload))],
+                    key,
+                )
                 .await;
             // Bytes whose row did not commit are not kept. (If the commit's outcome is unknown
             // and the row is there after all, they stay: the job needs them.)
             if created.is_err() {
                 let missing = |e: &ServiceError| e.code == ErrorCode::UploadNotFound;
-                if self.get_upload(id).await.as_ref().is_err_and(missing) {
+                if self
+                    .get_upload(tenant, id)
+                    .await
+                    .as_ref()
+                    .is_err_and(missing)
+                {
                     self.discard_stored_upload(id).await;
                 }
             }
@@ -393,6 +410,7 @@ impl Services {
     /// `queue.lease_ttl` and a retry takes the key over.
     async fn idempotently<F, Fut>(
         &self,
+        tenant: &Tenant,
         idempotency: Option<Idempotency>,
         create: F,
     ) -> ServiceResult<Submitted>
@@ -403,7 +421,7 @@ impl Services {
         let Some(idempotency) = idempotency else {
             return create(None).await.map(Submitted::Created);
         };
-        let held = match self.reserve_idempotency_key(&idempotency).await? {
+        let held = match self.reserve_idempotency_key(tenant, &idempotency).await? {
             Reservation::Replay(view) => return Ok(Submitted::Replayed(*view)),
             Reservation::Reserved(held) => held,
         };
@@ -426,14 +444,20 @@ impl Services {
     }
 
     /// Claims the key for this request, or says what to replay.
-    async fn reserve_idempotency_key(&self, idem: &Idempotency) -> ServiceResult<Reservation> {
+    async fn reserve_idempotency_key(
+        &self,
+        tenant: &Tenant,
+        idem: &Idempotency,
+    ) -> ServiceResult<Reservation> {
         let (key, fingerprint) = (idem.key.as_str(), idem.fingerprint.as_str());
         let now = now_ms();
         let held = HeldKey {
+            tenant: tenant.clone(),
             key: key.to_owned(),
             holder: Uuid::now_v7().simple().to_string(),
         };
         let inserted = idempotency_key::Entity::insert(idempotency_key::ActiveModel {
+            tenant: Set(tenant.as_str().to_owned()),
             key: Set(key.to_owned()),
             fingerprint: Set(fingerprint.to_owned()),
             job_id: Set(None),
@@ -442,24 +466,28 @@ impl Services {
             lease_expires_at_ms: Set(Some(now + self.lease_ttl_ms())),
         })
         .on_conflict(
-            OnConflict::column(idempotency_key::Column::Key)
-                .do_nothing()
-                .to_owned(),
+            OnConflict::columns([
+                idempotency_key::Column::Tenant,
+                idempotency_key::Column::Key,
+            ])
+            .do_nothing()
+            .to_owned(),
         )
         .exec_without_returning(&self.db.orm)
         .await?;
         if inserted == 1 {
             return Ok(Reservation::Reserved(held));
         }
-        let existing = idempotency_key::Entity::find_by_id(key.to_owned())
-            .at_most_one(&self.db.orm)
-            .await?
-            .ok_or_else(|| {
-                ServiceError::new(
-                    ErrorCode::IdempotencyKeyInFlight,
-                    "a request with this Idempotency-Key just finished failing; retry",
-                )
-            })?;
+        let existing =
+            idempotency_key::Entity::find_by_id((tenant.as_str().to_owned(), key.to_owned()))
+                .at_most_one(&self.db.orm)
+                .await?
+                .ok_or_else(|| {
+                    ServiceError::new(
+                        ErrorCode::IdempotencyKeyInFlight,
+                        "a request with this Idempotency-Key just finished failing; retry",
+                    )
+                })?;
         if existing.fingerprint != fingerprint {
             return Err(ServiceError::new(
                 ErrorCode::IdempotencyKeyReused,
@@ -468,9 +496,9 @@ impl Services {
             ));
         }
         if let Some(job_id) = existing.job_id {
-            let mut view = self.get_job(JobId(job_id)).await?;
+            let mut view = self.get_job(tenant, JobId(job_id)).await?;
             // The replayed answer is the first one: with the job's webhook and its secret.
-            view.webhook = webhook_endpoint::Entity::find()
+            view.webhook = tenancy::find::<webhook_endpoint::Entity>(tenant)
                 .filter(webhook_endpoint::Column::JobId.eq(job_id))
                 .at_most_one(&self.db.orm)
                 .await?;
@@ -493,6 +521,7 @@ impl Services {
                 idempotency_key::Column::LeaseExpiresAtMs,
                 Expr::value(now + self.lease_ttl_ms()),
             )
+            .filter(idempotency_key::Column::Tenant.eq(tenant.as_str()))
             .filter(idempotency_key::Column::Key.eq(key))
             .filter(idempotency_key::Column::JobId.is_null());
         take_over = match &existing.holder {
@@ -521,6 +550,7 @@ impl Services {
                     idempotency_key::Column::LeaseExpiresAtMs,
                     Expr::value(now_ms() + self.lease_ttl_ms()),
                 )
+                .filter(idempotency_key::Column::Tenant.eq(held.tenant.as_str()))
                 .filter(idempotency_key::Column::Key.eq(held.key.as_str()))
                 .filter(idempotency_key::Column::Holder.eq(held.holder.as_str()))
                 .filter(idempotency_key::Column::JobId.is_null())
@@ -542,6 +572,7 @@ impl Services {
     /// Gives a reservation back after the request failed.
     async fn release_idempotency_key(&self, held: &HeldKey) {
         let res = idempotency_key::Entity::delete_many()
+            .filter(idempotency_key::Column::Tenant.eq(held.tenant.as_str()))
             .filter(idempotency_key::Column::Key.eq(held.key.as_str()))
             .filter(idempotency_key::Column::Holder.eq(held.holder.as_str()))
             .filter(idempotency_key::Column::JobId.is_null())
@@ -555,13 +586,15 @@ impl Services {
     /// Creates a job from uploads recorded earlier (`POST /v1/uploads`), given by id.
     async fn create_job(
         &self,
+        tenant: &Tenant,
         spec: JobSpec,
         input_ids: BTreeMap<String, String>,
         idempotency_key: Option<HeldKey>,
     ) -> ServiceResult<JobView> {
-        let uploads = self.recorded_inputs(input_ids).await?;
+        let uploads = self.recorded_inputs(tenant, input_ids).await?;
         self.check_job_webhook(&spec).await?;
-        self.insert_job(spec, uploads, idempotency_key).await
+        self.insert_job(tenant, spec, uploads, idempotency_key)
+            .await
     }
 
     /// Refuses a job webhook whose addresses the configuration does not allow.
@@ -579,6 +612,7 @@ impl Services {
     /// no other job's input.
     async fn recorded_inputs(
         &self,
+        tenant: &Tenant,
         input_ids: BTreeMap<String, String>,
     ) -> ServiceResult<Vec<(String, InputUpload)>> {
         if input_ids.is_empty() {
@@ -598,7 +632,7 @@ impl Services {
                     format!("{upload_text:?} is not an upload id (upl_…)"),
                 )
             })?;
-            let row = self.get_upload(upload_id).await.map_err(|e| {
+            let row = self.get_upload(tenant, upload_id).await.map_err(|e| {
                 if e.code == ErrorCode::UploadNotFound {
                     ServiceError::invalid(&field, e.detail)
                 } else {
@@ -621,6 +655,7 @@ impl Services {
     /// or attaches its uploads, records the idempotency key and enqueues the dispatch.
     async fn insert_job(
         &self,
+        tenant: &Tenant,
         spec: JobSpec,
         mut uploads: Vec<(String, InputUpload)>,
         idempotency_key: Option<HeldKey>,
@@ -628,7 +663,10 @@ impl Services {
         let id = JobId::new();
         let now = now_ms();
         let dispatch_id = queue::new_dispatch_id(now);
-        let webhook = spec.webhook.as_ref().map(|hook| hook.row(id.0, now));
+        let webhook = spec
+            .webhook
+            .as_ref()
+            .map(|hook| hook.row(tenant, id.0, now));
         // In name order, as the job shows them.
         uploads.sort_by(|a, b| a.0.cmp(&b.0));
         let inputs: Vec<job_input::Model> = uploads
@@ -647,6 +685,7 @@ impl Services {
             .collect();
         let row = job::Model {
             id: id.0,
+            tenant: tenant.as_str().to_owned(),
             kind: spec.kind.clone(),
             status: JobStatus::Queued,
             params: serde_json::Value::Object(spec.params).to_string(),
@@ -702,6 +741,7 @@ impl Services {
                                     Expr::value(Option::<i64>::None),
                                 )
                                 .filter(upload::Column::Id.eq(row.id))
+                                .filter(upload::Column::Tenant.eq(tenant.as_str()))
                                 .filter(upload::Column::JobId.is_null())
                                 .filter(upload::Column::ExpiresAtMs.gt(now))
                                 .into_query(),
@@ -748,6 +788,7 @@ impl Services {
                             idempotency_key::Column::LeaseExpiresAtMs,
                             Expr::value(Option::<i64>::None),
                         )
+                        .filter(idempotency_key::Column::Tenant.eq(held.tenant.as_str()))
                         .filter(idempotency_key::Column::Key.eq(held.key.as_str()))
                         .filter(idempotency_key::Column::Holder.eq(held.holder.as_str()))
                         .filter(idempotency_key::Column::JobId.is_null())
@@ -773,8 +814,9 @@ impl Services {
         })
     }
 
-    pub async fn get_job(&self, id: JobId) -> ServiceResult<JobView> {
-        let job = self.db.find_job(id.0).await?;
+    /// `tenant`'s job `id`; another tenant's is not found, like one that never existed.
+    pub async fn get_job(&self, tenant: &Tenant, id: JobId) -> ServiceResult<JobView> {
+        let job = self.db.find_tenant_job(tenant, id.0).await?;
         JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)
     }
 
@@ -784,8 +826,12 @@ impl Services {
     }
 
     /// Newest first. Returns the page and whether more jobs follow it.
-    pub async fn list_jobs(&self, filter: JobFilter) -> ServiceResult<(Vec<JobView>, bool)> {
-        let mut query = job::Entity::find().order_by_desc(job::Column::Id);
+    pub async fn list_jobs(
+        &self,
+        tenant: &Tenant,
+        filter: JobFilter,
+    ) -> ServiceResult<(Vec<JobView>, bool)> {
+        let mut query = tenancy::find::<job::Entity>(tenant).order_by_desc(job::Column::Id);
         if let Some(status) = filter.status {
             query = query.filter(job::Column::Status.eq(status));
         }
@@ -809,8 +855,10 @@ impl Services {
 
     /// Cancels a queued job at once; asks the worker of a running job to stop it (within about a
     /// second), keeping the results it already published.
-    pub async fn cancel_job(&self, id: JobId) -> ServiceResult<JobView> {
-        // The transitions decide (a job may finish at any moment); the job is read once,
+    pub async fn cancel_job(&self, tenant: &Tenant, id: JobId) -> ServiceResult<JobView> {
+        // Whose it is, first: the transitions below act on the job by id.
+        self.get_job(tenant, id).await?;
+        // The transitions decide (a job may finish at any moment); the job is read again,
         // afterwards, for the answer.
         let now = now_ms();
         let mut tx = self.db.begin().await?;
@@ -825,7 +873,7 @@ impl Services {
             }
         }
         tx.commit().await?;
-        let after = self.get_job(id).await?;
+        let after = self.get_job(tenant, id).await?;
         if !changed && after.job.status.is_finished() {
             return Err(ServiceError::new(
                 ErrorCode::JobFinished,
@@ -845,8 +893,8 @@ impl Services {
     ///
     /// Work folders (copies of the inputs) on this machine go at once, with any processes of the
     /// job; on other machines, their workers' sweep removes them (`sweep_work_folders`).
-    pub async fn delete_job(&self, id: JobId) -> ServiceResult<()> {
-        let current = self.get_job(id).await?;
+    pub async fn delete_job(&self, tenant: &Tenant, id: JobId) -> ServiceResult<()> {
+        let current = self.get_job(tenant, id).await?;
         // Revoked first (refused, harmlessly, for a finished job): its worker stops and can
         // publish nothing more while the bytes go.
         self.transition(id.0, Holder::Anyone, Transition::Revoke, now_ms())
@@ -911,8 +959,13 @@ impl Services {
 
     /// The last `tail` log lines, oldest first, each cut to `limits.max_log_line_bytes`, and
     /// together within `limits.max_log_bytes_per_job` (counted as the stored log is).
-    pub async fn job_logs(&self, id: JobId, tail: u64) -> ServiceResult<Vec<job_log::Model>> {
-        self.get_job(id).await?;
+    pub async fn job_logs(
+        &self,
+        tenant: &Tenant,
+        id: JobId,
+        tail: u64,
+    ) -> ServiceResult<Vec<job_log::Model>> {
+        self.get_job(tenant, id).await?;
         let limits = &self.settings.limits;
         // Cut in the query (to characters, one more than fits, so a cut line gets its mark):
         // rows stored before lines were cut, e.g. by an older worker during an upgrade, cost no

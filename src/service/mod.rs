@@ -4,6 +4,7 @@
 pub mod attempts;
 pub mod events;
 pub mod jobs;
+pub mod keys;
 pub mod lifecycle;
 pub mod orphans;
 pub mod pacing;
@@ -33,6 +34,8 @@ pub struct Services {
     pub blobs: Blobs,
     pub settings: Arc<Settings>,
     pub kinds: Arc<BTreeMap<String, KindDefaults>>,
+    /// API keys, and whether requests without one are served (see [`keys`]).
+    pub keys: keys::KeyRing,
     /// Permits for uploads in progress (see `limits.max_concurrent_uploads`).
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Uploads in progress per client address (see `limits.max_uploads_per_client`).
@@ -66,7 +69,9 @@ impl Services {
             settings.limits.upload_part_bytes,
             &settings.blob_options,
         )?;
+        let open_allowed = settings.auth.insecure_no_auth || loopback_only(&settings.listen);
         Ok(Services {
+            keys: keys::KeyRing::new(db.clone(), open_allowed),
             db,
             blobs,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -78,6 +83,20 @@ impl Services {
             settings: Arc::new(settings),
             kinds: Arc::new(kinds),
         })
+    }
+}
+
+/// Whether `listen` (`host:port`) only ever means loopback addresses: every address it resolves
+/// to is one. An address that does not resolve is not loopback (the server fails to bind it
+/// anyway).
+pub fn loopback_only(listen: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    match listen.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
     }
 }
 

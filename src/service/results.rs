@@ -10,12 +10,16 @@ use super::{ServiceError, ServiceResult, Services};
 use crate::storage::lookup::AtMostOne;
 use crate::{
     blobs::BlobError, domain::validate_result_name, error_code::ErrorCode, ids::JobId,
-    storage::entities::result,
+    storage::entities::result, tenancy::Tenant,
 };
 
 impl Services {
-    pub async fn list_results(&self, job: JobId) -> ServiceResult<Vec<result::Model>> {
-        self.get_job(job).await?;
+    pub async fn list_results(
+        &self,
+        tenant: &Tenant,
+        job: JobId,
+    ) -> ServiceResult<Vec<result::Model>> {
+        self.get_job(tenant, job).await?;
         Ok(result::Entity::find()
             .filter(result::Column::JobId.eq(job.0))
             .order_by_asc(result::Column::CreatedAtMs)
@@ -24,10 +28,15 @@ impl Services {
             .await?)
     }
 
-    pub async fn get_result(&self, job: JobId, name: &str) -> ServiceResult<result::Model> {
+    pub async fn get_result(
+        &self,
+        tenant: &Tenant,
+        job: JobId,
+        name: &str,
+    ) -> ServiceResult<result::Model> {
         validate_result_name(name)
             .map_err(|msg| ServiceError::invalid("name", format!("result name {name:?} {msg}")))?;
-        self.get_job(job).await?;
+        self.get_job(tenant, job).await?;
         result::Entity::find()
             .filter(result::Column::JobId.eq(job.0))
             .filter(result::Column::Name.eq(name))

@@ -29,7 +29,12 @@ use super::{
 };
 use crate::storage::lookup::AtMostOne;
 use crate::{
-    blobs::keys, error_code::ErrorCode, ids::UploadId, storage::entities::upload, time::now_ms,
+    blobs::keys,
+    error_code::ErrorCode,
+    ids::UploadId,
+    storage::{entities::upload, tenancy},
+    tenancy::Tenant,
+    time::now_ms,
 };
 
 /// Which uploads `GET /v1/uploads` lists.
@@ -108,6 +113,7 @@ impl Services {
 
     pub async fn create_upload<S, E>(
         &self,
+        tenant: &Tenant,
         body: S,
         meta: UploadMeta,
     ) -> ServiceResult<upload::Model>
@@ -115,7 +121,7 @@ impl Services {
         S: Stream<Item = Result<Bytes, E>>,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let row = self.store_upload(body, meta).await?;
+        let row = self.store_upload(tenant, body, meta).await?;
         let id = UploadId(row.id);
         match upload::ActiveModel::from(row).insert(&self.db.orm).await {
             Ok(row) => {
@@ -134,6 +140,7 @@ impl Services {
     /// transaction that creates a job from it) or discards the bytes.
     pub(crate) async fn store_upload<S, E>(
         &self,
+        tenant: &Tenant,
         body: S,
         meta: UploadMeta,
     ) -> ServiceResult<upload::Model>
@@ -200,6 +207,7 @@ impl Services {
         let ttl_ms = self.settings.limits.upload_ttl.as_millis() as i64;
         Ok(upload::Model {
             id: id.0,
+            tenant: tenant.as_str().to_owned(),
             size: stored.size as i64,
             sha256: stored.sha256_hex(),
             content_type: meta.content_type,
@@ -231,8 +239,9 @@ impl Services {
         })
     }
 
-    pub async fn get_upload(&self, id: UploadId) -> ServiceResult<upload::Model> {
-        upload::Entity::find_by_id(id.0)
+    /// `tenant`'s upload `id`, unless it expired; another tenant's is not found.
+    pub async fn get_upload(&self, tenant: &Tenant, id: UploadId) -> ServiceResult<upload::Model> {
+        tenancy::find_by_id::<upload::Entity>(tenant, id.0)
             .filter(
                 upload::Column::ExpiresAtMs
                     .is_null()
@@ -247,9 +256,10 @@ impl Services {
     /// uploads follow it.
     pub async fn list_uploads(
         &self,
+        tenant: &Tenant,
         filter: UploadFilter,
     ) -> ServiceResult<(Vec<upload::Model>, bool)> {
-        let mut query = upload::Entity::find()
+        let mut query = tenancy::find::<upload::Entity>(tenant)
             .filter(
                 upload::Column::ExpiresAtMs
                     .is_null()
@@ -270,9 +280,9 @@ impl Services {
         Ok((rows, more))
     }
 
-    pub async fn delete_upload(&self, id: UploadId) -> ServiceResult<()> {
+    pub async fn delete_upload(&self, tenant: &Tenant, id: UploadId) -> ServiceResult<()> {
         // An expired upload is already gone as far as clients are concerned.
-        let row = self.get_upload(id).await?;
+        let row = self.get_upload(tenant, id).await?;
         if let Some(job) = row.job_id {
             return Err(ServiceError::new(
                 ErrorCode::UploadInUse,

@@ -16,7 +16,9 @@ use crate::{
     storage::{
         entities::{webhook_attempt as attempt, webhook_delivery as delivery, webhook_endpoint},
         outbox::PENDING,
+        tenancy,
     },
+    tenancy::Tenant,
     time::now_ms,
     webhooks::{Subscription, address::AddressPolicy, signing},
 };
@@ -65,10 +67,11 @@ impl JobWebhook {
         })
     }
 
-    /// The endpoint row of job `job_id`.
-    pub fn row(&self, job_id: Uuid, now: i64) -> webhook_endpoint::Model {
+    /// The endpoint row of `tenant`'s job `job_id`.
+    pub fn row(&self, tenant: &Tenant, job_id: Uuid, now: i64) -> webhook_endpoint::Model {
         webhook_endpoint::Model {
             id: Uuid::now_v7(),
+            tenant: tenant.as_str().to_owned(),
             job_id: Some(job_id),
             url: self.subscription.url.to_string(),
             events: self.subscription.events_column(),
@@ -131,6 +134,7 @@ impl Services {
 
     pub async fn create_endpoint(
         &self,
+        tenant: &Tenant,
         req: EndpointRequest,
     ) -> ServiceResult<webhook_endpoint::Model> {
         let subscription = Subscription::parse(&req.url, req.events.as_deref())
@@ -155,6 +159,7 @@ impl Services {
         let now = now_ms();
         let row = webhook_endpoint::Model {
             id: WebhookId::new().0,
+            tenant: tenant.as_str().to_owned(),
             job_id: None,
             url: subscription.url.to_string(),
             events: subscription.events_column(),
@@ -174,13 +179,14 @@ impl Services {
         Ok(row)
     }
 
-    /// Server-wide endpoints, newest first, older than `before`; and whether more follow.
+    /// `tenant`'s endpoints, newest first, older than `before`; and whether more follow.
     pub async fn list_endpoints(
         &self,
+        tenant: &Tenant,
         before: Option<Uuid>,
         limit: u64,
     ) -> ServiceResult<(Vec<webhook_endpoint::Model>, bool)> {
-        let mut query = webhook_endpoint::Entity::find()
+        let mut query = tenancy::find::<webhook_endpoint::Entity>(tenant)
             .filter(webhook_endpoint::Column::JobId.is_null())
             .order_by_desc(webhook_endpoint::Column::Id);
         if let Some(before) = before {
@@ -189,9 +195,14 @@ impl Services {
         self.page(query, limit).await
     }
 
-    /// A server-wide endpoint (a job's own endpoint is not reachable here: it belongs to the job).
-    pub async fn get_endpoint(&self, id: WebhookId) -> ServiceResult<webhook_endpoint::Model> {
-        webhook_endpoint::Entity::find_by_id(id.0)
+    /// A tenant-wide endpoint of `tenant` (a job's own endpoint is not reachable here: it
+    /// belongs to the job).
+    pub async fn get_endpoint(
+        &self,
+        tenant: &Tenant,
+        id: WebhookId,
+    ) -> ServiceResult<webhook_endpoint::Model> {
+        tenancy::find_by_id::<webhook_endpoint::Entity>(tenant, id.0)
             .filter(webhook_endpoint::Column::JobId.is_null())
             .at_most_one(&self.db.orm)
             .await?
@@ -199,8 +210,8 @@ impl Services {
     }
 
     /// Deletes an endpoint with its deliveries and their log: nothing more is sent to it.
-    pub async fn delete_endpoint(&self, id: WebhookId) -> ServiceResult<()> {
-        self.get_endpoint(id).await?;
+    pub async fn delete_endpoint(&self, tenant: &Tenant, id: WebhookId) -> ServiceResult<()> {
+        self.get_endpoint(tenant, id).await?;
         let mut tx = self.db.begin().await?;
         tx.execute(
             &attempt::Entity::delete_many()
@@ -229,10 +240,11 @@ impl Services {
     /// next to it for `webhooks.secret_rotation_overlap`, so receivers can switch over.
     pub async fn rotate_endpoint_secret(
         &self,
+        tenant: &Tenant,
         id: WebhookId,
         secret: Option<String>,
     ) -> ServiceResult<webhook_endpoint::Model> {
-        let current = self.get_endpoint(id).await?;
+        let current = self.get_endpoint(tenant, id).await?;
         let secret = match secret {
             Some(secret) => {
                 signing::check_secret(&secret)
@@ -267,17 +279,18 @@ impl Services {
             .exec(&self.db.orm)
             .await?;
         tracing::info!(endpoint = %id, "webhook secret rotated");
-        self.get_endpoint(id).await
+        self.get_endpoint(tenant, id).await
     }
 
     /// Disables or enables an endpoint. While disabled, nothing is sent to it and events are
     /// not queued for it; deliveries already pending wait and go out once it is enabled again.
     pub async fn set_endpoint_enabled(
         &self,
+        tenant: &Tenant,
         id: WebhookId,
         enabled: bool,
     ) -> ServiceResult<webhook_endpoint::Model> {
-        self.get_endpoint(id).await?;
+        self.get_endpoint(tenant, id).await?;
         let reason = (!enabled).then_some("disabled");
         webhook_endpoint::Entity::update_many()
             .col_expr(webhook_endpoint::Column::Enabled, Expr::value(enabled))
@@ -289,17 +302,18 @@ impl Services {
             .filter(webhook_endpoint::Column::Id.eq(id.0))
             .exec(&self.db.orm)
             .await?;
-        self.get_endpoint(id).await
+        self.get_endpoint(tenant, id).await
     }
 
-    /// Deliveries of a server-wide endpoint, newest first.
+    /// Deliveries of a tenant-wide endpoint, newest first.
     pub async fn endpoint_deliveries(
         &self,
+        tenant: &Tenant,
         id: WebhookId,
         before: Option<i64>,
         limit: u64,
     ) -> ServiceResult<(Vec<delivery::Model>, bool)> {
-        self.get_endpoint(id).await?;
+        self.get_endpoint(tenant, id).await?;
         self.deliveries(delivery::Column::EndpointId.eq(id.0), before, limit)
             .await
     }
@@ -307,11 +321,12 @@ impl Services {
     /// Deliveries of a job's events, to every endpoint, newest first.
     pub async fn job_deliveries(
         &self,
+        tenant: &Tenant,
         job: JobId,
         before: Option<i64>,
         limit: u64,
     ) -> ServiceResult<(Vec<delivery::Model>, bool)> {
-        self.get_job(job).await?;
+        self.get_job(tenant, job).await?;
         self.deliveries(delivery::Column::JobId.eq(job.0), before, limit)
             .await
     }
@@ -343,8 +358,17 @@ impl Services {
         Ok((rows, more))
     }
 
-    pub async fn get_delivery(&self, id: i64) -> ServiceResult<DeliveryView> {
+    /// `tenant`'s delivery `id`: one to an endpoint of `tenant` (tenant-wide or a job's own).
+    pub async fn get_delivery(&self, tenant: &Tenant, id: i64) -> ServiceResult<DeliveryView> {
         let delivery = delivery::Entity::find_by_id(id)
+            .at_most_one(&self.db.orm)
+            .await?
+            .ok_or_else(|| Self::delivery_not_found(id))?;
+        // Its endpoint is the tenant's, or the delivery is not found.
+        tenancy::find_by_id::<webhook_endpoint::Entity>(tenant, delivery.endpoint_id)
+            .select_only()
+            .column(webhook_endpoint::Column::Id)
+            .into_tuple::<Uuid>()
             .at_most_one(&self.db.orm)
             .await?
             .ok_or_else(|| Self::delivery_not_found(id))?;
@@ -358,8 +382,8 @@ impl Services {
 
     /// Sends a delivery once more, now, whatever its state (a delivered one too: its receiver
     /// may have lost it). A delivery whose schedule was used up gets this one attempt.
-    pub async fn redeliver(&self, id: i64) -> ServiceResult<DeliveryView> {
-        let job_id = self.get_delivery(id).await?.delivery.job_id;
+    pub async fn redeliver(&self, tenant: &Tenant, id: i64) -> ServiceResult<DeliveryView> {
+        let job_id = self.get_delivery(tenant, id).await?.delivery.job_id;
         let now = now_ms();
         let mut tx = self.db.begin().await?;
         tx.execute(
@@ -374,6 +398,6 @@ impl Services {
         // Wakes the deliverers (in-process, and other processes' on PostgreSQL).
         tx.job_changed(job_id);
         tx.commit().await?;
-        self.get_delivery(id).await
+        self.get_delivery(tenant, id).await
     }
 }

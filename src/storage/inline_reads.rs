@@ -116,6 +116,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<job::Model> {
     };
     Ok(job::Model {
         id: row.get(C::Id as usize)?,
+        tenant: row.get(C::Tenant as usize)?,
         kind: row.get(C::Kind as usize)?,
         status: get_status(row)?,
         params: row.get(C::Params as usize)?,
@@ -154,6 +155,7 @@ mod tests {
         let some = |text: &str| filled.then(|| text.to_owned());
         job::Model {
             id,
+            tenant: "radiology".into(),
             kind: "segment".into(),
             status: if filled {
                 JobStatus::Running

@@ -19,6 +19,7 @@ pub mod inline_reads;
 pub mod lookup;
 pub mod outbox;
 pub mod planner_stats;
+pub mod tenancy;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
 
@@ -294,7 +295,8 @@ impl Db {
     }
 
     /// The job row `id`, read as a status poll reads it: on SQLite on the calling thread (see
-    /// [`inline_reads`]), through the read pool when that fails or on PostgreSQL.
+    /// [`inline_reads`]), through the read pool when that fails or on PostgreSQL. For work done
+    /// for every tenant; a request names a job through [`Db::find_tenant_job`].
     pub async fn find_job(&self, id: Uuid) -> Result<Option<job::Model>, StorageError> {
         if let Some(inline) = &self.inline_reads {
             match inline.job(id) {
@@ -305,6 +307,28 @@ impl Db {
             }
         }
         Ok(job::Entity::find_by_id(id).at_most_one(&self.reads).await?)
+    }
+
+    /// The job row `id` if it is `tenant`'s, read as [`Db::find_job`] reads it. Another
+    /// tenant's job is `None`, like a job that does not exist.
+    pub async fn find_tenant_job(
+        &self,
+        tenant: &crate::tenancy::Tenant,
+        id: Uuid,
+    ) -> Result<Option<job::Model>, StorageError> {
+        if let Some(inline) = &self.inline_reads {
+            match inline.job(id) {
+                // The row is read by id alone (one statement per poll, prepared once); the tenant
+                // is checked here, before anything of it leaves the storage layer.
+                Ok(job) => return Ok(job.filter(|j| j.tenant == tenant.as_str())),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading a job inline failed; using the pool")
+                }
+            }
+        }
+        Ok(tenancy::find_by_id::<job::Entity>(tenant, id)
+            .at_most_one(&self.reads)
+            .await?)
     }
 
     pub fn queue_pool(&self) -> &Pool {
@@ -454,6 +478,8 @@ impl Tx {
             data.to_string().into(),
             now.into(),
         ];
+        columns.push(Alias::new("tenant"));
+        values.push(job_tenant(job_id));
         if matches!(self.inner, TxInner::Postgres(_)) {
             columns.push(Alias::new("tx"));
             values.push(feed_position(job_id, seq));
@@ -493,6 +519,15 @@ impl Tx {
         }
         Ok(())
     }
+}
+
+/// The tenant of job `job_id`, as a value of a statement (a lookup by primary key): events and
+/// webhook deliveries are written for a job by id, by code that need not know its tenant.
+pub(crate) fn job_tenant(job_id: Uuid) -> Expr {
+    Expr::cust_with_values(
+        "(SELECT tenant FROM ferry_jobs WHERE id = $1)",
+        [sea_orm::Value::from(job_id)],
+    )
 }
 
 /// An event's `tx` on PostgreSQL (its place in the feed across jobs, see `service::feed`): the

@@ -27,7 +27,7 @@ const PROGRESS: &str = "progress";
 
 impl Tx {
     /// Writes the deliveries of event `seq` (of type `event_type`) of job `job_id`: one per
-    /// enabled endpoint that wants this type, server-wide or the job's own.
+    /// enabled endpoint of the job's tenant that wants this type, tenant-wide or the job's own.
     pub(super) async fn enqueue_deliveries(
         &mut self,
         job_id: Uuid,
@@ -67,6 +67,10 @@ impl Tx {
             .expr(Expr::value(now_ms))
             .from_as(endpoint::Entity, e.clone())
             .and_where(Expr::col((e.clone(), endpoint::Column::Enabled)).eq(true))
+            // Only the job's tenant's endpoints hear of it.
+            .and_where(
+                Expr::col((e.clone(), endpoint::Column::Tenant)).eq(super::job_tenant(job_id)),
+            )
             .and_where(
                 Expr::col((e.clone(), endpoint::Column::JobId))
                     .is_null()

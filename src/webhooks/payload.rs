@@ -84,6 +84,7 @@ mod tests {
             .to_string(),
             created_at_ms: 0,
             tx: 0,
+            tenant: "default".into(),
         };
         let body: Value =
             serde_json::from_str(&body(&event, "seg", Some("https://f.example/"))).unwrap();

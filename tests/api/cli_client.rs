@@ -343,6 +343,34 @@ async fn the_api_key_is_sent_as_a_bearer_token() {
     assert!(head.contains("authorization: bearer s3cret"), "{head}");
 }
 
+/// Against a server that requires keys: without one, a clear refusal (exit 3, the problem's
+/// detail and code); with one, the whole `submit --wait` flow.
+async fn a_server_that_requires_keys_is_used_with_one() {
+    let app = TestApp::spawn().await;
+    let key = app.create_key("default", &["jobs:read", "jobs:write", "results:read"]);
+    app.wait_keys_required(&app.base).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("scan.bin"), bytes(10_000, 43)).unwrap();
+
+    let refused = ferry(&app, dir.path(), &["jobs", "ls"]).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let said = stderr(&refused);
+    assert!(
+        said.contains("unauthenticated") && said.contains("401"),
+        "{said}"
+    );
+
+    let env = [
+        ("FERRY_SERVER", app.base.as_str()),
+        ("FERRY_API_KEY", key.as_str()),
+    ];
+    let args = ["submit", "scan.bin", "--kind", "digest", "--wait", "--json"];
+    let doc = json(&ferry_env(dir.path(), &args, &env).await);
+    assert_eq!(doc["job"]["status"], "succeeded", "{doc:#}");
+    let listed = json(&ferry_env(dir.path(), &["jobs", "ls", "--json"], &env).await);
+    assert_eq!(items_of(&listed).len(), 1, "{listed:#}");
+}
+
 /// `jobs show --wait` follows a job that is waiting on a gate (long-polling) and shows it once
 /// it has finished.
 async fn jobs_show_wait_follows_the_job_to_its_end() {
@@ -380,4 +408,5 @@ crate::matrix!(
     jobs_results_and_uploads_commands_work_on_a_live_server,
     the_server_comes_from_flag_env_or_config_file_and_bad_ones_are_clear,
     the_api_key_is_sent_as_a_bearer_token,
+    a_server_that_requires_keys_is_used_with_one,
 );

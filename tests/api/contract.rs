@@ -16,6 +16,7 @@ const METHODS: [&str; 8] = [
 const DUMMY_JOB: &str = "job_00000000000000000000000000000000";
 const DUMMY_WEBHOOK: &str = "whk_00000000000000000000000000000000";
 const DUMMY_UPLOAD: &str = "upl_00000000000000000000000000000000";
+const DUMMY_KEY: &str = "key_00000000000000000000000000000000";
 
 /// A concrete path for a route template, with ids that do not exist.
 fn dummy_path(template: &str) -> String {
@@ -25,6 +26,8 @@ fn dummy_path(template: &str) -> String {
         DUMMY_WEBHOOK
     } else if template.starts_with("/v1/webhook-deliveries/") {
         "999999"
+    } else if template.starts_with("/v1/keys/") {
+        DUMMY_KEY
     } else {
         DUMMY_JOB
     };
@@ -61,7 +64,7 @@ async fn spec_lists_exactly_the_server_routes() {
     }
     let routes: BTreeSet<(String, String)> = ferry::api::ROUTES
         .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .map(|(m, p, _)| (m.to_string(), p.to_string()))
         .collect();
     assert_eq!(
         routes.len(),
@@ -75,6 +78,41 @@ async fn spec_lists_exactly_the_server_routes() {
         "openapi.yaml and ferry::api::ROUTES differ: missing from the spec {missing:?}, \
          not served {extra:?}"
     );
+
+    // Each operation's security says what the server asks for: a key with the scope it names
+    // in `x-required-scope`, an optional key (`/readyz`), or none.
+    assert_eq!(spec.doc["security"], json!([{"bearerAuth": []}]));
+    assert_eq!(
+        spec.doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+    for &(method, path, access) in ferry::api::ROUTES {
+        let op = &spec.doc["paths"][path][method];
+        let (security, scope) = match access {
+            ferry::api::Access::Open => (json!([]), Value::Null),
+            ferry::api::Access::Probe => (json!([{}, {"bearerAuth": []}]), Value::Null),
+            ferry::api::Access::Needs(scope) => {
+                (json!([{"bearerAuth": []}]), json!(scope.as_str()))
+            }
+        };
+        assert_eq!(op["security"], security, "security of {method} {path}");
+        assert_eq!(
+            op["x-required-scope"], scope,
+            "x-required-scope of {method} {path}"
+        );
+        let refusals = op["responses"].as_object().expect("responses");
+        let needs_key = matches!(access, ferry::api::Access::Needs(_));
+        assert_eq!(
+            refusals.contains_key("403"),
+            needs_key,
+            "403 of {method} {path}"
+        );
+        assert_eq!(
+            refusals.contains_key("401"),
+            access != ferry::api::Access::Open,
+            "401 of {method} {path}"
+        );
+    }
 
     // Every reference resolves, and every component object schema is closed, so that an
     // undocumented response member fails the response checks.
@@ -144,16 +182,20 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("get", "/v1/webhook-deliveries/{id}"), 404),
         (("post", "/v1/webhook-deliveries/{id}/redeliver"), 404),
         (("get", "/v1/events"), 200),
+        (("post", "/v1/keys"), 422),
+        (("get", "/v1/keys"), 200),
+        (("get", "/v1/keys/{id}"), 404),
+        (("post", "/v1/keys/{id}/revoke"), 404),
     ]
     .into_iter()
     .collect();
     // HEAD answers what GET does, without the body (so its problem code cannot be read).
     let as_get = |method: &'static str| if method == "head" { "get" } else { method };
-    let heads = ferry::api::ROUTES.iter().filter(|(m, _)| *m == "head");
+    let heads = ferry::api::ROUTES.iter().filter(|(m, _, _)| *m == "head");
     assert_eq!(expected.len(), ferry::api::ROUTES.len() - heads.count());
 
     let mut by_path: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for &(method, template) in ferry::api::ROUTES {
+    for &(method, template, _) in ferry::api::ROUTES {
         by_path.entry(template).or_default().insert(method);
         let path = dummy_path(template);
         // The helpers find the operation a path belongs to; here is every route's.
@@ -161,7 +203,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         let reply = app
             .request(method, &path, |r| match (method, template) {
                 ("post", "/v1/uploads" | "/v1/kinds/{kind}/jobs") => r.body("hello"),
-                ("post", "/v1/jobs" | "/v1/webhooks") => r.json(&json!({"url": ""})),
+                ("post", "/v1/jobs" | "/v1/webhooks" | "/v1/keys") => r.json(&json!({"url": ""})),
                 _ => r,
             })
             .await;
@@ -174,16 +216,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         let want = expected[&(as_get(method), template)];
         assert_eq!(reply.status, want, "{method} {path}: {}", reply.body);
         if want == 404 && method != "head" {
-            let code = if template.starts_with("/v1/uploads") {
-                "upload_not_found"
-            } else if template.starts_with("/v1/webhooks/") {
-                "webhook_not_found"
-            } else if template.starts_with("/v1/webhook-deliveries/") {
-                "delivery_not_found"
-            } else {
-                "job_not_found"
-            };
-            reply.assert_problem(404, code);
+            reply.assert_problem(404, not_found_code(template));
         }
     }
 

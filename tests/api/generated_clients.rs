@@ -27,11 +27,23 @@ crate::matrix!(
     typescript_client_runs_the_whole_flow
 );
 
+/// A key with every scope, once the server has noticed that keys exist: the flows run as a
+/// client of a server that requires one.
+async fn keyed(app: &TestApp) -> String {
+    let key = app.create_key(
+        "default",
+        &["jobs:read", "jobs:write", "results:read", "admin"],
+    );
+    app.wait_keys_required(&app.base).await;
+    key
+}
+
 async fn python_client_runs_the_whole_flow() {
     let Some(python) = tools::or_skip("the Python client flow", python_tools()) else {
         return;
     };
     let app = TestApp::spawn_process(TestConfig::default()).await;
+    let key = keyed(&app).await;
     let bin = python.parent().expect("the venv's bin folder");
     let client = app.dir.path().join("python");
     run(
@@ -55,7 +67,7 @@ async fn python_client_runs_the_whole_flow() {
         "clients/python/flow.py",
         Command::new(&python)
             .arg(format!("{ROOT}/clients/python/flow.py"))
-            .args(["--server", &app.base])
+            .args(["--server", &app.base, "--api-key", &key])
             .arg("--client-path")
             .arg(&client)
             .current_dir(&client),
@@ -67,6 +79,7 @@ async fn typescript_client_runs_the_whole_flow() {
         return;
     };
     let app = TestApp::spawn_process(TestConfig::default()).await;
+    let key = keyed(&app).await;
     // A copy of clients/typescript with the generated schema.d.ts beside flow.ts, and the
     // pinned node_modules (openapi-fetch, @types/node) linked in, so both tsc and node
     // resolve them from here.
@@ -111,7 +124,7 @@ async fn typescript_client_runs_the_whole_flow() {
         "clients/typescript/flow.ts",
         Command::new("node")
             .arg(project.join("dist/flow.js"))
-            .args(["--server", &app.base])
+            .args(["--server", &app.base, "--api-key", &key])
             .current_dir(&project),
     );
 }

@@ -482,6 +482,57 @@ concurrency = {concurrency}
         (child, addr)
     }
 
+    /// A key of `tenant` with `scopes`, made with `ferry keys create` against the test's
+    /// database, as an operator bootstraps a tenant.
+    pub fn create_key(&self, tenant: &str, scopes: &[&str]) -> String {
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("FERRY_")) {
+            cmd.env_remove(key);
+        }
+        cmd.arg("--config")
+            .arg(&self.config_path)
+            .args(["keys", "create", "--tenant", tenant, "--name", "test key"]);
+        for scope in scopes {
+            cmd.args(["--scope", scope]);
+        }
+        let out = cmd.output().expect("run ferry keys create");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "ferry keys create failed: {stderr}");
+        assert!(stderr.contains(&format!("for tenant {tenant}")), "{stderr}");
+        let key = String::from_utf8(out.stdout)
+            .expect("UTF-8")
+            .trim()
+            .to_owned();
+        assert!(
+            key.starts_with("fk_") && key.len() == 43,
+            "not a key: {key:?}"
+        );
+        key
+    }
+
+    /// Waits until the server at `base`, which was open, notices that keys exist (it re-reads
+    /// that at most a second later) and refuses a request without one.
+    pub async fn wait_keys_required(&self, base: &str) {
+        let start = Instant::now();
+        loop {
+            let reply = self.request_at(base, "get", "/v1/jobs", |r| r).await;
+            if reply.status == 401 {
+                reply.assert_problem(401, "unauthenticated");
+                assert_eq!(
+                    reply.header("www-authenticate"),
+                    Some("Bearer realm=\"ferry\"")
+                );
+                return;
+            }
+            assert_eq!(reply.status, 200, "{}", reply.body);
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{base} still serves requests without a key 5 s after keys were made"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts a separate `ferry worker` process on the same database and blobs.
     pub fn spawn_worker(&mut self) -> u32 {
         let mut child = self
@@ -1051,6 +1102,21 @@ pub fn repr_digest(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     let b64 = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(data));
     format!("sha-256=:{b64}:")
+}
+
+/// The not-found code of the object a route template names by `{id}`.
+pub fn not_found_code(template: &str) -> &'static str {
+    if template.starts_with("/v1/uploads/") {
+        "upload_not_found"
+    } else if template.starts_with("/v1/webhooks/") {
+        "webhook_not_found"
+    } else if template.starts_with("/v1/webhook-deliveries/") {
+        "delivery_not_found"
+    } else if template.starts_with("/v1/keys/") {
+        "key_not_found"
+    } else {
+        "job_not_found"
+    }
 }
 
 pub fn assert_problem(status: u16, body: &Value, want_status: u16, want_code: &str) {

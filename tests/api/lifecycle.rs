@@ -65,7 +65,14 @@ impl Machine {
             .expect("valid spec");
         match self
             .services
-            .submit_job_with_body(spec, "scan".into(), body, Default::default(), None)
+            .submit_job_with_body(
+                &ferry::tenancy::Tenant::default_tenant(),
+                spec,
+                "scan".into(),
+                body,
+                Default::default(),
+                None,
+            )
             .await
             .expect("job created")
         {
@@ -115,7 +122,10 @@ impl Machine {
         }
         if status == JobStatus::Canceled {
             self.services
-                .cancel_job(ferry::ids::JobId(id))
+                .cancel_job(
+                    &ferry::tenancy::Tenant::default_tenant(),
+                    ferry::ids::JobId(id),
+                )
                 .await
                 .expect("cancel");
             return (id, None);
@@ -464,7 +474,10 @@ async fn a_cancel_wins_over_a_retry_and_a_requeue() {
         let claimed = m.claim(id, "worker-a").await;
         let view = m
             .services
-            .cancel_job(ferry::ids::JobId(id))
+            .cancel_job(
+                &ferry::tenancy::Tenant::default_tenant(),
+                ferry::ids::JobId(id),
+            )
             .await
             .expect("cancel");
         assert!(view.job.cancel_requested);

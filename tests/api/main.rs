@@ -30,6 +30,7 @@ mod rust_client;
 mod scale_out;
 mod schemathesis;
 mod spec;
+mod tenancy;
 mod tools;
 mod upgrades;
 mod uploads;

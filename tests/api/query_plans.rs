@@ -34,6 +34,8 @@ const SMALL_TABLES: &[&str] = &[
     // Server-wide webhook endpoints, created by operators; a job's own endpoint is found by
     // the job's id.
     "ferry_webhook_endpoints",
+    // API keys, made by people: a few per tenant (revoked ones stay, to be listed).
+    "ferry_api_keys",
     "seaql_migrations",
     // SQLite's planner statistics: a row per index (`storage::planner_stats`).
     "sqlite_stat1",
@@ -149,6 +151,37 @@ async fn exercise_every_feature(app: &TestApp, receiver: &Receiver) {
         })
         .await;
     assert_eq!(app.delete_job(&ok).await.status, 204);
+
+    // Keys: the first one made (the server was open), then used, listed, read and revoked.
+    let admin = app
+        .request("post", "/v1/keys", |r| {
+            r.json(&json!({"name": "plans", "scopes": ["admin", "jobs:read"]}))
+        })
+        .await;
+    assert_eq!(admin.status, 201, "{}", admin.body);
+    let admin = admin.body["key"].as_str().unwrap().to_owned();
+    app.wait_keys_required(&app.base).await;
+    let other = app
+        .request("post", "/v1/keys", |r| {
+            r.bearer_auth(&admin).json(&json!({"name": "other"}))
+        })
+        .await;
+    assert_eq!(other.status, 201, "{}", other.body);
+    let other = other.body["id"].as_str().unwrap().to_owned();
+    for path in [
+        "/v1/jobs".to_owned(),
+        "/v1/keys".into(),
+        format!("/v1/keys/{other}"),
+    ] {
+        let reply = app.request("get", &path, |r| r.bearer_auth(&admin)).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    let revoked = app
+        .request("post", &format!("/v1/keys/{other}/revoke"), |r| {
+            r.bearer_auth(&admin)
+        })
+        .await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
     // A few reconciler rounds (every 300 ms in the tests), with nothing left to do.
     tokio::time::sleep(Duration::from_secs(2)).await;
 }

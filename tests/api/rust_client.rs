@@ -13,6 +13,31 @@ use serde_json::Value;
 
 use crate::helpers::{TestApp, bytes, sha256_hex};
 
+/// A client sending `key` on every request, as a user of the crate builds one: progenitor's
+/// client over a reqwest client with the `Authorization` header as a default.
+fn keyed_client(base: &str, key: &str) -> Client {
+    let mut headers = ferry_client::reqwest::header::HeaderMap::new();
+    let mut value: ferry_client::reqwest::header::HeaderValue =
+        format!("Bearer {key}").parse().expect("a header value");
+    value.set_sensitive(true);
+    headers.insert(ferry_client::reqwest::header::AUTHORIZATION, value);
+    let http = ferry_client::reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("a reqwest client");
+    Client::new_with_client(base, http)
+}
+
+/// A key with every scope, once the server has noticed that keys exist.
+async fn key_of(app: &TestApp) -> String {
+    let key = app.create_key(
+        "default",
+        &["jobs:read", "jobs:write", "results:read", "admin"],
+    );
+    app.wait_keys_required(&app.base).await;
+    key
+}
+
 /// Polls the job, waiting what `Retry-After` says between polls, until `done` holds.
 async fn poll(client: &Client, id: &str, done: impl Fn(&types::Job) -> bool) -> types::Job {
     for _ in 0..60 {
@@ -36,7 +61,8 @@ async fn poll(client: &Client, id: &str, done: impl Fn(&types::Job) -> bool) -> 
 
 async fn the_generated_client_runs_the_whole_flow() {
     let app = TestApp::spawn().await;
-    let client = Client::new(&app.base);
+    let key = key_of(&app).await;
+    let client = keyed_client(&app.base, &key);
     let data = bytes(2 * 1024 * 1024 + 3, 51);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         data.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
@@ -102,7 +128,18 @@ async fn the_generated_client_runs_the_whole_flow() {
         .unwrap()
         .into_inner();
     let kinds: Vec<String> = events.items.iter().map(|e| e.kind.to_string()).collect();
-    assert_eq!(kinds, app.event_kinds(job.id.as_str()).await);
+    let raw = app
+        .request(
+            "get",
+            &format!("/v1/jobs/{}/events", job.id.as_str()),
+            |r| r.bearer_auth(&key),
+        )
+        .await;
+    let raw_kinds: Vec<&str> = crate::helpers::items(&raw)
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, raw_kinds);
 
     // The one-request form: the file as the body, the input name and params in the query.
     let one = client
@@ -146,11 +183,23 @@ async fn the_generated_client_runs_the_whole_flow() {
 
 async fn errors_arrive_as_typed_problems() {
     let app = TestApp::spawn().await;
-    let client = Client::new(&app.base);
+    let client = keyed_client(&app.base, &key_of(&app).await);
     let problem = |err: Error<types::Problem>| match err {
         Error::ErrorResponse(answer) => answer.into_inner(),
         other => panic!("not a problem answer: {other}"),
     };
+    // Without the key: a typed 401.
+    let anonymous = Client::new(&app.base)
+        .list_jobs()
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(problem)
+        .unwrap_err();
+    assert_eq!(
+        (anonymous.code.as_str(), anonymous.status),
+        ("unauthenticated", 401)
+    );
     let missing = client
         .get_job()
         .id("job_0192f1d4a8e97c3b9e5d2a7f6c1b0e34")

@@ -54,11 +54,20 @@ async fn schemathesis_finds_no_failure_on_a_live_server() {
         ..TestConfig::default()
     })
     .await;
+    // Keys exist, so every operation that needs one refuses requests without it (schemathesis
+    // checks that); the run itself uses one with every scope.
+    let key = app.create_key(
+        "default",
+        &["jobs:read", "jobs:write", "results:read", "admin"],
+    );
+    app.wait_keys_required(&app.base).await;
     let report = app.dir.path().join("schemathesis.txt");
     let out = std::fs::File::create(&report).expect("report file");
     let mut run = Command::new(&script)
         .args(["--config-file", CONFIG, "--no-color", "run", SPEC, "--url"])
         .arg(&app.base)
+        .arg("--header")
+        .arg(format!("Authorization: Bearer {key}"))
         // Its caches and any report files stay in the test's folder.
         .current_dir(app.dir.path())
         .stdin(Stdio::null())

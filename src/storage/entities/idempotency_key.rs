@@ -1,11 +1,13 @@
-//! `ferry_idempotency_keys`: `Idempotency-Key` → the job it created (NULL while in flight, when
-//! the request holding the key renews its lease).
+//! `ferry_idempotency_keys`: a tenant's `Idempotency-Key` → the job it created (NULL while in
+//! flight, when the request holding the key renews its lease). Keys are per tenant.
 
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "ferry_idempotency_keys")]
 pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub tenant: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub key: String,
     /// SHA-256 (hex) of the request that first used the key.

@@ -17,6 +17,8 @@ pub struct Model {
     /// The feed's order, with `id` (see the `event_feed` migration and `service::feed`): on
     /// PostgreSQL at least the id of the transaction that wrote the event, on SQLite 0.
     pub tx: i64,
+    /// Its job's tenant, for the feed (`GET /v1/events`), which reads events across jobs.
+    pub tenant: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

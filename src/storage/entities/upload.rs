@@ -7,6 +7,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
+    /// The tenant it belongs to (see `storage::tenancy`).
+    pub tenant: String,
     pub size: i64,
     pub sha256: String,
     pub content_type: Option<String>,

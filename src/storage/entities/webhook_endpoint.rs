@@ -8,6 +8,8 @@ use sea_orm::entity::prelude::*;
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
+    /// The tenant it belongs to (see `storage::tenancy`).
+    pub tenant: String,
     pub job_id: Option<Uuid>,
     pub url: String,
     /// The event types sent, as `,started,progress,`: delimited on both sides so that one

@@ -1,0 +1,170 @@
+//! Who may call what: [`authorize`] runs before every handler, finds the route's [`Access`] in
+//! [`super::ROUTES`], checks the request's API key for it (401 without a valid key, 403 without
+//! the scope, each a problem with `WWW-Authenticate` as RFC 6750 describes) and hands the
+//! [`Caller`] to the handler, which passes its tenant to the service layer. A handler cannot
+//! reach a tenant's data without a `Caller`, and gets none unless this check passed.
+
+use std::future::{Ready, ready};
+
+use actix_web::{
+    FromRequest, HttpMessage, HttpRequest, ResponseError,
+    body::{EitherBody, MessageBody},
+    dev::{Payload, ServiceRequest, ServiceResponse},
+    http::header,
+    middleware::Next,
+    web,
+};
+
+use super::problem::ApiError;
+use crate::{
+    error_code::ErrorCode,
+    service::{ServiceError, Services},
+    tenancy::{Caller, Scope},
+};
+
+/// Who may call a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (`/healthz`).
+    Open,
+    /// Anyone, unless `auth.readyz_requires_key` asks for a key of any scope (`/readyz`).
+    Probe,
+    /// A key with this scope (or an open server: no key exists, loopback only).
+    Needs(Scope),
+}
+
+impl Access {
+    /// The scopes an OpenAPI `security` requirement names for this route (none: open).
+    pub fn scopes(self) -> Vec<&'static str> {
+        match self {
+            Access::Open | Access::Probe => Vec::new(),
+            Access::Needs(scope) => vec![scope.as_str()],
+        }
+    }
+}
+
+/// The access rule of the route `req` matched, if it matched one.
+fn route_access(req: &ServiceRequest) -> Option<Access> {
+    // In the route table's syntax (`{name:.+}` → `{name}`).
+    let pattern = req.match_pattern()?.replace("{name:.+}", "{name}");
+    let method = req.method().as_str().to_ascii_lowercase();
+    super::ROUTES
+        .iter()
+        .find(|(m, path, _)| *m == method && *path == pattern)
+        .map(|(_, _, access)| *access)
+}
+
+/// Middleware: lets a request through to its handler only if its key may call the route (see
+/// the module notes). Requests for unknown routes and methods pass on to their 404 or 405.
+pub async fn authorize(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let Some(access) = route_access(&req) else {
+        return Ok(next.call(req).await?.map_into_left_body());
+    };
+    let needs = match access {
+        Access::Open => None,
+        Access::Probe => {
+            let services = req.app_data::<web::Data<Services>>();
+            services
+                .is_some_and(|s| s.settings.auth.readyz_requires_key)
+                .then_some(None)
+        }
+        Access::Needs(scope) => Some(Some(scope)),
+    };
+    if let Some(scope) = needs {
+        match caller(&req, scope).await {
+            Ok(caller) => {
+                req.extensions_mut().insert(caller);
+            }
+            // A probe whose key cannot be checked (the database is down) goes on to say so
+            // itself, in its own `503` document.
+            Err(Refused::Error(e)) if access == Access::Probe && e.code.status() >= 500 => {}
+            Err(refusal) => {
+                let res = refusal.error_response();
+                return Ok(req.into_response(res).map_into_right_body());
+            }
+        }
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// The caller of `req`, if its key (or an open server) allows `scope` (`None`: any key).
+async fn caller(req: &ServiceRequest, scope: Option<Scope>) -> Result<Caller, Refused> {
+    let services = req
+        .app_data::<web::Data<Services>>()
+        .ok_or_else(|| Refused::Error(ServiceError::internal("authorizing", "no services")))?;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or(""));
+    let caller = services
+        .keys
+        .authenticate(authorization)
+        .await
+        .map_err(Refused::Error)?;
+    match scope {
+        Some(scope) if !caller.scopes.contains(scope) => Err(Refused::Scope(scope)),
+        _ => Ok(caller),
+    }
+}
+
+/// Why [`authorize`] turned a request away.
+#[derive(Debug)]
+enum Refused {
+    /// 401 (no key, or not a valid one), or 503 when the keys cannot be read.
+    Error(ServiceError),
+    /// 403: the key lacks this scope.
+    Scope(Scope),
+}
+
+impl Refused {
+    fn error_response(&self) -> actix_web::HttpResponse {
+        let (problem, challenge) = match self {
+            Refused::Error(err) => {
+                let challenge = match err.code {
+                    ErrorCode::Unauthenticated => Some("Bearer realm=\"ferry\"".to_owned()),
+                    ErrorCode::InvalidApiKey => {
+                        Some("Bearer realm=\"ferry\", error=\"invalid_token\"".to_owned())
+                    }
+                    _ => None,
+                };
+                (ApiError::new(err.code, err.detail.clone()), challenge)
+            }
+            Refused::Scope(scope) => (
+                ApiError::new(
+                    ErrorCode::InsufficientScope,
+                    format!(
+                        "this API key lacks the scope {scope} that this route needs; use a key \
+                         that has it (scopes are given when a key is created)"
+                    ),
+                ),
+                Some(format!(
+                    "Bearer realm=\"ferry\", error=\"insufficient_scope\", scope=\"{scope}\""
+                )),
+            ),
+        };
+        let mut res = problem.error_response();
+        if let Some(value) = challenge.and_then(|c| header::HeaderValue::from_str(&c).ok()) {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+        }
+        res
+    }
+}
+
+/// A handler's caller, as [`authorize`] let it in.
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Caller, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(req.extensions().get::<Caller>().cloned().ok_or_else(|| {
+            // A route whose handler wants a caller but whose access is `Open`: a bug.
+            ApiError::from(ServiceError::internal(
+                "a handler asked for its caller on a route without access control",
+                "no caller",
+            ))
+        }))
+    }
+}
