@@ -36,7 +36,8 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
    200's arrival - the job's `updated_at` (see SLEEP_SECONDS for why a sleeping job);
 9. status polls: wrk (2 threads, 32 connections, --poll-seconds per run) against GET /v1/jobs/{id}
    of a finished no-op job, plain and with If-None-Match (304), next to a static nginx serving
-   the same bytes; medians of --poll-rounds interleaved runs (scripts/bench_polls.py);
+   the same bytes; medians of --poll-rounds interleaved runs (scripts/bench_polls.py); then both
+   again with an API key (made with `ferry keys create`), as a server that requires keys is polled;
 10. with --backlog N: a deep queue (see `backlog_section`): dispatch latency of paced no-op jobs
    before and after N jobs were queued, creation rate per 10,000, list pages and a poll with
    the backlog queued, the idle server's CPU;
@@ -653,8 +654,9 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
 
 
 # A kind whose one worker slot is taken by a job that sleeps, so the backlog stays queued.
+# The backlog is bigger than a tenant's default queue bound (10,000): no bound here.
 PARKED_TOML = ('[handlers.parked]\ncommand = ["sleep", "3600"]\nconcurrency = 1\n'
-               'timeout = "2h"\n')
+               'timeout = "2h"\n[tenant_defaults]\nmax_queued_jobs = 0\n')
 BACKLOG_BATCH = 10_000
 
 
@@ -1065,13 +1067,34 @@ def polls_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, seconds: int,
         try:
             with bench_polls.static_nginx(tmp, body) as static_url:
                 rows = bench_polls.measure({
-                    "Ferry GET /v1/jobs/{id} → 200": (url, {}),
-                    "Ferry, If-None-Match → 304": (url, {"If-None-Match": headers["ETag"]}),
+                    "Ferry GET /v1/jobs/{id} → 200 (open: no key exists)": (url, {}),
+                    "Ferry, If-None-Match → 304 (open)": (url, {"If-None-Match": headers["ETag"]}),
                     f"nginx, static file of {len(body)} bytes": (static_url, {}),
                 }, seconds, rounds)
+            # Then with an API key, as a server that requires keys is polled: each request's key
+            # is checked (against the process's one-second cache of what the database said).
+            key = create_key(ferry_bin, server)
+            auth = {"Authorization": f"Bearer {key}"}
+            time.sleep(1.5)  # the server notices keys exist within a second
+            rows += bench_polls.measure({
+                "Ferry GET /v1/jobs/{id} → 200 (with a key)": (url, auth),
+                "Ferry, If-None-Match → 304 (with a key)": (
+                    url, {**auth, "If-None-Match": headers["ETag"]}),
+            }, seconds, rounds)
         except (RuntimeError, subprocess.SubprocessError) as e:
             raise BenchError(f"status polls: {e}") from None
     return title, rows
+
+
+def create_key(ferry_bin: str, server: Server) -> str:
+    """A key of the default tenant with every scope, made with `ferry keys create` on the
+    server's database."""
+    res = subprocess.run([ferry_bin, "keys", "create", "--config", server.config, "--name", "bench",
+                          "--scope", "jobs:read", "--scope", "jobs:write", "--scope",
+                          "results:read"], capture_output=True, text=True, cwd=server.root)
+    if res.returncode != 0:
+        raise BenchError(f"ferry keys create failed: {res.stderr.strip()}")
+    return res.stdout.strip()
 
 
 def peers_section(tmp: str, args: argparse.Namespace) -> tuple[str, Rows]:

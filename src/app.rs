@@ -100,6 +100,7 @@ impl Application {
             let server = HttpServer::new(move || {
                 App::new()
                     .wrap(middleware::from_fn(api::auth::authorize))
+                    .wrap(middleware::from_fn(api::audit::record))
                     .wrap(middleware::from_fn(api::problem::negotiate_problem_type))
                     .wrap(middleware::Logger::new("%r %s %b %Dms").log_target("ferry::http"))
                     .configure(api::configure(api_services.clone(), stopping.clone()))

@@ -49,7 +49,61 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub events: EventSettings,
     pub auth: AuthSettings,
+    /// Every tenant's limits, unless `tenants.<name>` says otherwise.
+    pub tenant_defaults: TenantLimits,
+    /// Limits of one tenant, each one given replacing `tenant_defaults`'.
+    pub tenants: BTreeMap<String, TenantOverrides>,
     pub handlers: BTreeMap<String, HandlerSettings>,
+}
+
+/// What one tenant may use. Every API replica must be given the same (like `handlers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Jobs the tenant may have queued (not yet running) at once; more are refused with `429
+    /// queue_full`. 0: no limit.
+    pub max_queued_jobs: u64,
+    /// Requests per second one API key may make to one API process (a token bucket of
+    /// `request_burst` tokens); more are refused with `429 rate_limited`. 0: no limit.
+    pub requests_per_second: u32,
+    /// How many requests a key may make at once after being idle (default: one second's worth).
+    pub request_burst: Option<u32>,
+}
+
+/// `tenants.<name>`: the limits given replace the defaults'.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantOverrides {
+    pub max_queued_jobs: Option<u64>,
+    pub requests_per_second: Option<u32>,
+    pub request_burst: Option<u32>,
+}
+
+impl Default for TenantLimits {
+    fn default() -> Self {
+        Self {
+            max_queued_jobs: 10_000,
+            requests_per_second: 0,
+            request_burst: None,
+        }
+    }
+}
+
+impl Settings {
+    /// The limits of `tenant`: its own where given, else the defaults.
+    pub fn tenant_limits(&self, tenant: &str) -> TenantLimits {
+        let defaults = &self.tenant_defaults;
+        match self.tenants.get(tenant) {
+            None => defaults.clone(),
+            Some(own) => TenantLimits {
+                max_queued_jobs: own.max_queued_jobs.unwrap_or(defaults.max_queued_jobs),
+                requests_per_second: own
+                    .requests_per_second
+                    .unwrap_or(defaults.requests_per_second),
+                request_burst: own.request_burst.or(defaults.request_burst),
+            },
+        }
+    }
 }
 
 /// Who may use the API. Keys live in the database (`ferry keys`, `/v1/keys`); while none
@@ -214,6 +268,8 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             events: EventSettings::default(),
             auth: AuthSettings::default(),
+            tenant_defaults: TenantLimits::default(),
+            tenants: BTreeMap::new(),
             handlers: BTreeMap::new(),
         }
     }
@@ -454,6 +510,10 @@ impl Settings {
         }
         if self.events.heartbeat.is_zero() {
             bail!("events.heartbeat must be positive");
+        }
+        for name in self.tenants.keys() {
+            crate::tenancy::Tenant::parse(name)
+                .map_err(|msg| anyhow::anyhow!("[tenants.{name}]: {msg}"))?;
         }
         if self.queue.orphan_sweep_interval.is_zero() {
             bail!("queue.orphan_sweep_interval must be positive");

@@ -68,6 +68,8 @@ error_codes! {
     UnknownKind = ("unknown_kind", 422): "No handler serves this kind.",
     IdempotencyKeyReused = ("idempotency_key_reused", 422): "Used with another request.",
     ClientUploadsAtCapacity = ("client_uploads_at_capacity", 429): "This client's upload share.",
+    RateLimited = ("rate_limited", 429): "This key's requests per second are used up; retry.",
+    QueueFull = ("queue_full", 429): "The tenant has its most jobs queued; retry later.",
     InternalError = ("internal_error", 500): "A server fault; logged with its cause.",
     DatabaseUnavailable = ("database_unavailable", 503): "The database cannot be reached; retry.",
     BlobStoreUnavailable = ("blob_store_unavailable", 503): "The blob store failed; retry.",

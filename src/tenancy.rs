@@ -59,7 +59,7 @@ pub enum Scope {
     JobsWrite,
     /// Read and download results.
     ResultsRead,
-    /// Manage the tenant's API keys and webhook endpoints.
+    /// Manage the tenant's API keys and webhook endpoints; read its audit trail.
     Admin,
 }
 

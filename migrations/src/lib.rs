@@ -14,6 +14,7 @@ mod m20261203_000001_job_summary;
 mod m20261203_000002_job_list_indexes;
 mod m20261204_000001_scan_free_indexes;
 mod m20261205_000001_tenants;
+mod m20261205_000002_audit;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000002_job_list_indexes::Migration),
             Box::new(m20261204_000001_scan_free_indexes::Migration),
             Box::new(m20261205_000001_tenants::Migration),
+            Box::new(m20261205_000002_audit::Migration),
         ]
     }
 }

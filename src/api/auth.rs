@@ -18,7 +18,7 @@ use actix_web::{
 use super::problem::ApiError;
 use crate::{
     error_code::ErrorCode,
-    service::{ServiceError, Services},
+    service::{ServiceError, Services, rate::Limited},
     tenancy::{Caller, Scope},
 };
 
@@ -76,6 +76,10 @@ pub async fn authorize(
     if let Some(scope) = needs {
         match caller(&req, scope).await {
             Ok(caller) => {
+                if let Err(limited) = take_token(&req, &caller) {
+                    let res = rate_limited(limited);
+                    return Ok(req.into_response(res).map_into_right_body());
+                }
                 req.extensions_mut().insert(caller);
             }
             // A probe whose key cannot be checked (the database is down) goes on to say so
@@ -88,6 +92,53 @@ pub async fn authorize(
         }
     }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// Takes one of the caller's requests per second (its tenant's `requests_per_second`; none
+/// without a limit).
+fn take_token(req: &ServiceRequest, caller: &Caller) -> Result<(), Limited> {
+    let Some(services) = req.app_data::<web::Data<Services>>() else {
+        return Ok(());
+    };
+    let limits = services.settings.tenant_limits(caller.tenant.as_str());
+    if limits.requests_per_second == 0 {
+        return Ok(());
+    }
+    let burst = limits.request_burst.unwrap_or(limits.requests_per_second);
+    let key = caller.key_id.unwrap_or(uuid::Uuid::nil());
+    services.rates.take(key, limits.requests_per_second, burst)
+}
+
+/// `429 rate_limited`, with when to retry: `Retry-After` (whole seconds, at least 1) and the
+/// IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
+fn rate_limited(limited: Limited) -> actix_web::HttpResponse {
+    let wait = limited.retry_after.as_secs_f64();
+    let mut res = ApiError::new(
+        ErrorCode::RateLimited,
+        format!(
+            "this API key may make {} requests a second (bursts of {}); retry in {wait:.2} s",
+            limited.rate, limited.burst
+        ),
+    )
+    .error_response();
+    let headers = res.headers_mut();
+    let fields = [
+        (header::RETRY_AFTER, (wait.ceil() as u64).max(1).to_string()),
+        (
+            header::HeaderName::from_static("ratelimit-policy"),
+            format!("\"per-key\";q={};w=1", limited.rate),
+        ),
+        (
+            header::HeaderName::from_static("ratelimit"),
+            format!("\"per-key\";r=0;t={}", (wait.ceil() as u64).max(1)),
+        ),
+    ];
+    for (name, value) in fields {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    res
 }
 
 /// The caller of `req`, if its key (or an open server) allows `scope` (`None`: any key).
@@ -105,7 +156,11 @@ async fn caller(req: &ServiceRequest, scope: Option<Scope>) -> Result<Caller, Re
         .await
         .map_err(Refused::Error)?;
     match scope {
-        Some(scope) if !caller.scopes.contains(scope) => Err(Refused::Scope(scope)),
+        Some(scope) if !caller.scopes.contains(scope) => {
+            // Known, though refused: the audit trail records who tried.
+            req.extensions_mut().insert(caller);
+            Err(Refused::Scope(scope))
+        }
         _ => Ok(caller),
     }
 }

@@ -2,6 +2,7 @@
 //! route table. Every error leaves as an RFC 9457 problem.
 
 pub mod accept;
+pub mod audit;
 pub mod auth;
 pub mod conditional;
 pub mod digest_header;
@@ -156,6 +157,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     ("get", "/v1/keys/{id}", Access::Needs(Scope::Admin)),
     ("head", "/v1/keys/{id}", Access::Needs(Scope::Admin)),
     ("post", "/v1/keys/{id}/revoke", Access::Needs(Scope::Admin)),
+    ("get", "/v1/audit", Access::Needs(Scope::Admin)),
+    ("head", "/v1/audit", Access::Needs(Scope::Admin)),
 ];
 
 /// Routes `GET` and `HEAD` of a resource to `handler`. A HEAD answer is the GET answer — same
@@ -250,6 +253,7 @@ pub fn configure(
             .service(readable(resource("/v1/events"), events::feed))
             .service(readable(resource("/v1/keys"), keys::list).route(web::post().to(keys::create)))
             .service(readable(resource("/v1/keys/{id}"), keys::get))
-            .service(resource("/v1/keys/{id}/revoke").route(web::post().to(keys::revoke)));
+            .service(resource("/v1/keys/{id}/revoke").route(web::post().to(keys::revoke)))
+            .service(readable(resource("/v1/audit"), audit::list));
     }
 }

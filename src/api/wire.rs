@@ -1,6 +1,7 @@
 //! Wire types: exactly what `openapi.yaml` describes. Built from rows, never stored; they
 //! deserialize too, so tests and clients written in Rust can read the API's answers with them.
 
+pub mod audit;
 pub mod keys;
 pub mod webhooks;
 

@@ -164,6 +164,7 @@ impl Blobs {
             url::Url::parse(spec).with_context(|| format!("invalid blob_store URL {spec:?}"))?;
         let config = object_store_config(options);
         let (store, prefix) = if matches!(url.scheme(), "s3" | "s3a") {
+            check_s3_options(options)?;
             open_s3(spec, &url, part_bytes, &config)?
         } else {
             // As for S3 (see `open_s3`), but the URL parser only takes string keys, which
@@ -494,6 +495,25 @@ fn object_store_config(options: &BTreeMap<String, String>) -> BTreeMap<String, S
     config
 }
 
+/// Every `blob_options` key of an S3 store must be one object_store knows: a misspelt
+/// `aws_server_side_encryption` must stop the server, not leave scans unencrypted. (Unknown
+/// `AWS_*` environment variables are left alone: the environment holds other tools' settings.)
+fn check_s3_options(options: &BTreeMap<String, String>) -> anyhow::Result<()> {
+    for key in options.keys() {
+        let known = key
+            .to_ascii_lowercase()
+            .parse::<object_store::aws::AmazonS3ConfigKey>()
+            .is_ok();
+        if !known {
+            anyhow::bail!(
+                "blob_options.{key} is not an S3 setting (see object_store's AmazonS3ConfigKey: \
+                 aws_region, aws_endpoint, aws_server_side_encryption, aws_sse_kms_key_id, …)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// An S3 (or S3-compatible) bucket, with timeouts and retries suited to multi-GiB payloads;
 /// returns the store and the key prefix from the URL's path.
 fn open_s3(
@@ -545,6 +565,40 @@ fn open_s3(
 mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
+
+    fn s3_options(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Server-side encryption is object_store's, set through `blob_options`; a setting it does
+    /// not know, or an encryption it does not have, stops the server at start-up.
+    #[test]
+    fn s3_encryption_settings_are_taken_and_mistakes_refused() {
+        let open = |pairs: &[(&str, &str)]| {
+            Blobs::open("s3://bucket/prefix", 8 << 20, &s3_options(pairs)).map(|_| ())
+        };
+        let base = [
+            ("aws_region", "eu-west-1"),
+            ("aws_endpoint", "http://127.0.0.1:1"),
+        ];
+        open(&base).expect("plain S3");
+        for sse in [
+            &[("aws_server_side_encryption", "AES256")][..],
+            &[
+                ("aws_server_side_encryption", "aws:kms"),
+                ("aws_sse_kms_key_id", "arn:aws:kms:eu-west-1:1:key/abc"),
+            ],
+        ] {
+            open(&[&base[..], sse].concat()).expect("an encryption object_store knows");
+        }
+        let typo = open(&[&base[..], &[("aws_server_side_encrytion", "AES256")]].concat());
+        assert!(format!("{:#}", typo.unwrap_err()).contains("aws_server_side_encrytion"));
+        let unknown = open(&[&base[..], &[("aws_server_side_encryption", "rot13")]].concat());
+        assert!(unknown.is_err(), "an unknown encryption is refused");
+    }
 
     #[test]
     fn keys_parse_back_to_what_made_them_and_nothing_else() {

@@ -6,8 +6,9 @@ use std::{collections::BTreeMap, time::Duration};
 use bytes::Bytes;
 use futures_util::Stream;
 use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Set,
-    sea_query::{Expr, OnConflict},
+    ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    Set,
+    sea_query::{Expr, OnConflict, Query},
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -30,7 +31,7 @@ use crate::{
         idempotency_key, job, job_event, job_input, job_log, result, upload, webhook_attempt,
         webhook_delivery, webhook_endpoint,
     },
-    storage::tenancy,
+    storage::{Tx, TxInner, tenancy},
     tenancy::Tenant,
     time::now_ms,
 };
@@ -371,8 +372,9 @@ impl Services {
     {
         validate_input_name(&input)
             .map_err(|msg| ServiceError::invalid("input", format!("input name {msg}")))?;
-        // Before the body is read: a refused address should not cost an upload.
+        // Before the body is read: a refused address or a full queue should not cost an upload.
         self.check_job_webhook(&spec).await?;
+        self.precheck_queue_room(tenant).await?;
         self.idempotently(tenant, idempotency, |key| async move {
             // Recorded by the job's own transaction: one commit for the upload and the job.
             let upload = self.store_upload(tenant, body, meta).await?;
@@ -714,6 +716,7 @@ impl Services {
         };
 
         let mut tx = self.db.begin().await?;
+        self.check_queue_room(&mut tx, tenant).await?;
         let active: job::ActiveModel = row.clone().into();
         tx.execute(&job::Entity::insert(active).into_query())
             .await?;
@@ -1000,6 +1003,67 @@ impl Services {
         lines.reverse();
         Ok(lines)
     }
+}
+
+impl Services {
+    /// [`Services::check_queue_room`] before a body is read, outside any transaction (so not
+    /// exact: the creating transaction checks again).
+    async fn precheck_queue_room(&self, tenant: &Tenant) -> ServiceResult<()> {
+        let limit = self.settings.tenant_limits(tenant.as_str()).max_queued_jobs;
+        if limit == 0 {
+            return Ok(());
+        }
+        let queued = tenancy::find::<job::Entity>(tenant)
+            .filter(job::Column::Status.eq(JobStatus::Queued))
+            .count(&self.db.reads)
+            .await?;
+        if queued >= limit {
+            return Err(queue_full(tenant, queued));
+        }
+        Ok(())
+    }
+
+    /// Refuses a new job while `tenant` has its most jobs queued (`max_queued_jobs`). Run in the
+    /// creating transaction, it is exact: on SQLite the writer is one at a time, on PostgreSQL a
+    /// lock per tenant, held to the commit, makes creations of one tenant take turns.
+    async fn check_queue_room(&self, tx: &mut Tx, tenant: &Tenant) -> ServiceResult<()> {
+        let limit = self.settings.tenant_limits(tenant.as_str()).max_queued_jobs;
+        if limit == 0 {
+            return Ok(());
+        }
+        if matches!(tx.inner, TxInner::Postgres(_)) {
+            tx.execute(Query::select().expr(Expr::cust_with_values(
+                "pg_advisory_xact_lock(hashtext($1))",
+                [format!("ferry-queue:{tenant}")],
+            )))
+            .await?;
+        }
+        let (queued, _) = tx
+            .fetch_i64_pair(
+                Query::select()
+                    .expr(Expr::cust("COUNT(*)"))
+                    .expr(Expr::val(0i64))
+                    .from(job::Entity)
+                    .and_where(job::Column::Tenant.eq(tenant.as_str()))
+                    .and_where(job::Column::Status.eq(JobStatus::Queued)),
+            )
+            .await?
+            .unwrap_or_default();
+        if queued.max(0) as u64 >= limit {
+            return Err(queue_full(tenant, queued.max(0) as u64));
+        }
+        Ok(())
+    }
+}
+
+fn queue_full(tenant: &Tenant, queued: u64) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::QueueFull,
+        format!(
+            "tenant {tenant} already has {queued} jobs queued, its limit (max_queued_jobs); \
+             retry once some of them have started"
+        ),
+    )
 }
 
 fn in_flight() -> ServiceError {

@@ -2,12 +2,14 @@
 //! API and the workers both call in, and get [`ServiceError`]s with stable codes back.
 
 pub mod attempts;
+pub mod audit;
 pub mod events;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;
 pub mod orphans;
 pub mod pacing;
+pub mod rate;
 pub mod reconcile;
 pub mod results;
 pub mod uploads;
@@ -36,6 +38,10 @@ pub struct Services {
     pub kinds: Arc<BTreeMap<String, KindDefaults>>,
     /// API keys, and whether requests without one are served (see [`keys`]).
     pub keys: keys::KeyRing,
+    /// The audit trail's writer (see [`audit`]).
+    pub audit: audit::AuditLog,
+    /// Requests per second per key, in this process (see [`rate`]).
+    pub rates: rate::RateLimiter,
     /// Permits for uploads in progress (see `limits.max_concurrent_uploads`).
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Uploads in progress per client address (see `limits.max_uploads_per_client`).
@@ -72,6 +78,8 @@ impl Services {
         let open_allowed = settings.auth.insecure_no_auth || loopback_only(&settings.listen);
         Ok(Services {
             keys: keys::KeyRing::new(db.clone(), open_allowed),
+            audit: audit::AuditLog::start(db.clone()),
+            rates: rate::RateLimiter::default(),
             db,
             blobs,
             upload_slots: Arc::new(tokio::sync::Semaphore::new(

@@ -102,11 +102,10 @@ async fn spec_lists_exactly_the_server_routes() {
         );
         let refusals = op["responses"].as_object().expect("responses");
         let needs_key = matches!(access, ferry::api::Access::Needs(_));
-        assert_eq!(
-            refusals.contains_key("403"),
-            needs_key,
-            "403 of {method} {path}"
-        );
+        for status in ["403", "429"] {
+            let has = refusals.contains_key(status);
+            assert_eq!(has, needs_key, "{status} of {method} {path}");
+        }
         assert_eq!(
             refusals.contains_key("401"),
             access != ferry::api::Access::Open,
@@ -186,6 +185,7 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("get", "/v1/keys"), 200),
         (("get", "/v1/keys/{id}"), 404),
         (("post", "/v1/keys/{id}/revoke"), 404),
+        (("get", "/v1/audit"), 200),
     ]
     .into_iter()
     .collect();

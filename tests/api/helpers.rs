@@ -141,6 +141,8 @@ pub struct TestConfig {
     pub webhooks: String,
     /// `events.heartbeat`: how long an event stream stays silent before a heartbeat.
     pub heartbeat: &'static str,
+    /// More tables at the end of the configuration (`[tenants.x]`, …).
+    pub extra_toml: String,
 }
 
 /// The tests' `[webhooks]` section: loopback receivers, a fast scan and a short schedule.
@@ -166,6 +168,7 @@ impl Default for TestConfig {
             webhooks: TEST_WEBHOOKS.to_owned(),
             progress_event_interval: None,
             heartbeat: "15s",
+            extra_toml: String::new(),
         }
     }
 }
@@ -327,6 +330,7 @@ command = ["python3", "{model}"]
 timeout = "{timeout}"
 max_attempts = {attempts}
 concurrency = {concurrency}
+{extra_toml}
 "#,
             data = dir.path().join("data").display(),
             ferry_database_url = ferry_database_url.as_deref().unwrap_or(&database_url),
@@ -344,6 +348,7 @@ concurrency = {concurrency}
                 .map(|every| format!("progress_event_interval = \"{every}\""))
                 .unwrap_or_default(),
             heartbeat = cfg.heartbeat,
+            extra_toml = cfg.extra_toml,
         );
         std::fs::write(&config_path, toml).expect("write config");
         let mut app = TestApp {

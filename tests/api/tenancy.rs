@@ -16,6 +16,8 @@ use serde_json::{Value, json};
 use crate::{helpers::*, matrix, webhook_receiver::Receiver};
 
 matrix!(
+    a_tenant_over_its_limits_is_refused_with_429_until_it_is_not,
+    every_request_of_a_key_is_in_its_tenants_audit_trail,
     another_tenants_ids_are_not_found_anywhere,
     each_route_asks_for_its_scope,
     keys_are_shown_once_listed_expired_and_revoked,
@@ -228,6 +230,16 @@ async fn another_tenants_ids_are_not_found_anywhere() {
                     }
                 }
             }
+            ("get" | "head", "/v1/audit") => {
+                assert_eq!(reply.status, 200, "{what}: {}", reply.body);
+                if method == "get" {
+                    assert!(
+                        items(&reply).iter().all(|e| e["tenant"] == "tenant-b"),
+                        "{what} shows another tenant's trail: {}",
+                        reply.body
+                    );
+                }
+            }
             ("get" | "head", "/v1/events") => {
                 assert_eq!(reply.status, 200, "{what}: {}", reply.body);
                 if method == "get" {
@@ -299,6 +311,13 @@ async fn another_tenants_ids_are_not_found_anywhere() {
             .await
             .body["state"],
         "active"
+    );
+    // A's own feed does show A's events (each event carries its job's tenant).
+    let a_feed = get_as(&app, &a, "/v1/events").await;
+    assert!(
+        listed(&a_feed, "job_id").contains(&ids.job),
+        "{}",
+        a_feed.body
     );
     let upload = get_as(&app, &a, &format!("/v1/uploads/{}", ids.upload)).await;
     assert_eq!(
@@ -729,4 +748,235 @@ async fn a_server_without_keys_serves_beyond_loopback_only_when_told() {
         .await;
     assert_eq!(with.status, 200, "{}", with.body);
     stop(child);
+}
+
+/// The tenant's audit trail as `key` reads it, filtered by `query` pairs (all pages).
+async fn trail(app: &TestApp, key: &str, query: &[(&str, &str)]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let mut pairs: Vec<(&str, &str)> = query.to_vec();
+        if let Some(cursor) = &next {
+            pairs.push(("next", cursor));
+        }
+        let reply = call(app, Some(key), "get", "/v1/audit", |r| r.query(&pairs)).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        out.extend(items(&reply).iter().cloned());
+        match reply.body["next"].as_str() {
+            Some(cursor) => next = Some(cursor.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+/// The trail as `key` reads it, once `done` holds for it (reads are written within a moment).
+async fn wait_trail(app: &TestApp, key: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let start = Instant::now();
+    loop {
+        let entries = trail(app, key, &[]).await;
+        if done(&entries) {
+            return entries;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "not in the trail: {entries:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every request of a tenant's keys — allowed, refused or not found — is in that tenant's
+/// trail with its key, route, object, status and address; a change is there before its answer
+/// arrives, repeated reads are one entry, no payload or parameter is ever in it, and another
+/// tenant's trail holds none of it.
+async fn every_request_of_a_key_is_in_its_tenants_audit_trail() {
+    let app = TestApp::spawn().await;
+    let admin = create_key(&app, "ward", &ALL_SCOPES);
+    let reader = create_key(&app, "ward", &["jobs:read"]);
+    let other = create_key(&app, "elsewhere", &ALL_SCOPES);
+    wait_keys_required(&app, &app.base).await;
+
+    let job = call(&app, Some(&admin), "post", "/v1/kinds/digest/jobs", |r| {
+        r.query(&[("params_json", r#"{"secret_param":"s3cr3t-value"}"#)])
+            .body("patient bytes")
+    })
+    .await;
+    assert_eq!(job.status, 202, "{}", job.body);
+    let job_id = job.body["id"].as_str().expect("id").to_owned();
+    // A change is in the trail before its answer arrives: no waiting here.
+    let made = trail(&app, &admin, &[("object", &job_id)]).await;
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["action"], "POST /v1/kinds/{kind}/jobs");
+    assert_eq!(made[0]["status"], 202);
+    assert_eq!(made[0]["tenant"], "ward");
+    assert_eq!(made[0]["client_addr"], "127.0.0.1");
+
+    wait_succeeded(&app, &admin, &job_id).await; // polls: many reads, one entry
+    for _ in 0..5 {
+        get_as(&app, &admin, &format!("/v1/jobs/{job_id}")).await;
+    }
+    let download = get_as(
+        &app,
+        &admin,
+        &format!("/v1/jobs/{job_id}/results/report.json"),
+    )
+    .await;
+    assert_eq!(download.status, 200);
+    let cancel = call(
+        &app,
+        Some(&admin),
+        "post",
+        &format!("/v1/jobs/{job_id}/cancel"),
+        |r| r,
+    )
+    .await;
+    cancel.assert_problem(409, "job_finished");
+    let refused = call(&app, Some(&reader), "post", "/v1/uploads", |r| r.body("x")).await;
+    refused.assert_problem(403, "insufficient_scope");
+    let probe = get_as(&app, &other, &format!("/v1/jobs/{job_id}")).await;
+    probe.assert_problem(404, "job_not_found");
+
+    // Reads are written within a fraction of a second.
+    let entries = wait_trail(&app, &admin, |entries| {
+        entries
+            .iter()
+            .any(|e| e["action"] == "GET /v1/jobs/{id}/results/{name}")
+    })
+    .await;
+    let of = |action: &str| -> Vec<&Value> {
+        entries.iter().filter(|e| e["action"] == action).collect()
+    };
+    let polls = of("GET /v1/jobs/{id}");
+    assert_eq!(polls.len(), 1, "repeated reads are one entry: {polls:?}");
+    assert_eq!(polls[0]["object_id"], job_id.as_str());
+    assert_eq!(of("GET /v1/jobs/{id}/results/{name}")[0]["status"], 200);
+    assert_eq!(of("POST /v1/jobs/{id}/cancel")[0]["status"], 409);
+    let tried = of("POST /v1/uploads");
+    assert_eq!(tried.len(), 1, "{tried:?}");
+    assert_eq!(tried[0]["status"], 403);
+    let keys = get_as(&app, &admin, "/v1/keys").await;
+    let reader_id = items(&keys)
+        .iter()
+        .find(|k| k["scopes"] == json!(["jobs:read"]))
+        .expect("the reader")["id"]
+        .clone();
+    assert_eq!(tried[0]["key_id"], reader_id);
+    // Newest first, with increasing ids.
+    let ids: Vec<i64> = entries
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
+    // Filters.
+    let by_reader = trail(&app, &admin, &[("key", reader_id.as_str().unwrap())]).await;
+    assert_eq!(by_reader.len(), 1);
+    let paged = call(&app, Some(&admin), "get", "/v1/audit?limit=1", |r| r).await;
+    assert_eq!(items(&paged).len(), 1);
+    assert!(paged.body["next"].is_string());
+    // Nothing of the request's contents, and nothing of it in the other tenant's trail, which
+    // holds that tenant's own (refused) look at this job.
+    let text = serde_json::to_string(&entries).unwrap();
+    assert!(
+        !text.contains("s3cr3t") && !text.contains("patient"),
+        "{text}"
+    );
+    let theirs = wait_trail(&app, &other, |entries| !entries.is_empty()).await;
+    assert!(
+        theirs.iter().all(|e| e["tenant"] == "elsewhere"),
+        "{theirs:?}"
+    );
+    assert!(
+        theirs
+            .iter()
+            .any(|e| e["action"] == "GET /v1/jobs/{id}" && e["status"] == 404),
+        "{theirs:?}"
+    );
+    assert!(entries.iter().all(|e| e["tenant"] == "ward"));
+}
+
+/// A tenant's queue bound and a key's request rate: over them `429` with the code, `Retry-After`
+/// and (for the rate) the IETF `RateLimit` fields; under them again once jobs start or time
+/// passes; other tenants and keys are not held back.
+async fn a_tenant_over_its_limits_is_refused_with_429_until_it_is_not() {
+    let app = TestApp::spawn_with(TestConfig {
+        model_concurrency: 1,
+        extra_toml: "[tenants.small]\nmax_queued_jobs = 2\n\
+                     [tenants.chatty]\nrequests_per_second = 2\n"
+            .into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let small = create_key(&app, "small", &ALL_SCOPES);
+    let chatty = create_key(&app, "chatty", &ALL_SCOPES);
+    let chatty_too = create_key(&app, "chatty", &["jobs:read"]);
+    let roomy = create_key(&app, "roomy", &ALL_SCOPES);
+    wait_keys_required(&app, &app.base).await;
+
+    // One job runs (the model's one slot), two wait: the queue is full.
+    let sleep = |key: String| {
+        let app = &app;
+        async move {
+            call(app, Some(&key), "post", "/v1/kinds/model/jobs", |r| {
+                r.query(&[("params_json", r#"{"mode":"sleep"}"#)]).body("x")
+            })
+            .await
+        }
+    };
+    let running = sleep(small.clone()).await;
+    assert_eq!(running.status, 202, "{}", running.body);
+    let running = running.body["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    while get_as(&app, &small, &format!("/v1/jobs/{running}"))
+        .await
+        .body["status"]
+        != "running"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the first job never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        let reply = sleep(small.clone()).await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        queued.push(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    let full = sleep(small.clone()).await;
+    full.assert_problem(429, "queue_full");
+    assert_eq!(full.header("retry-after"), Some("5"));
+    // The JSON form too, and the other tenant is not held back.
+    let upload = call(&app, Some(&small), "post", "/v1/uploads", |r| r.body("y")).await;
+    let json_form = call(&app, Some(&small), "post", "/v1/jobs", |r| {
+        r.json(&json!({"kind": "model", "inputs": {"scan": upload.body["id"]}}))
+    })
+    .await;
+    json_form.assert_problem(429, "queue_full");
+    assert_eq!(sleep(roomy.clone()).await.status, 202);
+    // A canceled job leaves room.
+    let cancel = format!("/v1/jobs/{}/cancel", queued[0]);
+    let canceled = call(&app, Some(&small), "post", &cancel, |r| r).await;
+    assert!(canceled.status < 300, "{}", canceled.body);
+    assert_eq!(sleep(small.clone()).await.status, 202);
+
+    // Two requests a second per key: the third is refused until a token is back.
+    for _ in 0..2 {
+        assert_eq!(get_as(&app, &chatty, "/v1/jobs").await.status, 200);
+    }
+    let limited = get_as(&app, &chatty, "/v1/jobs").await;
+    limited.assert_problem(429, "rate_limited");
+    assert_eq!(limited.header("retry-after"), Some("1"));
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        Some("\"per-key\";q=2;w=1")
+    );
+    assert_eq!(limited.header("ratelimit"), Some("\"per-key\";r=0;t=1"));
+    // Another key of the tenant has a bucket of its own; other tenants have no limit.
+    assert_eq!(get_as(&app, &chatty_too, "/v1/jobs").await.status, 200);
+    for _ in 0..5 {
+        assert_eq!(get_as(&app, &roomy, "/v1/jobs").await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(get_as(&app, &chatty, "/v1/jobs").await.status, 200);
 }

@@ -1,6 +1,7 @@
 //! sea-orm entities, one file per table of `migrations/`. Rows, not wire types: the API maps them.
 
 pub mod api_key;
+pub mod audit_event;
 pub mod idempotency_key;
 pub mod job;
 pub mod job_event;
