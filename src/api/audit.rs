@@ -5,13 +5,14 @@ use actix_web::{
     HttpMessage, HttpResponse,
     body::MessageBody,
     dev::{ServiceRequest, ServiceResponse},
-    http::{Method, header},
+    http::header,
     middleware::Next,
     web,
 };
 use serde::Deserialize;
 
 use super::{
+    auth::Route,
     paging::{Page, invalid_query, next_cursor},
     problem::ApiError,
     wire::audit::{AuditEventOut, AuditList},
@@ -32,29 +33,41 @@ pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let services = req.app_data::<web::Data<Services>>().cloned();
-    let pattern = req.match_pattern();
-    let method = req.method().clone();
-    let client_addr = req.peer_addr().map(|a| a.ip().to_string());
     let res = next.call(req).await?;
-    let (Some(services), Some(pattern)) = (services, pattern) else {
+    let request = res.request();
+    let (Some(route), Some(services)) = (
+        request.extensions().get::<Route>().copied(),
+        request.app_data::<web::Data<Services>>(),
+    ) else {
         return Ok(res);
     };
-    let Some(caller) = res.request().extensions().get::<Caller>().cloned() else {
+    let Some(caller) = request.extensions().get::<Caller>().cloned() else {
         return Ok(res);
     };
-    let read = method == Method::GET || method == Method::HEAD;
+    let read = matches!(route.method, "get" | "head");
+    let status = res.status().as_u16();
+    if read {
+        // Most reads are repeats (polls): checked before anything is copied.
+        let object = request.match_info().get("id");
+        if services
+            .audit
+            .seen_recently(&caller, route.path, object, status)
+        {
+            return Ok(res);
+        }
+    }
+    let verb = if read {
+        "GET".to_owned()
+    } else {
+        route.method.to_ascii_uppercase()
+    };
     let entry = Entry {
+        action: format!("{verb} {}", route.path),
+        object_id: object_of(&res),
+        status,
+        client_addr: request.peer_addr().map(|a| a.ip().to_string()),
         tenant: caller.tenant,
         key_id: caller.key_id,
-        action: format!(
-            "{} {}",
-            if read { "GET" } else { method.as_str() },
-            pattern.replace("{name:.+}", "{name}")
-        ),
-        object_id: object_of(&res),
-        status: res.status().as_u16(),
-        client_addr,
     };
     if read {
         services.audit.record_read(entry);

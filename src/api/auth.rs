@@ -43,15 +43,37 @@ impl Access {
     }
 }
 
-/// The access rule of the route `req` matched, if it matched one.
-fn route_access(req: &ServiceRequest) -> Option<Access> {
-    // In the route table's syntax (`{name:.+}` → `{name}`).
-    let pattern = req.match_pattern()?.replace("{name:.+}", "{name}");
-    let method = req.method().as_str().to_ascii_lowercase();
+/// The entry of [`super::ROUTES`] a request matched: found once per request by [`authorize`],
+/// kept in the request's extensions for the audit trail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Lower case, as in `ROUTES`.
+    pub method: &'static str,
+    /// In OpenAPI syntax (`/v1/jobs/{id}/results/{name}`).
+    pub path: &'static str,
+    pub access: Access,
+}
+
+/// The route `req` matched, if it matched one.
+fn route_of(req: &ServiceRequest) -> Option<Route> {
+    let pattern = req.match_pattern()?;
+    let method = req.method().as_str();
     super::ROUTES
         .iter()
-        .find(|(m, path, _)| *m == method && *path == pattern)
-        .map(|(_, _, access)| *access)
+        .find(|(m, path, _)| {
+            // The route table's `{name}` is the router's `{name:.+}`.
+            let same_path = *path == pattern
+                || matches!(
+                    (path.strip_suffix("{name}"), pattern.strip_suffix("{name:.+}")),
+                    (Some(a), Some(b)) if a == b
+                );
+            m.eq_ignore_ascii_case(method) && same_path
+        })
+        .map(|&(method, path, access)| Route {
+            method,
+            path,
+            access,
+        })
 }
 
 /// Middleware: lets a request through to its handler only if its key may call the route (see
@@ -60,9 +82,11 @@ pub async fn authorize(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let Some(access) = route_access(&req) else {
+    let Some(route) = route_of(&req) else {
         return Ok(next.call(req).await?.map_into_left_body());
     };
+    req.extensions_mut().insert(route);
+    let access = route.access;
     let needs = match access {
         Access::Open => None,
         Access::Probe => {
