@@ -1,6 +1,7 @@
 //! Who may call what: [`authorize`] runs before every handler, finds the route's [`Access`] in
 //! [`super::ROUTES`], checks the request's API key for it (401 without a valid key, 403 without
-//! the scope, each a problem with `WWW-Authenticate` as RFC 6750 describes) and hands the
+//! the scope, each a problem with `WWW-Authenticate` as RFC 6750 describes; 429 past the key's
+//! requests per second) and hands the
 //! [`Caller`] to the handler, which passes its tenant to the service layer. A handler cannot
 //! reach a tenant's data without a `Caller`, and gets none unless this check passed.
 
@@ -31,16 +32,6 @@ pub enum Access {
     Probe,
     /// A key with this scope (or an open server: no key exists, loopback only).
     Needs(Scope),
-}
-
-impl Access {
-    /// The scopes an OpenAPI `security` requirement names for this route (none: open).
-    pub fn scopes(self) -> Vec<&'static str> {
-        match self {
-            Access::Open | Access::Probe => Vec::new(),
-            Access::Needs(scope) => vec![scope.as_str()],
-        }
-    }
 }
 
 /// The entry of [`super::ROUTES`] a request matched: found once per request by [`authorize`],
@@ -86,36 +77,36 @@ pub async fn authorize(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     req.extensions_mut().insert(route);
-    let access = route.access;
-    let needs = match access {
+    let readyz_requires_key = req
+        .app_data::<web::Data<Services>>()
+        .is_some_and(|s| s.settings.auth.readyz_requires_key);
+    let refused = match route.access {
         Access::Open => None,
-        Access::Probe => {
-            let services = req.app_data::<web::Data<Services>>();
-            services
-                .is_some_and(|s| s.settings.auth.readyz_requires_key)
-                .then_some(None)
-        }
-        Access::Needs(scope) => Some(Some(scope)),
-    };
-    if let Some(scope) = needs {
-        match caller(&req, scope).await {
-            Ok(caller) => {
-                if let Err(limited) = take_token(&req, &caller) {
-                    let res = rate_limited(limited);
-                    return Ok(req.into_response(res).map_into_right_body());
+        Access::Probe if !readyz_requires_key => None,
+        // Any valid key. A probe whose key cannot be checked (the database is down) goes on to
+        // say so itself, in its own `503` document.
+        Access::Probe => match caller(&req, None).await {
+            Err(Refused::Error(e)) if e.code.status() < 500 => Some(Refused::Error(e)),
+            _ => None,
+        },
+        Access::Needs(scope) => match caller(&req, Some(scope)).await {
+            Ok(caller) => match take_token(&req, &caller) {
+                Ok(()) => {
+                    req.extensions_mut().insert(caller);
+                    None
                 }
-                req.extensions_mut().insert(caller);
-            }
-            // A probe whose key cannot be checked (the database is down) goes on to say so
-            // itself, in its own `503` document.
-            Err(Refused::Error(e)) if access == Access::Probe && e.code.status() >= 500 => {}
-            Err(refusal) => {
-                let res = refusal.error_response();
-                return Ok(req.into_response(res).map_into_right_body());
-            }
+                Err(limited) => Some(Refused::Rate(limited)),
+            },
+            Err(refusal) => Some(refusal),
+        },
+    };
+    match refused {
+        None => Ok(next.call(req).await?.map_into_left_body()),
+        Some(refusal) => {
+            let res = refusal.error_response();
+            Ok(req.into_response(res).map_into_right_body())
         }
     }
-    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// Takes one of the caller's requests per second (its tenant's `requests_per_second`; none
@@ -196,11 +187,14 @@ enum Refused {
     Error(ServiceError),
     /// 403: the key lacks this scope.
     Scope(Scope),
+    /// 429: the key's requests per second are used up.
+    Rate(Limited),
 }
 
 impl Refused {
     fn error_response(&self) -> actix_web::HttpResponse {
         let (problem, challenge) = match self {
+            Refused::Rate(limited) => return rate_limited(*limited),
             Refused::Error(err) => {
                 let challenge = match err.code {
                     ErrorCode::Unauthenticated => Some("Bearer realm=\"ferry\"".to_owned()),

@@ -980,3 +980,24 @@ async fn a_tenant_over_its_limits_is_refused_with_429_until_it_is_not() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(get_as(&app, &chatty, "/v1/jobs").await.status, 200);
 }
+
+/// `/readyz` needs a key (of any scope) once keys exist when told so; `/healthz` never does.
+#[tokio::test]
+async fn readyz_asks_for_a_key_only_when_configured_to() {
+    let app = TestApp::spawn_with(TestConfig {
+        extra_toml: "[auth]\nreadyz_requires_key = true\n".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    assert_eq!(app.readyz().await.status, 200, "open: no key exists yet");
+    let reader = create_key(&app, "default", &["results:read"]);
+    wait_keys_required(&app, &app.base).await;
+    let refused = app.readyz().await;
+    refused.assert_problem(401, "unauthenticated");
+    assert_eq!(get_as(&app, &reader, "/readyz").await.status, 200);
+    let bogus = format!("fk_{}", "1".repeat(40));
+    get_as(&app, &bogus, "/readyz")
+        .await
+        .assert_problem(401, "invalid_api_key");
+    assert_eq!(app.healthz().await.status, 200);
+}
