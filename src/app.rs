@@ -228,7 +228,8 @@ async fn check_access(services: &Services) -> anyhow::Result<()> {
              admin …`), listen on 127.0.0.1, or pass --insecure-no-auth to serve without keys"
         );
     }
-    if services.settings.auth.insecure_no_auth && !crate::service::loopback_only(listen) {
+    // Open is allowed (checked above): by the flag, or because the address is loopback.
+    if services.settings.auth.insecure_no_auth {
         println!(
             "ferry: WARNING: no API key exists and --insecure-no-auth is set: serving {listen} \
              without authentication"

@@ -11,7 +11,7 @@ use crate::{
     ids::KeyId,
     service::keys::{KeyRequest, KeyRing},
     storage::Db,
-    tenancy::{Scope, Scopes, Tenant},
+    tenancy::{Scopes, Tenant},
     time::{now_ms, to_rfc3339},
 };
 
@@ -32,13 +32,10 @@ pub async fn run(action: KeysCommand, settings: &Settings) -> anyhow::Result<()>
             expires_in,
         } => {
             let tenant = Tenant::parse(&tenant).map_err(|msg| anyhow!(msg))?;
-            let scopes: Scopes = if scopes.is_empty() {
-                Scope::DEFAULT.into_iter().collect()
+            let scopes = if scopes.is_empty() {
+                Scopes::default_set()
             } else {
-                scopes
-                    .iter()
-                    .map(|s| Scope::parse(s).map_err(|msg| anyhow!(msg)))
-                    .collect::<anyhow::Result<Scopes>>()?
+                Scopes::parse_all(&scopes).map_err(|msg| anyhow!(msg))?
             };
             let expires_at_ms = expires_in
                 .map(|d| i64::try_from(d.as_millis()).map(|ms| now_ms().saturating_add(ms)))
@@ -82,7 +79,7 @@ pub async fn run(action: KeysCommand, settings: &Settings) -> anyhow::Result<()>
                     .await
                     .map_err(failed)?;
                 for row in &rows {
-                    let state = crate::api::wire::keys::KeyOut::of(row).state;
+                    let state = KeyRing::state(row).as_str();
                     writeln!(
                         out,
                         "{:<36}  {:<16}  {:<12}  {:<8}  {:<24}  {:<25}  {}",

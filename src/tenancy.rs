@@ -108,6 +108,16 @@ impl Scopes {
         Scope::ALL.into_iter().collect()
     }
 
+    /// What a key gets when no scope is named ([`Scope::DEFAULT`]).
+    pub fn default_set() -> Scopes {
+        Scope::DEFAULT.into_iter().collect()
+    }
+
+    /// Scopes by name; the first unknown name is the error.
+    pub fn parse_all(names: &[String]) -> Result<Scopes, String> {
+        names.iter().map(|name| Scope::parse(name)).collect()
+    }
+
     pub fn contains(self, scope: Scope) -> bool {
         self.0 & Self::bit(scope) != 0
     }

@@ -77,20 +77,23 @@ pub async fn authorize(
         return Ok(next.call(req).await?.map_into_left_body());
     };
     req.extensions_mut().insert(route);
-    let readyz_requires_key = req
-        .app_data::<web::Data<Services>>()
-        .is_some_and(|s| s.settings.auth.readyz_requires_key);
+    let Some(services) = req.app_data::<web::Data<Services>>().cloned() else {
+        // Registered with the routes (`api::configure`): without them, nobody is let in.
+        let error = ServiceError::internal("authorizing", "no services registered");
+        let res = Refused::Error(error).error_response();
+        return Ok(req.into_response(res).map_into_right_body());
+    };
     let refused = match route.access {
         Access::Open => None,
-        Access::Probe if !readyz_requires_key => None,
+        Access::Probe if !services.settings.auth.readyz_requires_key => None,
         // Any valid key. A probe whose key cannot be checked (the database is down) goes on to
         // say so itself, in its own `503` document.
-        Access::Probe => match caller(&req, None).await {
+        Access::Probe => match caller(&req, &services, None).await {
             Err(Refused::Error(e)) if e.code.status() < 500 => Some(Refused::Error(e)),
             _ => None,
         },
-        Access::Needs(scope) => match caller(&req, Some(scope)).await {
-            Ok(caller) => match take_token(&req, &caller) {
+        Access::Needs(scope) => match caller(&req, &services, Some(scope)).await {
+            Ok(caller) => match take_token(&services, &caller) {
                 Ok(()) => {
                     req.extensions_mut().insert(caller);
                     None
@@ -111,10 +114,7 @@ pub async fn authorize(
 
 /// Takes one of the caller's requests per second (its tenant's `requests_per_second`; none
 /// without a limit).
-fn take_token(req: &ServiceRequest, caller: &Caller) -> Result<(), Limited> {
-    let Some(services) = req.app_data::<web::Data<Services>>() else {
-        return Ok(());
-    };
+fn take_token(services: &Services, caller: &Caller) -> Result<(), Limited> {
     let limits = services.settings.tenant_limits(caller.tenant.as_str());
     if limits.requests_per_second == 0 {
         return Ok(());
@@ -128,6 +128,7 @@ fn take_token(req: &ServiceRequest, caller: &Caller) -> Result<(), Limited> {
 /// IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
 fn rate_limited(limited: Limited) -> actix_web::HttpResponse {
     let wait = limited.retry_after.as_secs_f64();
+    let whole_seconds = (wait.ceil() as u64).max(1).to_string();
     let mut res = ApiError::new(
         ErrorCode::RateLimited,
         format!(
@@ -138,14 +139,14 @@ fn rate_limited(limited: Limited) -> actix_web::HttpResponse {
     .error_response();
     let headers = res.headers_mut();
     let fields = [
-        (header::RETRY_AFTER, (wait.ceil() as u64).max(1).to_string()),
+        (header::RETRY_AFTER, whole_seconds.clone()),
         (
             header::HeaderName::from_static("ratelimit-policy"),
             format!("\"per-key\";q={};w=1", limited.rate),
         ),
         (
             header::HeaderName::from_static("ratelimit"),
-            format!("\"per-key\";r=0;t={}", (wait.ceil() as u64).max(1)),
+            format!("\"per-key\";r=0;t={whole_seconds}"),
         ),
     ];
     for (name, value) in fields {
@@ -157,10 +158,11 @@ fn rate_limited(limited: Limited) -> actix_web::HttpResponse {
 }
 
 /// The caller of `req`, if its key (or an open server) allows `scope` (`None`: any key).
-async fn caller(req: &ServiceRequest, scope: Option<Scope>) -> Result<Caller, Refused> {
-    let services = req
-        .app_data::<web::Data<Services>>()
-        .ok_or_else(|| Refused::Error(ServiceError::internal("authorizing", "no services")))?;
+async fn caller(
+    req: &ServiceRequest,
+    services: &Services,
+    scope: Option<Scope>,
+) -> Result<Caller, Refused> {
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)

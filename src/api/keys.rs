@@ -16,7 +16,7 @@ use crate::{
     error_code::ErrorCode,
     ids::KeyId,
     service::{ServiceError, Services, keys::KeyRequest},
-    tenancy::{Caller, Scope, Scopes},
+    tenancy::{Caller, Scopes},
     time::parse_rfc3339,
 };
 
@@ -29,14 +29,12 @@ fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
     })
 }
 
-/// The scopes a request names, checked (`scopes` when absent: the default set).
+/// The scopes a request names, checked (absent: the default set; empty stays empty, which
+/// creation refuses).
 fn scopes_of(names: Option<&[String]>) -> Result<Scopes, ServiceError> {
     match names {
-        None => Ok(Scope::DEFAULT.into_iter().collect()),
-        Some(names) => names
-            .iter()
-            .map(|n| Scope::parse(n).map_err(|msg| ServiceError::invalid("scopes", msg)))
-            .collect(),
+        None => Ok(Scopes::default_set()),
+        Some(names) => Scopes::parse_all(names).map_err(|msg| ServiceError::invalid("scopes", msg)),
     }
 }
 
@@ -122,11 +120,9 @@ pub async fn revoke(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_key_id(&id)?;
-    services
+    let row = services
         .keys
-        .revoke(Some(&caller.tenant), id, caller.key_id)
+        .revoke(Some(&caller.tenant), parse_key_id(&id)?, caller.key_id)
         .await?;
-    let row = services.keys.get(Some(&caller.tenant), id).await?;
     Ok(HttpResponse::Ok().json(KeyOut::of(&row)))
 }

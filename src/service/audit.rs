@@ -22,7 +22,7 @@ use std::{
 
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, QueryTrait, Set, TransactionTrait, sea_query::SqliteQueryBuilder,
+    QueryTrait, Set, TransactionTrait, sea_query::SqliteQueryBuilder,
 };
 use sea_query_sqlx::SqlxBinder;
 use tokio::sync::{mpsc, oneshot};
@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use super::ServiceResult;
 use crate::{
-    storage::{Db, Pool, StorageError, entities::audit_event},
+    storage::{Db, Pool, StorageError, entities::audit_event, lookup::Paged},
     tenancy::{Caller, Tenant},
     time::now_ms,
 };
@@ -84,14 +84,9 @@ struct Pending {
 pub struct AuditLog {
     db: Db,
     queue: mpsc::Sender<Pending>,
-    /// Hash of (tenant, key, action, object) → when this process last recorded that read.
+    /// Hash of (tenant, key, route, object, status) → when this process last recorded that
+    /// read.
     recent_reads: Arc<Mutex<HashMap<u64, i64>>>,
-}
-
-impl std::fmt::Debug for Pending {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Pending")
-    }
 }
 
 impl AuditLog {
@@ -186,10 +181,7 @@ impl AuditLog {
         if let Some(before) = filter.before_id {
             query = query.filter(audit_event::Column::Id.lt(before));
         }
-        let mut rows = query.limit(filter.limit + 1).all(&self.db.reads).await?;
-        let more = rows.len() as u64 > filter.limit;
-        rows.truncate(filter.limit as usize);
-        Ok((rows, more))
+        Ok(query.page(filter.limit, &self.db.reads).await?)
     }
 }
 

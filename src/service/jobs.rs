@@ -19,7 +19,7 @@ use super::{
     uploads::UploadMeta,
     webhooks::JobWebhook,
 };
-use crate::storage::lookup::AtMostOne;
+use crate::storage::lookup::{AtMostOne, Paged};
 use crate::{
     blobs::keys,
     config::Limits,
@@ -850,9 +850,7 @@ impl Services {
         if let Some(cursor) = filter.before_id {
             query = query.filter(job::Column::Id.lt(cursor));
         }
-        let mut rows = query.limit(filter.limit + 1).all(&self.db.reads).await?;
-        let more = rows.len() as u64 > filter.limit;
-        rows.truncate(filter.limit as usize);
+        let (rows, more) = query.page(filter.limit, &self.db.reads).await?;
         Ok((Self::views(rows)?, more))
     }
 

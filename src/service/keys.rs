@@ -17,8 +17,8 @@ use std::{
 };
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, ExprTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, sea_query::Expr,
+    ActiveModelTrait, ColumnTrait, EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, sea_query::Expr,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -27,7 +27,11 @@ use super::{ServiceError, ServiceResult};
 use crate::{
     error_code::ErrorCode,
     ids::KeyId,
-    storage::{Db, entities::api_key, lookup::AtMostOne},
+    storage::{
+        Db,
+        entities::api_key,
+        lookup::{AtMostOne, Paged},
+    },
     tenancy::{Caller, Scopes, Tenant},
     time::now_ms,
 };
@@ -71,6 +75,24 @@ impl Refusal {
                 "the API key is not valid: it is malformed, unknown, revoked or expired. Send \
                  `Authorization: Bearer fk_…` with a current key",
             ),
+        }
+    }
+}
+
+/// Whether a key works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Revoked => "revoked",
+            KeyState::Expired => "expired",
         }
     }
 }
@@ -209,12 +231,18 @@ impl KeyRing {
             .filter(active(now))
             .at_most_one(&self.db.reads)
             .await?;
-        let known = row.as_ref().map(|row| Known {
-            id: row.id,
-            // Written by `create` after the same check; a bad name in the table is a bug.
-            tenant: Tenant::parse(&row.tenant).unwrap_or_else(|_| Tenant::default_tenant()),
-            scopes: Scopes::from_column(&row.scopes),
-            expires_at_ms: row.expires_at_ms,
+        let known = row.as_ref().and_then(|row| {
+            // Written by `create` after the same check: a name that does not parse was put there
+            // by hand. The key is refused, never taken for another tenant's.
+            let tenant = Tenant::parse(&row.tenant)
+                .inspect_err(|msg| tracing::error!(key = %KeyId(row.id), "{msg}; key refused"))
+                .ok()?;
+            Some(Known {
+                id: row.id,
+                tenant,
+                scopes: Scopes::from_column(&row.scopes),
+                expires_at_ms: row.expires_at_ms,
+            })
         });
         let write_last_used = {
             let mut cache = self.cache.lock().expect("key cache");
@@ -312,10 +340,7 @@ impl KeyRing {
         if let Some(before) = before_id {
             query = query.filter(api_key::Column::Id.lt(before));
         }
-        let mut rows = query.limit(limit + 1).all(&self.db.orm).await?;
-        let more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
-        Ok((rows, more))
+        Ok(query.page(limit, &self.db.orm).await?)
     }
 
     /// The key `id`, if it is `tenant`'s (any tenant's for `None`).
@@ -339,8 +364,8 @@ impl KeyRing {
         tenant: Option<&Tenant>,
         id: KeyId,
         by: Option<Uuid>,
-    ) -> ServiceResult<()> {
-        let current = self.get(tenant, id).await?;
+    ) -> ServiceResult<api_key::Model> {
+        let mut current = self.get(tenant, id).await?;
         if by == Some(id.0) {
             return Err(ServiceError::new(
                 ErrorCode::OwnKey,
@@ -351,19 +376,33 @@ impl KeyRing {
             ));
         }
         if current.revoked_at_ms.is_none() {
+            let now = now_ms();
             api_key::Entity::update_many()
-                .col_expr(api_key::Column::RevokedAtMs, Expr::value(now_ms()))
+                .col_expr(api_key::Column::RevokedAtMs, Expr::value(now))
                 .filter(api_key::Column::Id.eq(id.0))
                 .filter(api_key::Column::RevokedAtMs.is_null())
                 .exec(&self.db.orm)
                 .await?;
+            // Revoked now, or a moment ago by another request: the same to the caller.
+            current.revoked_at_ms = Some(now);
             tracing::info!(key = %id, tenant = %current.tenant, "API key revoked");
         }
         // This process stops believing it at once; others within `CACHE_TTL`.
         let mut cache = self.cache.lock().expect("key cache");
         cache.keys.remove(&current.secret_sha256);
         cache.any_key = None;
-        Ok(())
+        Ok(current)
+    }
+
+    /// Whether `row` works now.
+    pub fn state(row: &api_key::Model) -> KeyState {
+        if row.revoked_at_ms.is_some() {
+            KeyState::Revoked
+        } else if row.expires_at_ms.is_some_and(|at| at <= now_ms()) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
     }
 
     /// Whether this server lets requests without a key in while no key exists.
@@ -371,28 +410,12 @@ impl KeyRing {
         self.open_allowed
     }
 
-    /// Counts active keys by a statement of its own (for start-up messages), not the cache.
-    pub async fn count_active(&self) -> ServiceResult<i64> {
-        let backend = self.db.orm.get_database_backend();
-        let row = self
-            .db
-            .orm
-            .query_one_raw(Statement::from_sql_and_values(
-                backend,
-                match backend {
-                    sea_orm::DatabaseBackend::Postgres => {
-                        "SELECT COUNT(*) AS n FROM ferry_api_keys WHERE revoked_at_ms IS NULL \
-                         AND (expires_at_ms IS NULL OR expires_at_ms > $1)"
-                    }
-                    _ => {
-                        "SELECT COUNT(*) AS n FROM ferry_api_keys WHERE revoked_at_ms IS NULL \
-                         AND (expires_at_ms IS NULL OR expires_at_ms > ?)"
-                    }
-                },
-                [now_ms().into()],
-            ))
-            .await?;
-        Ok(row.map_or(Ok(0), |r| r.try_get::<i64>("", "n"))?)
+    /// Counts active keys (for start-up messages), not through the cache.
+    pub async fn count_active(&self) -> ServiceResult<u64> {
+        Ok(api_key::Entity::find()
+            .filter(active(now_ms()))
+            .count(&self.db.orm)
+            .await?)
     }
 }
 

@@ -18,7 +18,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -27,7 +27,7 @@ use super::{
     ServiceError, ServiceResult, Services,
     pacing::{Pace, paced_body},
 };
-use crate::storage::lookup::AtMostOne;
+use crate::storage::lookup::{AtMostOne, Paged};
 use crate::{
     blobs::keys,
     error_code::ErrorCode,
@@ -274,10 +274,7 @@ impl Services {
         if let Some(cursor) = filter.before_id {
             query = query.filter(upload::Column::Id.lt(cursor));
         }
-        let mut rows = query.limit(filter.limit + 1).all(&self.db.orm).await?;
-        let more = rows.len() as u64 > filter.limit;
-        rows.truncate(filter.limit as usize);
-        Ok((rows, more))
+        Ok(query.page(filter.limit, &self.db.orm).await?)
     }
 
     pub async fn delete_upload(&self, tenant: &Tenant, id: UploadId) -> ServiceResult<()> {

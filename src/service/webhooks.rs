@@ -9,7 +9,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{ServiceError, ServiceResult, Services};
-use crate::storage::lookup::AtMostOne;
+use crate::storage::lookup::{AtMostOne, Paged};
 use crate::{
     error_code::ErrorCode,
     ids::{JobId, WebhookId},
@@ -192,7 +192,7 @@ impl Services {
         if let Some(before) = before {
             query = query.filter(webhook_endpoint::Column::Id.lt(before));
         }
-        self.page(query, limit).await
+        Ok(query.page(limit, &self.db.orm).await?)
     }
 
     /// A tenant-wide endpoint of `tenant` (a job's own endpoint is not reachable here: it
@@ -343,19 +343,7 @@ impl Services {
         if let Some(before) = before {
             query = query.filter(delivery::Column::Id.lt(before));
         }
-        self.page(query, limit).await
-    }
-
-    /// Up to `limit` rows of `query`, and whether more follow.
-    async fn page<E: EntityTrait>(
-        &self,
-        query: sea_orm::Select<E>,
-        limit: u64,
-    ) -> ServiceResult<(Vec<E::Model>, bool)> {
-        let mut rows = query.limit(limit + 1).all(&self.db.orm).await?;
-        let more = rows.len() as u64 > limit;
-        rows.truncate(limit as usize);
-        Ok((rows, more))
+        Ok(query.page(limit, &self.db.orm).await?)
     }
 
     /// `tenant`'s delivery `id`: one to an endpoint of `tenant` (tenant-wide or a job's own).

@@ -1,5 +1,5 @@
 //! Reads that match at most one row (lookups by key, aggregates) without the `LIMIT ?` that
-//! sea-orm's `one()` adds.
+//! sea-orm's `one()` adds; and pages of lists ([`Paged`]).
 //!
 //! Why not `one()`: SQLite re-prepares a statement on every execution when its `LIMIT` is a bound
 //! parameter (the planner may use the bound value), so every `one()` parses and plans its SQL
@@ -11,7 +11,7 @@
 
 use std::future::Future;
 
-use sea_orm::{ConnectionTrait, DbErr, EntityTrait, Select, Selector, SelectorTrait};
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait, QuerySelect, Select, Selector, SelectorTrait};
 
 /// `one()` for queries that match at most one row (see the module notes).
 pub trait AtMostOne: Sized + Send {
@@ -38,5 +38,32 @@ impl<S: SelectorTrait + Send> AtMostOne for Selector<S> {
 
     async fn at_most_one<C: ConnectionTrait>(self, db: &C) -> Result<Option<S::Item>, DbErr> {
         Ok(self.all(db).await?.into_iter().next())
+    }
+}
+
+/// A page of a list: up to `limit` rows of the query (ordered by the caller), and whether more
+/// follow, learnt by reading one row more.
+pub trait Paged: Sized + Send {
+    type Row;
+
+    fn page<C: ConnectionTrait>(
+        self,
+        limit: u64,
+        db: &C,
+    ) -> impl Future<Output = Result<(Vec<Self::Row>, bool), DbErr>> + Send;
+}
+
+impl<E: EntityTrait> Paged for Select<E> {
+    type Row = E::Model;
+
+    async fn page<C: ConnectionTrait>(
+        self,
+        limit: u64,
+        db: &C,
+    ) -> Result<(Vec<E::Model>, bool), DbErr> {
+        let mut rows = self.limit(limit + 1).all(db).await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows, more))
     }
 }

@@ -310,25 +310,18 @@ impl Db {
     }
 
     /// The job row `id` if it is `tenant`'s, read as [`Db::find_job`] reads it. Another
-    /// tenant's job is `None`, like a job that does not exist.
+    /// tenant's job is `None`, like a job that does not exist. The row is read by id alone (one
+    /// statement per poll, prepared once); the tenant is checked here, before anything of it
+    /// leaves the storage layer.
     pub async fn find_tenant_job(
         &self,
         tenant: &crate::tenancy::Tenant,
         id: Uuid,
     ) -> Result<Option<job::Model>, StorageError> {
-        if let Some(inline) = &self.inline_reads {
-            match inline.job(id) {
-                // The row is read by id alone (one statement per poll, prepared once); the tenant
-                // is checked here, before anything of it leaves the storage layer.
-                Ok(job) => return Ok(job.filter(|j| j.tenant == tenant.as_str())),
-                Err(e) => {
-                    tracing::debug!(error = %e, "reading a job inline failed; using the pool")
-                }
-            }
-        }
-        Ok(tenancy::find_by_id::<job::Entity>(tenant, id)
-            .at_most_one(&self.reads)
-            .await?)
+        Ok(self
+            .find_job(id)
+            .await?
+            .filter(|job| job.tenant == tenant.as_str()))
     }
 
     pub fn queue_pool(&self) -> &Pool {

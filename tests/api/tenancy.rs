@@ -36,10 +36,6 @@ fn ferry(app: &TestApp, args: &[&str]) -> Command {
     cmd
 }
 
-fn create_key(app: &TestApp, tenant: &str, scopes: &[&str]) -> String {
-    app.create_key(tenant, scopes)
-}
-
 /// `method path` with `key` (none: no `Authorization`), checked against the spec.
 async fn call(
     app: &TestApp,
@@ -60,10 +56,6 @@ async fn call(
 
 async fn get_as(app: &TestApp, key: &str, path: &str) -> Reply {
     call(app, Some(key), "get", path, |r| r).await
-}
-
-async fn wait_keys_required(app: &TestApp, base: &str) {
-    app.wait_keys_required(base).await
 }
 
 /// The id a route's `{id}` takes from `ids`, by the kind of object the route names.
@@ -197,9 +189,9 @@ fn listed(reply: &Reply, member: &str) -> Vec<String> {
 async fn another_tenants_ids_are_not_found_anywhere() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start();
-    let a = create_key(&app, "tenant-a", &ALL_SCOPES);
-    let b = create_key(&app, "tenant-b", &ALL_SCOPES);
-    wait_keys_required(&app, &app.base).await;
+    let a = app.create_key("tenant-a", &ALL_SCOPES);
+    let b = app.create_key("tenant-b", &ALL_SCOPES);
+    app.wait_keys_required(&app.base).await;
     let ids = tenant_objects(&app, &a, &receiver).await;
 
     for &(method, template, access) in ferry::api::ROUTES {
@@ -380,9 +372,9 @@ async fn each_route_asks_for_its_scope() {
     let app = TestApp::spawn().await;
     let keys: Vec<(Scope, String)> = Scope::ALL
         .into_iter()
-        .map(|scope| (scope, create_key(&app, "scoped", &[scope.as_str()])))
+        .map(|scope| (scope, app.create_key("scoped", &[scope.as_str()])))
         .collect();
-    wait_keys_required(&app, &app.base).await;
+    app.wait_keys_required(&app.base).await;
     let unknown = format!("fk_{}", "0".repeat(40));
     let ids = no_ids();
     for &(method, template, access) in ferry::api::ROUTES {
@@ -470,7 +462,7 @@ async fn keys_are_shown_once_listed_expired_and_revoked() {
     assert_eq!(first.body["tenant"], "default");
     assert_eq!(first.body["state"], "active");
     assert_eq!(first.body["prefix"].as_str(), Some(&admin[..11]));
-    wait_keys_required(&app, &app.base).await;
+    app.wait_keys_required(&app.base).await;
     let upload_path = format!("/v1/uploads/{}", before["id"].as_str().expect("id"));
     assert_eq!(get_as(&app, &admin, &upload_path).await.status, 200);
 
@@ -618,10 +610,10 @@ async fn keys_are_shown_once_listed_expired_and_revoked() {
 async fn a_revoked_key_is_refused_by_every_replica() {
     let mut app = TestApp::spawn_api_only(TestConfig::default()).await;
     let replica = app.spawn_replica();
-    let admin = create_key(&app, "clinic", &["admin"]);
-    let reader = create_key(&app, "clinic", &["jobs:read"]);
-    wait_keys_required(&app, &app.base).await;
-    wait_keys_required(&app, &replica).await;
+    let admin = app.create_key("clinic", &["admin"]);
+    let reader = app.create_key("clinic", &["jobs:read"]);
+    app.wait_keys_required(&app.base).await;
+    app.wait_keys_required(&replica).await;
     for base in [&app.base, &replica] {
         let reply = app
             .request_at(base, "get", "/v1/jobs", |r| r.bearer_auth(&reader))
@@ -730,7 +722,7 @@ async fn a_server_without_keys_serves_beyond_loopback_only_when_told() {
     );
     stop(child);
 
-    let key = create_key(&app, "default", &["jobs:read"]);
+    let key = app.create_key("default", &["jobs:read"]);
     let (child, lines) = serve(&app, &["--listen", "0.0.0.0:0"]).expect("starts with keys");
     assert!(
         lines.iter().any(|l| l.contains("API keys required")),
@@ -791,10 +783,10 @@ async fn wait_trail(app: &TestApp, key: &str, done: impl Fn(&[Value]) -> bool) -
 /// tenant's trail holds none of it.
 async fn every_request_of_a_key_is_in_its_tenants_audit_trail() {
     let app = TestApp::spawn().await;
-    let admin = create_key(&app, "ward", &ALL_SCOPES);
-    let reader = create_key(&app, "ward", &["jobs:read"]);
-    let other = create_key(&app, "elsewhere", &ALL_SCOPES);
-    wait_keys_required(&app, &app.base).await;
+    let admin = app.create_key("ward", &ALL_SCOPES);
+    let reader = app.create_key("ward", &["jobs:read"]);
+    let other = app.create_key("elsewhere", &ALL_SCOPES);
+    app.wait_keys_required(&app.base).await;
 
     let job = call(&app, Some(&admin), "post", "/v1/kinds/digest/jobs", |r| {
         r.query(&[("params_json", r#"{"secret_param":"s3cr3t-value"}"#)])
@@ -906,11 +898,11 @@ async fn a_tenant_over_its_limits_is_refused_with_429_until_it_is_not() {
         ..TestConfig::default()
     })
     .await;
-    let small = create_key(&app, "small", &ALL_SCOPES);
-    let chatty = create_key(&app, "chatty", &ALL_SCOPES);
-    let chatty_too = create_key(&app, "chatty", &["jobs:read"]);
-    let roomy = create_key(&app, "roomy", &ALL_SCOPES);
-    wait_keys_required(&app, &app.base).await;
+    let small = app.create_key("small", &ALL_SCOPES);
+    let chatty = app.create_key("chatty", &ALL_SCOPES);
+    let chatty_too = app.create_key("chatty", &["jobs:read"]);
+    let roomy = app.create_key("roomy", &ALL_SCOPES);
+    app.wait_keys_required(&app.base).await;
 
     // One job runs (the model's one slot), two wait: the queue is full.
     let sleep = |key: String| {
@@ -990,8 +982,8 @@ async fn readyz_asks_for_a_key_only_when_configured_to() {
     })
     .await;
     assert_eq!(app.readyz().await.status, 200, "open: no key exists yet");
-    let reader = create_key(&app, "default", &["results:read"]);
-    wait_keys_required(&app, &app.base).await;
+    let reader = app.create_key("default", &["results:read"]);
+    app.wait_keys_required(&app.base).await;
     let refused = app.readyz().await;
     refused.assert_problem(401, "unauthenticated");
     assert_eq!(get_as(&app, &reader, "/readyz").await.status, 200);

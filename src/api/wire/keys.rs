@@ -3,10 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    ids::KeyId,
-    storage::entities::api_key,
-    tenancy::Scopes,
-    time::{now_ms, to_rfc3339},
+    ids::KeyId, service::keys::KeyRing, storage::entities::api_key, tenancy::Scopes,
+    time::to_rfc3339,
 };
 
 /// `POST /v1/keys`: a key for the caller's own tenant.
@@ -42,13 +40,6 @@ pub struct KeyOut {
 impl KeyOut {
     /// The key without its secret.
     pub fn of(row: &api_key::Model) -> Self {
-        let state = if row.revoked_at_ms.is_some() {
-            "revoked"
-        } else if row.expires_at_ms.is_some_and(|at| at <= now_ms()) {
-            "expired"
-        } else {
-            "active"
-        };
         Self {
             id: KeyId(row.id).to_string(),
             tenant: row.tenant.clone(),
@@ -58,7 +49,7 @@ impl KeyOut {
                 .iter()
                 .map(|s| s.as_str().to_owned())
                 .collect(),
-            state: state.to_owned(),
+            state: KeyRing::state(row).as_str().to_owned(),
             created_at: to_rfc3339(row.created_at_ms),
             expires_at: row.expires_at_ms.map(to_rfc3339),
             last_used_at: row.last_used_at_ms.map(to_rfc3339),
