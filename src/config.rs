@@ -56,18 +56,38 @@ pub struct Settings {
     pub handlers: BTreeMap<String, HandlerSettings>,
 }
 
-/// What one tenant may use. Every API replica must be given the same (like `handlers`).
+/// What one tenant may use, and how long its data is kept. Every API replica and worker must be
+/// given the same (like `handlers`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenantLimits {
     /// Jobs the tenant may have queued (not yet running) at once; more are refused with `429
     /// queue_full`. 0: no limit.
     pub max_queued_jobs: u64,
+    /// Jobs of the tenant that run at once, across all workers; the others wait their turn
+    /// (the job says so: `waiting_for`). 0: no limit beyond the workers' concurrency.
+    pub max_running_jobs: u64,
     /// Requests per second one API key may make to one API process (a token bucket of
     /// `request_burst` tokens); more are refused with `429 rate_limited`. 0: no limit.
     pub requests_per_second: u32,
     /// How many requests a key may make at once after being idle (default: one second's worth).
     pub request_burst: Option<u32>,
+    /// Bytes the tenant's unfinished uploads may have sent to one API process at once; an
+    /// upload that would go beyond is refused (or cut off) with `429 upload_quota`. 0: no
+    /// limit.
+    pub max_upload_bytes_in_flight: u64,
+    /// Bytes the tenant may upload per UTC day (counted when an upload is stored); beyond,
+    /// uploads are refused with `429 upload_quota` until midnight UTC. 0: no limit.
+    pub max_upload_bytes_per_day: u64,
+    /// Bytes the tenant may keep stored (uploads and results); beyond, uploads are refused with
+    /// `507 storage_quota` and results fail their job (`storage_quota`). 0: no limit.
+    pub max_stored_bytes: u64,
+    /// How long a finished job is kept, with its results, logs and inputs; then the reconciler
+    /// deletes it, bytes first. `"never"` (the default): until deleted.
+    pub job_retention: Retention,
+    /// How long a finished job's inputs' bytes are kept (`"0s"`: deleted as soon as it
+    /// finishes); the job still lists them, size and digest. `"never"`: as long as the job.
+    pub input_retention: Retention,
 }
 
 /// `tenants.<name>`: the limits given replace the defaults'.
@@ -75,16 +95,64 @@ pub struct TenantLimits {
 #[serde(default, deny_unknown_fields)]
 pub struct TenantOverrides {
     pub max_queued_jobs: Option<u64>,
+    pub max_running_jobs: Option<u64>,
     pub requests_per_second: Option<u32>,
     pub request_burst: Option<u32>,
+    pub max_upload_bytes_in_flight: Option<u64>,
+    pub max_upload_bytes_per_day: Option<u64>,
+    pub max_stored_bytes: Option<u64>,
+    pub job_retention: Option<Retention>,
+    pub input_retention: Option<Retention>,
+}
+
+/// How long something is kept: a duration (`"30days"`, `"0s"`) or `"never"` deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Retention(pub Option<Duration>);
+
+impl Retention {
+    /// In milliseconds, as a job row keeps it (None: never deleted).
+    pub fn as_millis(self) -> Option<i64> {
+        self.0.map(|d| d.as_millis().min(i64::MAX as u128) as i64)
+    }
+}
+
+impl TryFrom<String> for Retention {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if text.trim() == "never" {
+            return Ok(Self(None));
+        }
+        humantime::parse_duration(&text)
+            .map(|d| Self(Some(d)))
+            .map_err(|e| {
+                format!("{text:?} is neither \"never\" nor a duration like \"30days\": {e}")
+            })
+    }
+}
+
+impl From<Retention> for String {
+    fn from(r: Retention) -> String {
+        match r.0 {
+            None => "never".into(),
+            Some(d) => humantime::format_duration(d).to_string(),
+        }
+    }
 }
 
 impl Default for TenantLimits {
     fn default() -> Self {
         Self {
             max_queued_jobs: 10_000,
+            max_running_jobs: 0,
             requests_per_second: 0,
             request_burst: None,
+            max_upload_bytes_in_flight: 0,
+            max_upload_bytes_per_day: 0,
+            max_stored_bytes: 0,
+            job_retention: Retention(None),
+            input_retention: Retention(None),
         }
     }
 }
@@ -92,17 +160,34 @@ impl Default for TenantLimits {
 impl Settings {
     /// The limits of `tenant`: its own where given, else the defaults.
     pub fn tenant_limits(&self, tenant: &str) -> TenantLimits {
-        let defaults = &self.tenant_defaults;
+        let d = &self.tenant_defaults;
         match self.tenants.get(tenant) {
-            None => defaults.clone(),
+            None => d.clone(),
             Some(own) => TenantLimits {
-                max_queued_jobs: own.max_queued_jobs.unwrap_or(defaults.max_queued_jobs),
-                requests_per_second: own
-                    .requests_per_second
-                    .unwrap_or(defaults.requests_per_second),
-                request_burst: own.request_burst.or(defaults.request_burst),
+                max_queued_jobs: own.max_queued_jobs.unwrap_or(d.max_queued_jobs),
+                max_running_jobs: own.max_running_jobs.unwrap_or(d.max_running_jobs),
+                requests_per_second: own.requests_per_second.unwrap_or(d.requests_per_second),
+                request_burst: own.request_burst.or(d.request_burst),
+                max_upload_bytes_in_flight: own
+                    .max_upload_bytes_in_flight
+                    .unwrap_or(d.max_upload_bytes_in_flight),
+                max_upload_bytes_per_day: own
+                    .max_upload_bytes_per_day
+                    .unwrap_or(d.max_upload_bytes_per_day),
+                max_stored_bytes: own.max_stored_bytes.unwrap_or(d.max_stored_bytes),
+                job_retention: own.job_retention.unwrap_or(d.job_retention),
+                input_retention: own.input_retention.unwrap_or(d.input_retention),
             },
         }
+    }
+
+    /// Whether any tenant has a `max_running_jobs`: only then do claims count running jobs.
+    pub fn limits_running_jobs(&self) -> bool {
+        self.tenant_defaults.max_running_jobs > 0
+            || self
+                .tenants
+                .values()
+                .any(|t| t.max_running_jobs.unwrap_or(0) > 0)
     }
 }
 

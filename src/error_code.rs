@@ -70,10 +70,12 @@ error_codes! {
     ClientUploadsAtCapacity = ("client_uploads_at_capacity", 429): "This client's upload share.",
     RateLimited = ("rate_limited", 429): "This key's requests per second are used up; retry.",
     QueueFull = ("queue_full", 429): "The tenant has its most jobs queued; retry later.",
+    UploadQuota = ("upload_quota", 429): "The tenant's upload bytes in flight or today are used.",
     InternalError = ("internal_error", 500): "A server fault; logged with its cause.",
     DatabaseUnavailable = ("database_unavailable", 503): "The database cannot be reached; retry.",
     BlobStoreUnavailable = ("blob_store_unavailable", 503): "The blob store failed; retry.",
     UploadsAtCapacity = ("uploads_at_capacity", 503): "Too many uploads at once; retry.",
+    StorageQuota = ("storage_quota", 507): "The tenant stores its most bytes; delete some.",
 }
 
 impl fmt::Display for ErrorCode {

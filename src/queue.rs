@@ -55,25 +55,101 @@ pub fn new_dispatch_id(order_ms: i64) -> String {
     Ulid::from_parts(order_ms.max(0) as u64, rand::random::<u128>()).to_string()
 }
 
-/// Enqueues a dispatch in `tx`; it becomes visible to workers when `tx` commits. apalis runs due
-/// tasks by priority, then `run_at`: `order_ms` (a past time, in practice the job's creation
-/// time) becomes `run_at`, so the dispatch is due at once and sorts with its job's peers. Delays
-/// are Ferry's business, not apalis': see `service::lifecycle`.
+/// What decides a new dispatch's place in its kind's queue (see [`QueueState::fair_place`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// The tenant's queued jobs (of every kind), counted in the dispatching transaction.
+    pub tenant_queued: i64,
+    /// The place (`run_at`, Unix seconds) of the first dispatch waiting in the kind's queue at
+    /// the same priority (apalis' priority: the job's, or 0 if below); `None` when none waits.
+    pub head: Option<i64>,
+}
+
+impl QueueState {
+    /// Reads it in `tx` in one statement: the count through the (tenant, status) index, the
+    /// head through apalis' own fetch index (job type, priority, run_at), so it costs the same
+    /// however deep the queue.
+    pub async fn read(
+        tx: &mut Tx,
+        tenant: &str,
+        kind: &str,
+        priority: i32,
+    ) -> Result<Self, StorageError> {
+        let queue = queue_name(kind);
+        let (tenant_queued, head): (i64, i64) = match &mut tx.inner {
+            // `INDEXED BY` apalis' fetch index (partial, on pending tasks): by its rules of
+            // thumb SQLite would rather walk (job_type, status, run_at) until a task of the
+            // priority turns up, all of the kind's pending tasks when none has it.
+            TxInner::Sqlite(inner) => {
+                sqlx::query_as(
+                    "SELECT (SELECT COUNT(*) FROM ferry_jobs WHERE tenant = ?1 \
+                       AND status = 'queued'), \
+                     COALESCE((SELECT run_at FROM Jobs INDEXED BY idx_jobs_pending \
+                       WHERE job_type = ?2 AND status = 'Pending' AND lock_by IS NULL \
+                       AND priority = ?3 ORDER BY run_at LIMIT 1), -1)",
+                )
+                .bind(tenant)
+                .bind(&queue)
+                .bind(priority.max(0))
+                .fetch_one(&mut **inner)
+                .await?
+            }
+            TxInner::Postgres(inner) => {
+                sqlx::query_as(
+                    "SELECT (SELECT COUNT(*) FROM ferry_jobs WHERE tenant = $1 \
+                       AND status = 'queued'), \
+                     COALESCE((SELECT EXTRACT(EPOCH FROM MIN(run_at))::BIGINT FROM apalis.jobs \
+                       WHERE job_type = $2 AND status = 'Pending' AND priority = $3), -1)",
+                )
+                .bind(tenant)
+                .bind(&queue)
+                .bind(priority.max(0))
+                .fetch_one(&mut **inner)
+                .await?
+            }
+        };
+        Ok(Self {
+            tenant_queued,
+            head: (head >= 0).then_some(head),
+        })
+    }
+
+    /// Fair share between tenants: a dispatch goes as far behind the queue's head as its
+    /// tenant has jobs queued, so one tenant's 10,000 queued jobs do not make another's one job
+    /// wait for all of them — each tenant's n-th job in line sorts with the others' n-th (start-
+    /// time fair queuing, with the queue's head as virtual time). The place is apalis' `run_at`
+    /// (in seconds: apalis runs due tasks by priority, then `run_at`, then id, the ULID made
+    /// from the job's creation time), always in the past (due at once): delays are Ferry's
+    /// business, not apalis'.
+    pub fn fair_place(&self, now_ms: i64) -> i64 {
+        let now_secs = now_ms.max(0) / 1000;
+        (self.head.unwrap_or(0) + self.tenant_queued.max(0)).min(now_secs)
+    }
+}
+
+impl QueueState {
+    /// Work dispatched again (interrupted, retried, lost, or parked for a running slot) goes
+    /// ahead of everything waiting at its priority: it had reached the front once already.
+    pub fn front_place(&self) -> i64 {
+        self.head.map_or(0, |head| (head - 1).max(0))
+    }
+}
+
+/// Enqueues a dispatch in `tx` at `place` (see [`QueueState::fair_place`]); it becomes visible
+/// to workers when `tx` commits.
 pub async fn enqueue(
     tx: &mut Tx,
     kind: &str,
     dispatch: &Dispatch,
     priority: i32,
-    order_ms: i64,
+    place: i64,
 ) -> Result<(), StorageError> {
     let args = serde_json::to_vec(dispatch).map_err(|e| StorageError::Queue(e.into()))?;
-    // apalis schedules in whole seconds; round down so the task is due at once.
-    let run_at_secs = (order_ms.max(0) as u64) / 1000;
     let task = TaskBuilder::new(args)
         .task_id(TaskId::from_string(dispatch.dispatch_id.clone()))
         .max_attempts(1)
         .priority(priority.max(0) as usize)
-        .run_at_timestamp(run_at_secs)
+        .run_at_timestamp(place.max(0) as u64)
         .build();
     let queue = queue_name(kind);
     match &mut tx.inner {

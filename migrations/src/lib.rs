@@ -15,6 +15,8 @@ mod m20261203_000002_job_list_indexes;
 mod m20261204_000001_scan_free_indexes;
 mod m20261205_000001_tenants;
 mod m20261205_000002_audit;
+mod m20261206_000001_retention;
+mod m20261206_000002_upload_usage;
 
 pub struct Migrator;
 
@@ -31,6 +33,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000001_scan_free_indexes::Migration),
             Box::new(m20261205_000001_tenants::Migration),
             Box::new(m20261205_000002_audit::Migration),
+            Box::new(m20261206_000001_retention::Migration),
+            Box::new(m20261206_000002_upload_usage::Migration),
         ]
     }
 }

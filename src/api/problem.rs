@@ -43,6 +43,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Boxed: handlers return `Result<_, ApiError>` everywhere, and the Ok path stays small.
     pub problem: Box<Problem>,
+    /// `Retry-After` in whole seconds, where the default (5 for a 429 or 503) would be wrong.
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -58,6 +60,7 @@ impl ApiError {
                 code: code.as_str().to_owned(),
                 errors: Vec::new(),
             }),
+            retry_after_secs: None,
         }
     }
 
@@ -88,7 +91,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status);
         res.insert_header((header::CONTENT_TYPE, CONTENT_TYPE));
-        if matches!(
+        if let Some(secs) = self.retry_after_secs {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        } else if matches!(
             self.status,
             StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
         ) {
@@ -101,6 +106,10 @@ impl ResponseError for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         let mut api = ApiError::new(err.code, err.detail.clone());
+        // Whole seconds, rounded up, at least 1.
+        api.retry_after_secs = err
+            .retry_after
+            .map(|wait| wait.as_secs_f64().ceil().max(1.0) as u64);
         if let Some(field) = &err.field {
             api = api.with_field(field, err.detail);
         }

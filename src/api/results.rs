@@ -45,11 +45,14 @@ pub async fn list(
     caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let rows = services
+    let (job, rows) = services
         .list_results(&caller.tenant, parse_job_id(&id)?)
         .await?;
     Ok(HttpResponse::Ok().json(ResultList {
-        items: rows.iter().map(ResultOut::from).collect(),
+        items: rows
+            .iter()
+            .map(|row| ResultOut::of(row, job.job.expires_at_ms))
+            .collect(),
     }))
 }
 

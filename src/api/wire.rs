@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     domain::{EventKind, JobFailure, JobStatus},
     ids::{JobId, UploadId, WebhookId},
-    service::{events::FeedEvent, jobs::JobView},
+    service::{events::FeedEvent, jobs::JobView, lifecycle::PARKED},
     storage::entities::{job_event, job_log, result, upload},
     time::{now_ms, to_rfc3339},
 };
@@ -158,6 +158,16 @@ pub struct JobOut {
     pub updated_at: String,
     /// When a queued job waiting for a retry becomes eligible to run again.
     pub retry_at: Option<String>,
+    /// Why a queued job is not in line to run, when something other than the queue holds it
+    /// back (its tenant's running-job limit).
+    pub waiting_for: Option<String>,
+    /// When the finished job, its results, logs and inputs are deleted (its tenant's
+    /// `job_retention`); null: kept until deleted.
+    pub expires_at: Option<String>,
+    /// When a finished job's inputs' bytes are deleted (`input_retention`), if they will be.
+    pub inputs_expire_at: Option<String>,
+    /// When they were deleted; the job still lists them.
+    pub inputs_deleted_at: Option<String>,
     pub error: Option<JobErrorOut>,
     pub inputs: Vec<InputOut>,
     pub result_count: u64,
@@ -202,8 +212,17 @@ impl From<&JobView> for JobOut {
             started_at: j.started_at_ms.map(to_rfc3339),
             finished_at: j.finished_at_ms.map(to_rfc3339),
             updated_at: to_rfc3339(j.updated_at_ms),
-            retry_at: (j.status == JobStatus::Queued && j.attempt > 0 && j.run_after_ms > now_ms())
+            retry_at: (j.status == JobStatus::Queued
+                && j.attempt > 0
+                && j.run_after_ms > now_ms()
+                && j.run_after_ms != PARKED)
                 .then(|| to_rfc3339(j.run_after_ms)),
+            waiting_for: (j.status == JobStatus::Queued && j.run_after_ms == PARKED).then(|| {
+                "a running slot: its tenant runs as many jobs as max_running_jobs allows".into()
+            }),
+            expires_at: j.expires_at_ms.map(to_rfc3339),
+            inputs_expire_at: j.inputs_expire_at_ms.map(to_rfc3339),
+            inputs_deleted_at: j.inputs_deleted_at_ms.map(to_rfc3339),
             error,
             inputs: v
                 .inputs
@@ -251,11 +270,14 @@ pub struct ResultOut {
     pub is_final: bool,
     pub attempt: i32,
     pub created_at: String,
+    /// When it is deleted with its job (`expires_at` of the job); null: kept until deleted.
+    pub expires_at: Option<String>,
     pub url: String,
 }
 
-impl From<&result::Model> for ResultOut {
-    fn from(r: &result::Model) -> Self {
+impl ResultOut {
+    /// `r`, a result of a job that expires at `expires_at_ms`.
+    pub fn of(r: &result::Model, expires_at_ms: Option<i64>) -> Self {
         Self {
             name: r.name.clone(),
             size: r.size,
@@ -264,6 +286,7 @@ impl From<&result::Model> for ResultOut {
             is_final: r.is_final,
             attempt: r.attempt,
             created_at: to_rfc3339(r.created_at_ms),
+            expires_at: expires_at_ms.map(to_rfc3339),
             url: format!("/v1/jobs/{}/results/{}", JobId(r.job_id), r.name),
         }
     }

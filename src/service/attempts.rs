@@ -144,7 +144,13 @@ impl Services {
             lease_until_ms: now + self.lease_ttl_ms(),
         };
         let holder = Holder::Dispatch(Some(&dispatch.dispatch_id));
-        let Some(applied) = self.transition(dispatch.job_id, holder, claim, now).await? else {
+        let applied = if self.settings.limits_running_jobs() {
+            self.claim_within_limit(dispatch.job_id, holder, claim, now)
+                .await?
+        } else {
+            self.transition(dispatch.job_id, holder, claim, now).await?
+        };
+        let Some(applied) = applied else {
             return Ok(None);
         };
         // Read after the commit, as a status poll reads: off the writer's connection.
@@ -521,6 +527,13 @@ impl Services {
                 if status == JobStatus::Queued {
                     let job_id = crate::ids::JobId(job.id);
                     tracing::info!(%job_id, attempt, "attempt ended; job queued again");
+                }
+                if self.settings.limits_running_jobs() {
+                    // A slot of its tenant is free: a parked job may take it (the reconciler
+                    // does it later if this fails).
+                    if let Err(err) = self.release_running_slots(&job.tenant, now).await {
+                        tracing::warn!(error = %err, "parked jobs not released; next pass will");
+                    }
                 }
                 return Ok(Some(status));
             }

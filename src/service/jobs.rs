@@ -22,11 +22,11 @@ use super::{
 use crate::storage::lookup::{AtMostOne, Paged};
 use crate::{
     blobs::keys,
-    config::Limits,
+    config::{Limits, TenantLimits},
     domain::{JobStatus, cut_text, validate_input_name},
     error_code::ErrorCode,
     ids::{JobId, UploadId},
-    queue,
+    queue::{self, QueueState},
     storage::entities::{
         idempotency_key, job, job_event, job_input, job_log, result, upload, webhook_attempt,
         webhook_delivery, webhook_endpoint,
@@ -665,6 +665,7 @@ impl Services {
         let id = JobId::new();
         let now = now_ms();
         let dispatch_id = queue::new_dispatch_id(now);
+        let retention = Retained::of(&self.settings.tenant_limits(tenant.as_str()));
         let webhook = spec
             .webhook
             .as_ref()
@@ -713,10 +714,15 @@ impl Services {
             event_seq: FIRST_EVENT,
             inputs: inputs_column(&inputs),
             result_count: 0,
+            retain_ms: retention.job,
+            retain_inputs_ms: retention.inputs,
+            expires_at_ms: None,
+            inputs_expire_at_ms: None,
+            inputs_deleted_at_ms: None,
         };
 
         let mut tx = self.db.begin().await?;
-        self.check_queue_room(&mut tx, tenant).await?;
+        let queue_state = self.check_queue_room(&mut tx, tenant, &row).await?;
         let active: job::ActiveModel = row.clone().into();
         tx.execute(&job::Entity::insert(active).into_query())
             .await?;
@@ -733,6 +739,8 @@ impl Services {
                         &upload::Entity::insert(upload::ActiveModel::from(recorded)).into_query(),
                     )
                     .await?;
+                    Self::count_uploaded(&mut tx, tenant.as_str(), row.size, row.created_at_ms)
+                        .await?;
                 }
                 InputUpload::Recorded(row) => {
                     let attached = tx
@@ -804,7 +812,8 @@ impl Services {
                 return Err(in_flight());
             }
         }
-        lifecycle::dispatch(&mut tx, &Dispatchable::from(&row), dispatch_id).await?;
+        let dispatchable = Dispatchable::from(&row);
+        lifecycle::dispatch(&mut tx, &dispatchable, dispatch_id, Some(queue_state), now).await?;
         tx.commit().await?;
         tracing::info!(job_id = %id, kind = %row.kind, "job queued");
         // The job as created, not re-read: a worker may already have claimed it, and the answer
@@ -1021,36 +1030,49 @@ impl Services {
         Ok(())
     }
 
-    /// Refuses a new job while `tenant` has its most jobs queued (`max_queued_jobs`). Run in the
-    /// creating transaction, it is exact: on SQLite the writer is one at a time, on PostgreSQL a
-    /// lock per tenant, held to the commit, makes creations of one tenant take turns.
-    async fn check_queue_room(&self, tx: &mut Tx, tenant: &Tenant) -> ServiceResult<()> {
+    /// Refuses a new job while `tenant` has its most jobs queued (`max_queued_jobs`), and
+    /// reads where the job goes in its queue (the same count serves both). Run in the creating
+    /// transaction, it is exact: on SQLite the writer is one at a time, on PostgreSQL a lock per
+    /// tenant, held to the commit, makes creations of one tenant take turns.
+    async fn check_queue_room(
+        &self,
+        tx: &mut Tx,
+        tenant: &Tenant,
+        job: &job::Model,
+    ) -> ServiceResult<QueueState> {
         let limit = self.settings.tenant_limits(tenant.as_str()).max_queued_jobs;
-        if limit == 0 {
-            return Ok(());
-        }
-        if matches!(tx.inner, TxInner::Postgres(_)) {
+        if limit > 0 && matches!(tx.inner, TxInner::Postgres(_)) {
             tx.execute(Query::select().expr(Expr::cust_with_values(
                 "pg_advisory_xact_lock(hashtext($1))",
                 [format!("ferry-queue:{tenant}")],
             )))
             .await?;
         }
-        let (queued, _) = tx
-            .fetch_i64_pair(
-                Query::select()
-                    .expr(Expr::cust("COUNT(*)"))
-                    .expr(Expr::val(0i64))
-                    .from(job::Entity)
-                    .and_where(job::Column::Tenant.eq(tenant.as_str()))
-                    .and_where(job::Column::Status.eq(JobStatus::Queued)),
-            )
-            .await?
-            .unwrap_or_default();
-        if queued.max(0) as u64 >= limit {
-            return Err(queue_full(tenant, queued.max(0) as u64));
+        let state = QueueState::read(tx, tenant.as_str(), &job.kind, job.priority).await?;
+        let queued = state.tenant_queued.max(0) as u64;
+        if limit > 0 && queued >= limit {
+            return Err(queue_full(tenant, queued));
         }
-        Ok(())
+        Ok(state)
+    }
+}
+
+/// How long a job keeps itself and its inputs once finished, fixed when it is created (a later
+/// change of its tenant's retention applies to jobs created after it).
+struct Retained {
+    job: Option<i64>,
+    inputs: Option<i64>,
+}
+
+impl Retained {
+    fn of(limits: &TenantLimits) -> Self {
+        let job = limits.job_retention.as_millis();
+        // Inputs kept longer than their job would go with it anyway.
+        let inputs = match (limits.input_retention.as_millis(), job) {
+            (Some(inputs), Some(job)) => Some(inputs.min(job)),
+            (inputs, _) => inputs,
+        };
+        Self { job, inputs }
     }
 }
 

@@ -16,9 +16,12 @@
 //! appended in the same transaction as the change, so the log never disagrees with the job.
 //!
 //! Ordering: apalis runs due deliveries by priority, then `run_at`. Ferry enqueues every
-//! dispatch with `run_at` = the job's creation time and never a future time — a job waiting out
-//! a retry backoff is not in the queue at all until it is due (the reconciler dispatches it then).
-//! So interrupted or retried work keeps its place ahead of jobs created after it.
+//! dispatch with a `run_at` in the past, never a future time: a new job's shares the queue fairly
+//! between tenants ([`QueueState::fair_place`]); a job dispatched again — interrupted, retried,
+//! lost, or parked for a running slot — goes to the front ([`QueueState::front_place`]), so it
+//! keeps its place ahead of jobs created after it. A job waiting out a retry backoff, or for a
+//! running slot of its tenant, is not in the queue at all until it may run (the reconciler or
+//! the slot's release dispatches it then).
 
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QueryTrait,
@@ -29,10 +32,14 @@ use uuid::Uuid;
 
 use crate::{
     domain::{EventKind, JobFailure, JobStatus},
-    queue::{self, Dispatch},
+    queue::{self, Dispatch, QueueState},
     storage::{StorageError, Tx, entities::job},
     time::to_rfc3339,
 };
+
+/// `run_after_ms` of a parked job (see `service::running`): never due by time, only by a free
+/// running slot of its tenant.
+pub const PARKED: i64 = i64::MAX;
 
 /// Proof that a worker runs an attempt of a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +93,7 @@ impl Holder<'_> {
 #[derive(Clone, Debug)]
 pub struct Dispatchable {
     pub id: Uuid,
+    pub tenant: String,
     pub kind: String,
     pub priority: i32,
     pub created_at_ms: i64,
@@ -95,6 +103,7 @@ impl From<&job::Model> for Dispatchable {
     fn from(job: &job::Model) -> Self {
         Self {
             id: job.id,
+            tenant: job.tenant.clone(),
             kind: job.kind.clone(),
             priority: job.priority,
             created_at_ms: job.created_at_ms,
@@ -115,6 +124,9 @@ pub struct PublishedResult {
 /// Every change a job's row can undergo after creation.
 #[derive(Clone, Debug)]
 pub enum Transition {
+    /// The delivery finds its tenant running its `max_running_jobs`: the job waits without a
+    /// dispatch until a slot is free (`service::running`).
+    Park,
     /// A worker takes a queued job for its next attempt, under a lease.
     Claim {
         owner: String,
@@ -179,7 +191,7 @@ impl Transition {
             Transition::FinishCanceled => (&[Running], Canceled),
             Transition::CancelQueued => (&[Queued], Canceled),
             Transition::Revoke => (&[Queued, Running], Canceled),
-            Transition::Redispatch(_) => (&[Queued], Queued),
+            Transition::Redispatch(_) | Transition::Park => (&[Queued], Queued),
         }
     }
 
@@ -341,7 +353,17 @@ pub async fn apply(
             );
     }
     if to.is_finished() {
-        update = update.col_expr(job::Column::FinishedAtMs, Expr::value(now_ms));
+        // Retention starts now: NULL (kept until deleted) stays NULL.
+        update = update
+            .col_expr(job::Column::FinishedAtMs, Expr::value(now_ms))
+            .col_expr(
+                job::Column::ExpiresAtMs,
+                Expr::col(job::Column::RetainMs).add(now_ms),
+            )
+            .col_expr(
+                job::Column::InputsExpireAtMs,
+                Expr::col(job::Column::RetainInputsMs).add(now_ms),
+            );
     }
     let mut new_dispatch = None;
     let attempt = holder.attempt();
@@ -446,9 +468,18 @@ pub async fn apply(
             update = update.col_expr(job::Column::CancelRequested, Expr::value(true));
             Some(JobEvent::Canceled { attempt: None })
         }
+        Transition::Park => {
+            update = update
+                .col_expr(job::Column::DispatchId, Expr::value(Option::<String>::None))
+                .col_expr(job::Column::RunAfterMs, Expr::value(PARKED));
+            None
+        }
         Transition::Redispatch(job) => {
             let id = queue::new_dispatch_id(job.created_at_ms);
-            update = update.col_expr(job::Column::DispatchId, Expr::value(id.as_str()));
+            // Due now (a parked job was never due by time).
+            update = update
+                .col_expr(job::Column::DispatchId, Expr::value(id.as_str()))
+                .col_expr(job::Column::RunAfterMs, Expr::value(now_ms));
             new_dispatch = Some((job, id));
             Some(JobEvent::Redispatched)
         }
@@ -488,7 +519,7 @@ pub async fn apply(
             .await?;
     }
     if let Some((job, dispatch_id)) = new_dispatch {
-        dispatch(tx, job, dispatch_id).await?;
+        dispatch(tx, job, dispatch_id, None, now_ms).await?;
     }
     Ok(Some(Applied {
         status: to,
@@ -497,17 +528,27 @@ pub async fn apply(
 }
 
 /// Enqueues a dispatch of `job` in `tx`; it becomes visible to workers when `tx` commits. The
-/// dispatch sorts by the job's priority and creation time (see the module notes).
+/// dispatch sorts by the job's priority, then: a new job (`created`, the queue's state read in
+/// `tx` by its creation) fairly between tenants, a job dispatched again at the front (see the
+/// module notes).
 pub async fn dispatch(
     tx: &mut Tx,
     job: &Dispatchable,
     dispatch_id: String,
+    created: Option<QueueState>,
+    now_ms: i64,
 ) -> Result<(), StorageError> {
+    let place = match created {
+        Some(state) => state.fair_place(now_ms),
+        None => QueueState::read(tx, &job.tenant, &job.kind, job.priority)
+            .await?
+            .front_place(),
+    };
     let dispatch = Dispatch {
         job_id: job.id,
         dispatch_id,
     };
-    queue::enqueue(tx, &job.kind, &dispatch, job.priority, job.created_at_ms).await
+    queue::enqueue(tx, &job.kind, &dispatch, job.priority, place).await
 }
 
 fn failure_json(failure: &JobFailure) -> String {

@@ -9,9 +9,12 @@ pub mod keys;
 pub mod lifecycle;
 pub mod orphans;
 pub mod pacing;
+pub mod quota;
 pub mod rate;
 pub mod reconcile;
 pub mod results;
+pub mod retention;
+pub mod running;
 pub mod uploads;
 pub mod webhooks;
 
@@ -46,6 +49,8 @@ pub struct Services {
     pub upload_slots: Arc<tokio::sync::Semaphore>,
     /// Uploads in progress per client address (see `limits.max_uploads_per_client`).
     pub upload_clients: uploads::ClientShares,
+    /// Upload bytes in flight per tenant in this process (see [`quota`]).
+    pub uploads_in_flight: quota::InFlight,
     /// When this process's reconciler last finished sweeping the blob store for orphans (ms since
     /// the epoch; 0: never; `i64::MAX` while it sweeps).
     pub last_orphan_sweep_ms: Arc<std::sync::atomic::AtomicI64>,
@@ -86,6 +91,7 @@ impl Services {
                 settings.limits.max_concurrent_uploads,
             )),
             upload_clients: uploads::ClientShares::default(),
+            uploads_in_flight: quota::InFlight::default(),
             last_orphan_sweep_ms: Arc::default(),
             reconciler_passes: Arc::default(),
             settings: Arc::new(settings),
@@ -119,6 +125,8 @@ pub struct ServiceError {
     pub detail: String,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
+    /// When to retry, where the default (5 s for a 429 or 503) would be wrong.
+    pub retry_after: Option<Duration>,
     #[source]
     pub source: Option<BoxError>,
 }
@@ -131,8 +139,14 @@ impl ServiceError {
             code,
             detail: detail.into(),
             field: None,
+            retry_after: None,
             source: None,
         }
+    }
+
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     pub fn with_field(mut self, field: impl Into<String>) -> Self {
@@ -194,6 +208,9 @@ impl From<crate::blobs::BlobError> for ServiceError {
                 ErrorCode::PayloadTooLarge,
                 format!("the body exceeds the limit of {limit} bytes"),
             ),
+            BlobError::Source(cause) if cause.is::<quota::InFlightExceeded>() => {
+                (ErrorCode::UploadQuota, cause.to_string())
+            }
             BlobError::Source(cause) => match cause.downcast_ref::<pacing::Stalled>() {
                 Some(stalled) => (ErrorCode::BodyTimeout, body_timeout_detail(stalled)),
                 None => (

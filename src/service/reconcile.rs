@@ -6,6 +6,10 @@
 //! - Queued jobs that are due but not in the queue get a dispatch: retries whose backoff ended,
 //!   and jobs whose dispatch apalis lost in a crash.
 //! - Unattached uploads past `expires_at` are deleted, bytes first.
+//! - Jobs parked for a running slot of their tenant are dispatched where slots are free
+//!   ([`super::running`]).
+//! - Finished jobs, and finished jobs' inputs, past their tenant's retention are deleted, bytes
+//!   first ([`super::retention`]).
 //! - Idempotency keys older than a day, and apalis' records of deliveries finished an hour ago,
 //!   are deleted.
 //! - Work folders on this machine ([`Services::sweep_work_folders`], run by workers) of attempts
@@ -57,6 +61,10 @@ pub struct Repairs {
     /// Jobs handed to the queue: retries whose backoff ended, and lost dispatches.
     pub dispatched: usize,
     pub expired_uploads: usize,
+    /// Finished jobs deleted because their retention ended.
+    pub expired_jobs: usize,
+    /// Finished jobs whose inputs' bytes were deleted because their retention ended.
+    pub expired_inputs: usize,
     pub purged_deliveries: u64,
     /// Steps and items that failed (each logged); the next pass tries them again.
     pub failed: usize,
@@ -89,6 +97,11 @@ impl Services {
                 self.purge_deliveries(now, &mut repairs).await,
             ),
             ("idempotency keys", self.purge_idempotency_keys(now).await),
+            ("retention", self.expire_retained(now, &mut repairs).await),
+            (
+                "running slots",
+                self.release_parked(now, &mut repairs).await,
+            ),
         ];
         for (step, result) in steps {
             if let Err(err) = result {
@@ -212,6 +225,27 @@ impl Services {
         Ok(())
     }
 
+    /// Deletes finished jobs, and jobs' inputs, whose retention ended (see [`super::retention`]).
+    async fn expire_retained(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
+        let expired = self.enforce_retention(now).await?;
+        repairs.expired_jobs += expired.jobs;
+        repairs.expired_inputs += expired.inputs;
+        repairs.failed += expired.failed;
+        Ok(())
+    }
+
+    /// Hands parked jobs back to the queue where their tenant has free running slots (see
+    /// [`super::running`]): attempts that ended with their process, and limits raised.
+    async fn release_parked(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
+        for tenant in self.tenants_with_parked_jobs().await? {
+            match self.release_running_slots(&tenant, now).await {
+                Ok(n) => repairs.dispatched += n,
+                Err(err) => Self::item_failed(repairs, "running slots", &tenant, err),
+            }
+        }
+        Ok(())
+    }
+
     async fn purge_deliveries(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
         repairs.purged_deliveries =
             queue::purge_finished(&self.db, now / 1000 - FINISHED_DELIVERY_TTL_SECS).await?;
@@ -265,6 +299,7 @@ impl Services {
             )
             .filter(job::Column::Status.eq(JobStatus::Queued))
             .filter(job::Column::DispatchId.is_null())
+            .filter(job::Column::RunAfterMs.lt(super::lifecycle::PARKED))
             .into_tuple()
             .at_most_one(&self.db.orm)
             .await?;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 
-use super::{ServiceError, ServiceResult, Services};
+use super::{ServiceError, ServiceResult, Services, jobs::JobView};
 use crate::storage::lookup::AtMostOne;
 use crate::{
     blobs::BlobError, domain::validate_result_name, error_code::ErrorCode, ids::JobId,
@@ -14,18 +14,20 @@ use crate::{
 };
 
 impl Services {
+    /// The job (it says when its results expire) and its results, oldest first.
     pub async fn list_results(
         &self,
         tenant: &Tenant,
         job: JobId,
-    ) -> ServiceResult<Vec<result::Model>> {
-        self.get_job(tenant, job).await?;
-        Ok(result::Entity::find()
+    ) -> ServiceResult<(JobView, Vec<result::Model>)> {
+        let view = self.get_job(tenant, job).await?;
+        let rows = result::Entity::find()
             .filter(result::Column::JobId.eq(job.0))
             .order_by_asc(result::Column::CreatedAtMs)
             .order_by_asc(result::Column::Name)
             .all(&self.db.orm)
-            .await?)
+            .await?;
+        Ok((view, rows))
     }
 
     pub async fn get_result(

@@ -18,7 +18,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::Stream;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QueryTrait,
     sea_query::{Expr, ExprTrait},
 };
 use uuid::Uuid;
@@ -26,6 +26,7 @@ use uuid::Uuid;
 use super::{
     ServiceError, ServiceResult, Services,
     pacing::{Pace, paced_body},
+    quota::charged_body,
 };
 use crate::storage::lookup::{AtMostOne, Paged};
 use crate::{
@@ -123,16 +124,26 @@ impl Services {
     {
         let row = self.store_upload(tenant, body, meta).await?;
         let id = UploadId(row.id);
-        match upload::ActiveModel::from(row).insert(&self.db.orm).await {
-            Ok(row) => {
+        match self.record_upload(&row).await {
+            Ok(()) => {
                 tracing::info!(upload = %id, size = row.size, "upload stored");
                 Ok(row)
             }
             Err(err) => {
                 self.discard_stored_upload(id).await;
-                Err(err.into())
+                Err(err)
             }
         }
+    }
+
+    /// Records a stored upload, and counts it in its tenant's day ([`super::quota`]).
+    async fn record_upload(&self, row: &upload::Model) -> ServiceResult<()> {
+        let mut tx = self.db.begin().await?;
+        tx.execute(&upload::Entity::insert(upload::ActiveModel::from(row.clone())).into_query())
+            .await?;
+        Self::count_uploaded(&mut tx, &row.tenant, row.size, row.created_at_ms).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Streams a body into the blob store and checks it (declared length, digest, not empty);
@@ -149,6 +160,7 @@ impl Services {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         self.check_declared_length(meta.declared_length)?;
+        let in_flight = self.open_upload_quota(tenant, meta.declared_length).await?;
         // Held until this upload is stored or refused: bounds memory across all uploads.
         let _slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
             ServiceError::new(
@@ -165,7 +177,7 @@ impl Services {
         };
         let id = UploadId::new();
         let key = keys::upload(id.0);
-        let body = paced_body(body, Pace::of(&self.settings.limits));
+        let body = charged_body(paced_body(body, Pace::of(&self.settings.limits)), in_flight);
         let stored = self
             .blobs
             .put_stream(&key, body, self.settings.limits.max_upload_bytes)
@@ -188,6 +200,9 @@ impl Services {
         }
         if stored.size == 0 {
             return reject(empty_body()).await;
+        }
+        if let Err(over) = self.check_upload_room(tenant, stored.size).await {
+            return reject(over).await;
         }
         if let Some(expected) = meta.expected_sha256
             && expected != stored.sha256

@@ -141,6 +141,11 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<job::Model> {
         event_seq: row.get(C::EventSeq as usize)?,
         inputs: row.get(C::Inputs as usize)?,
         result_count: row.get(C::ResultCount as usize)?,
+        retain_ms: row.get(C::RetainMs as usize)?,
+        retain_inputs_ms: row.get(C::RetainInputsMs as usize)?,
+        expires_at_ms: row.get(C::ExpiresAtMs as usize)?,
+        inputs_expire_at_ms: row.get(C::InputsExpireAtMs as usize)?,
+        inputs_deleted_at_ms: row.get(C::InputsDeletedAtMs as usize)?,
     })
 }
 
@@ -184,6 +189,11 @@ mod tests {
             event_seq: 7,
             inputs: r#"[{"name":"input"}]"#.into(),
             result_count: 3,
+            retain_ms: filled.then_some(86_400_000),
+            retain_inputs_ms: filled.then_some(0),
+            expires_at_ms: filled.then_some(1_700_086_400_002),
+            inputs_expire_at_ms: filled.then_some(1_700_000_000_002),
+            inputs_deleted_at_ms: filled.then_some(1_700_000_000_006),
         }
     }
 

@@ -24,6 +24,7 @@ mod lifecycle;
 mod long_poll;
 mod query_plans;
 mod queue_order;
+mod quotas;
 mod reliability;
 mod results;
 mod rust_client;

@@ -44,6 +44,17 @@ pub struct Model {
     pub inputs: String,
     /// How many results the job has, kept by the transaction that publishes one.
     pub result_count: i64,
+    /// How long the job, its results and inputs are kept once it finishes, fixed at creation
+    /// from its tenant's `job_retention` (None: until deleted).
+    pub retain_ms: Option<i64>,
+    /// How long its inputs' bytes are kept once it finishes (`input_retention`).
+    pub retain_inputs_ms: Option<i64>,
+    /// When the reconciler deletes the job (set when it finishes, from `retain_ms`).
+    pub expires_at_ms: Option<i64>,
+    /// When the reconciler deletes its inputs' bytes (set when it finishes); None once they are
+    /// gone (see `inputs_deleted_at_ms`).
+    pub inputs_expire_at_ms: Option<i64>,
+    pub inputs_deleted_at_ms: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -9,6 +9,7 @@ pub mod job_input;
 pub mod job_log;
 pub mod result;
 pub mod upload;
+pub mod upload_day;
 pub mod webhook_attempt;
 pub mod webhook_delivery;
 pub mod webhook_endpoint;
