@@ -736,4 +736,33 @@ mod tests {
             Some(dir.path().join("models").as_path())
         );
     }
+
+    #[test]
+    fn a_tenant_takes_its_own_limits_and_retention_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ferry.toml");
+        std::fs::write(
+            &config,
+            "[tenant_defaults]\njob_retention = \"30days\"\nmax_running_jobs = 4\n\
+             [tenants.ward]\njob_retention = \"never\"\ninput_retention = \"0s\"\n\
+             max_stored_bytes = 1000\n",
+        )
+        .unwrap();
+        let cli = Cli::parse_from(["ferry", "--config", config.to_str().unwrap(), "serve"]);
+        let settings = Settings::load(&cli).unwrap();
+        let other = settings.tenant_limits("other");
+        assert_eq!(other.job_retention.as_millis(), Some(30 * 86_400_000));
+        assert_eq!(other.input_retention.as_millis(), None);
+        assert_eq!(other.max_running_jobs, 4);
+        let ward = settings.tenant_limits("ward");
+        assert_eq!(ward.job_retention.as_millis(), None);
+        assert_eq!(ward.input_retention.as_millis(), Some(0));
+        assert_eq!(ward.max_running_jobs, 4, "not given: the default's");
+        assert_eq!(ward.max_stored_bytes, 1000);
+        assert!(settings.limits_running_jobs());
+
+        std::fs::write(&config, "[tenant_defaults]\njob_retention = \"a while\"\n").unwrap();
+        let err = format!("{:#}", Settings::load(&cli).unwrap_err());
+        assert!(err.contains("neither \"never\" nor a duration"), "{err}");
+    }
 }

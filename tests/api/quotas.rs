@@ -11,6 +11,7 @@ use crate::{helpers::*, matrix};
 matrix!(
     one_tenants_500_queued_jobs_do_not_hold_back_anothers_job,
     a_tenant_runs_no_more_jobs_at_once_than_its_limit,
+    a_parked_job_runs_when_the_worker_holding_its_tenants_slot_dies,
     uploads_over_a_tenants_quotas_are_refused_and_leave_nothing,
     retention_deletes_inputs_then_jobs_with_their_bytes,
 );
@@ -187,6 +188,42 @@ async fn a_tenant_runs_no_more_jobs_at_once_than_its_limit() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The worker running a tenant's only job is killed (`kill -9`): once its lease expires, the
+/// reconciler settles that attempt and hands the tenant's parked job to another worker.
+async fn a_parked_job_runs_when_the_worker_holding_its_tenants_slot_dies() {
+    let mut app = TestApp::spawn_api_only(TestConfig {
+        lease_ttl: "2s",
+        model_concurrency: 2,
+        extra_toml: "[tenants.capped]\nmax_running_jobs = 1\n".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let capped = app.create_key("capped", &ALL_SCOPES);
+    app.wait_keys_required(&app.base).await;
+    let doomed = app.spawn_worker();
+    let gate = app.data_dir().join("gate");
+    let first = submit(&app, &capped, json!({"mode": "ok", "gate": gate})).await;
+    wait_status(&app, &capped, &first, "running", 30).await;
+    let second = submit(&app, &capped, json!({"mode": "ok"})).await;
+    let start = Instant::now();
+    while !job(&app, &capped, &second).await.body["waiting_for"].is_string() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the second job was never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.kill9_worker(doomed);
+    app.spawn_worker();
+    wait_status(&app, &capped, &second, "succeeded", 60).await;
+    let first = job(&app, &capped, &first).await.body;
+    assert!(first["attempt"].as_i64() >= Some(1), "{first}");
+    assert_ne!(
+        first["status"], "succeeded",
+        "the gate never opened: {first}"
+    );
 }
 
 /// Bytes in flight, per day and stored: refused before the body is read when its length says
