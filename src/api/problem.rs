@@ -15,7 +15,10 @@ use actix_web::{
 };
 use serde::Serialize;
 
-use crate::{error_code::ErrorCode, service::ServiceError};
+use crate::{
+    error_code::ErrorCode,
+    service::{RateLimitFields, ServiceError},
+};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
@@ -45,6 +48,8 @@ pub struct ApiError {
     pub problem: Box<Problem>,
     /// `Retry-After` in whole seconds, where the default (5 for a 429 or 503) would be wrong.
     pub retry_after_secs: Option<u64>,
+    /// `RateLimit-Policy` and `RateLimit` of the quota that refused the request.
+    pub rate_limit: Option<RateLimitFields>,
 }
 
 impl ApiError {
@@ -61,6 +66,7 @@ impl ApiError {
                 errors: Vec::new(),
             }),
             retry_after_secs: None,
+            rate_limit: None,
         }
     }
 
@@ -99,6 +105,10 @@ impl ResponseError for ApiError {
         ) {
             res.insert_header((header::RETRY_AFTER, "5"));
         }
+        if let Some(fields) = &self.rate_limit {
+            res.insert_header(("RateLimit-Policy", fields.policy.as_str()));
+            res.insert_header(("RateLimit", fields.limit.as_str()));
+        }
         res.json(&self.problem)
     }
 }
@@ -107,9 +117,10 @@ impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         let mut api = ApiError::new(err.code, err.detail.clone());
         // Whole seconds, rounded up, at least 1.
-        api.retry_after_secs = err
-            .retry_after
-            .map(|wait| wait.as_secs_f64().ceil().max(1.0) as u64);
+        if let Some(hint) = &err.retry {
+            api.retry_after_secs = Some(hint.wait.as_secs_f64().ceil().max(1.0) as u64);
+            api.rate_limit = hint.rate_limit.clone();
+        }
         if let Some(field) = &err.field {
             api = api.with_field(field, err.detail);
         }

@@ -125,13 +125,29 @@ pub struct ServiceError {
     pub detail: String,
     /// The request field at fault, when there is one.
     pub field: Option<String>,
-    /// When to retry, where the default (5 s for a 429 or 503) would be wrong.
-    pub retry_after: Option<Duration>,
+    /// When to retry, where the default (5 s for a 429 or 503) would be wrong. Boxed: rare,
+    /// and every `Result` of the service layer carries the error's size.
+    pub retry: Option<Box<RetryHint>>,
     #[source]
     pub source: Option<BoxError>,
 }
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// When a refused request may be retried, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryHint {
+    pub wait: Duration,
+    pub rate_limit: Option<RateLimitFields>,
+}
+
+/// The IETF `RateLimit-Policy` and `RateLimit` field values of a refusal by a quota
+/// (draft-ietf-httpapi-ratelimit-headers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateLimitFields {
+    pub policy: String,
+    pub limit: String,
+}
 
 impl ServiceError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
@@ -139,13 +155,14 @@ impl ServiceError {
             code,
             detail: detail.into(),
             field: None,
-            retry_after: None,
+            retry: None,
             source: None,
         }
     }
 
-    pub fn retry_after(mut self, wait: Duration) -> Self {
-        self.retry_after = Some(wait);
+    /// Retry after `wait`; `rate_limit`: the quota that refused the request.
+    pub fn retry_after(mut self, wait: Duration, rate_limit: Option<RateLimitFields>) -> Self {
+        self.retry = Some(Box::new(RetryHint { wait, rate_limit }));
         self
     }
 

@@ -33,7 +33,7 @@ use sea_orm::{
     sea_query::{Expr, ExprTrait, OnConflict, Query},
 };
 
-use super::{BoxError, ServiceError, ServiceResult, Services};
+use super::{BoxError, RateLimitFields, ServiceError, ServiceResult, Services};
 use crate::{
     error_code::ErrorCode,
     storage::{
@@ -178,8 +178,19 @@ impl Services {
         let now = now_ms();
         if limits.max_upload_bytes_per_day > 0 {
             let today = self.uploaded_on(tenant, day_of(now)).await?;
-            if today + size > limits.max_upload_bytes_per_day {
+            let max = limits.max_upload_bytes_per_day;
+            if today + size > max {
                 let wait = until_day_ends(now);
+                let secs = Ord::max(wait.as_secs_f64().ceil() as u64, 1);
+                let fields = RateLimitFields {
+                    policy: format!(
+                        "\"upload-bytes-per-day\";q={max};qu=\"content-bytes\";w=86400"
+                    ),
+                    limit: format!(
+                        "\"upload-bytes-per-day\";r={};t={secs}",
+                        max.saturating_sub(today)
+                    ),
+                };
                 return Err(ServiceError::new(
                     ErrorCode::UploadQuota,
                     format!(
@@ -188,7 +199,7 @@ impl Services {
                         limits.max_upload_bytes_per_day
                     ),
                 )
-                .retry_after(wait));
+                .retry_after(wait, Some(fields)));
             }
         }
         if limits.max_stored_bytes > 0 {

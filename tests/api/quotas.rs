@@ -291,6 +291,14 @@ async fn uploads_over_a_tenants_quotas_are_refused_and_leave_nothing() {
         .parse()
         .unwrap();
     assert!((1..=86_400).contains(&wait), "Retry-After {wait}");
+    assert_eq!(
+        today.header("ratelimit-policy"),
+        Some("\"upload-bytes-per-day\";q=5000;qu=\"content-bytes\";w=86400")
+    );
+    assert_eq!(
+        today.header("ratelimit"),
+        Some(format!("\"upload-bytes-per-day\";r=0;t={wait}").as_str())
+    );
     assert!(
         today.body["detail"]
             .as_str()
