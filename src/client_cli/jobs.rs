@@ -233,8 +233,19 @@ fn details(job: &Job) -> String {
         let message = progress.message.as_ref().map_or("", |m| m.as_str());
         text.push_str(&format!("progress:    {percent} {stage} {message}\n"));
     }
+    if let Some(why) = &job.waiting_for {
+        text.push_str(&format!("waiting for: {why}\n"));
+    }
     if let Some(finished) = &job.finished_at {
         text.push_str(&format!("finished:    {finished}\n"));
+    }
+    if let Some(expires) = &job.expires_at {
+        text.push_str(&format!("expires:     {expires}\n"));
+    }
+    match (&job.inputs_deleted_at, &job.inputs_expire_at) {
+        (Some(deleted), _) => text.push_str(&format!("inputs:      deleted {deleted}\n")),
+        (None, Some(expire)) => text.push_str(&format!("inputs:      deleted at {expire}\n")),
+        (None, None) => {}
     }
     if let Some(error) = &job.error {
         text.push_str(&format!(
