@@ -19,7 +19,7 @@ use actix_web::{
 use super::problem::ApiError;
 use crate::{
     error_code::ErrorCode,
-    service::{ServiceError, Services, rate::Limited},
+    service::{RateLimitFields, ServiceError, Services, rate::Limited},
     tenancy::{Caller, Scope},
 };
 
@@ -128,33 +128,21 @@ fn take_token(services: &Services, caller: &Caller) -> Result<(), Limited> {
 /// IETF `RateLimit-Policy` / `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers).
 fn rate_limited(limited: Limited) -> actix_web::HttpResponse {
     let wait = limited.retry_after.as_secs_f64();
-    let whole_seconds = (wait.ceil() as u64).max(1).to_string();
-    let mut res = ApiError::new(
+    // As `Retry-After` says it (see `ApiError`): whole seconds, at least 1.
+    let whole_seconds = (wait.ceil() as u64).max(1);
+    let fields = RateLimitFields {
+        policy: format!("\"per-key\";q={};w=1", limited.rate),
+        limit: format!("\"per-key\";r=0;t={whole_seconds}"),
+    };
+    let refusal = ServiceError::new(
         ErrorCode::RateLimited,
         format!(
             "this API key may make {} requests a second (bursts of {}); retry in {wait:.2} s",
             limited.rate, limited.burst
         ),
     )
-    .error_response();
-    let headers = res.headers_mut();
-    let fields = [
-        (header::RETRY_AFTER, whole_seconds.clone()),
-        (
-            header::HeaderName::from_static("ratelimit-policy"),
-            format!("\"per-key\";q={};w=1", limited.rate),
-        ),
-        (
-            header::HeaderName::from_static("ratelimit"),
-            format!("\"per-key\";r=0;t={whole_seconds}"),
-        ),
-    ];
-    for (name, value) in fields {
-        if let Ok(value) = header::HeaderValue::from_str(&value) {
-            headers.insert(name, value);
-        }
-    }
-    res
+    .retry_after(limited.retry_after, Some(fields));
+    ApiError::from(refusal).error_response()
 }
 
 /// The caller of `req`, if its key (or an open server) allows `scope` (`None`: any key).

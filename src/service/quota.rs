@@ -113,7 +113,8 @@ impl Drop for InFlightCharge {
     }
 }
 
-/// `body`, counted against `charge` as it arrives, cut off with [`InFlightExceeded`].
+/// `body`, counted against `charge` as it arrives, cut off with [`InFlightExceeded`] (its
+/// reader, the blob store's `put_stream`, stops at the first error).
 pub fn charged_body<S>(
     body: S,
     mut charge: InFlightCharge,
@@ -121,18 +122,9 @@ pub fn charged_body<S>(
 where
     S: Stream<Item = Result<Bytes, BoxError>>,
 {
-    let mut over = false;
     body.map(move |item| {
         let chunk = item?;
-        if over {
-            return Err(Box::new(InFlightExceeded {
-                limit: charge.limit,
-            }) as BoxError);
-        }
-        if let Err(exceeded) = charge.received(chunk.len() as u64) {
-            over = true;
-            return Err(Box::new(exceeded) as BoxError);
-        }
+        charge.received(chunk.len() as u64)?;
         Ok(chunk)
     })
 }
@@ -227,7 +219,7 @@ impl Services {
             .filter(upload_day::Column::Tenant.eq(tenant.as_str()))
             .filter(upload_day::Column::Day.eq(day))
             .into_tuple()
-            .at_most_one(&self.db.orm)
+            .at_most_one(&self.db.reads)
             .await?;
         Ok(Ord::max(bytes.unwrap_or(0), 0) as u64)
     }
@@ -240,7 +232,7 @@ impl Services {
             .expr(Expr::cust("CAST(COALESCE(SUM(size), 0) AS BIGINT)"))
             .filter(upload::Column::Tenant.eq(tenant.as_str()))
             .into_tuple()
-            .at_most_one(&self.db.orm)
+            .at_most_one(&self.db.reads)
             .await?;
         let results: Option<i64> = result::Entity::find()
             .select_only()
@@ -250,7 +242,7 @@ impl Services {
             .join(JoinType::InnerJoin, result_job())
             .filter(job::Column::Tenant.eq(tenant.as_str()))
             .into_tuple()
-            .at_most_one(&self.db.orm)
+            .at_most_one(&self.db.reads)
             .await?;
         Ok(Ord::max(uploads.unwrap_or(0) + results.unwrap_or(0), 0) as u64)
     }

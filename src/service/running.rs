@@ -47,7 +47,7 @@ impl Services {
             .select_only()
             .column(job::Column::Tenant)
             .into_tuple()
-            .at_most_one(&self.db.orm)
+            .at_most_one(&self.db.reads)
             .await?;
         let Some(tenant) = tenant else {
             return Ok(None);
