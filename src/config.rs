@@ -212,6 +212,10 @@ pub struct Limits {
     /// How long an upload not attached to any job is kept.
     #[serde(with = "humantime_serde")]
     pub upload_ttl: Duration,
+    /// How long a resumable (tus) upload that receives no bytes is kept before it and its bytes
+    /// are deleted; every request that adds bytes moves this on.
+    #[serde(with = "humantime_serde")]
+    pub resumable_upload_ttl: Duration,
     /// Size of the parts an upload is written in; bounds memory per upload (about 3 parts).
     pub upload_part_bytes: usize,
     /// Largest accepted JSON body.
@@ -365,6 +369,7 @@ impl Default for Limits {
         Self {
             max_upload_bytes: 64 << 30,
             upload_ttl: Duration::from_secs(24 * 3600),
+            resumable_upload_ttl: Duration::from_secs(24 * 3600),
             upload_part_bytes: 8 << 20,
             max_json_bytes: 1 << 20,
             max_concurrent_uploads: 16,

@@ -11,6 +11,7 @@ fn main() {
         .unwrap_or_else(|err| panic!("cannot read {}: {err}", spec_path.display()));
     let mut spec: openapiv3::OpenAPI = serde_norway::from_str(&text)
         .unwrap_or_else(|err| panic!("{} is not OpenAPI 3.0: {err}", spec_path.display()));
+    drop_tus(&mut spec);
     drop_bodiless_successes(&mut spec);
     drop_optional_auth_refusals(&mut spec);
     let mut settings = progenitor::GenerationSettings::default();
@@ -21,6 +22,15 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("ferry_api.rs");
     fs::write(&out, tokens.to_string())
         .unwrap_or_else(|err| panic!("cannot write {}: {err}", out.display()));
+}
+
+/// The tus endpoints (`/v1/tus…`) are for tus clients (tus-js-client, tuspy, …), which speak a
+/// protocol whose answers are headers and whose bodies are `application/offset+octet-stream`,
+/// a media type progenitor does not take. This client uploads with `POST /v1/uploads`.
+fn drop_tus(spec: &mut openapiv3::OpenAPI) {
+    spec.paths
+        .paths
+        .retain(|path, _| !path.starts_with("/v1/tus"));
 }
 
 /// Progenitor 0.15 gives an operation one success type, so it refuses one whose `200` has a body

@@ -17,6 +17,7 @@ mod m20261205_000001_tenants;
 mod m20261205_000002_audit;
 mod m20261206_000001_retention;
 mod m20261206_000002_upload_usage;
+mod m20261207_000001_resumable_uploads;
 
 pub struct Migrator;
 
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000002_audit::Migration),
             Box::new(m20261206_000001_retention::Migration),
             Box::new(m20261206_000002_upload_usage::Migration),
+            Box::new(m20261207_000001_resumable_uploads::Migration),
         ]
     }
 }

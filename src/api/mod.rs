@@ -14,6 +14,7 @@ pub mod paging;
 pub mod problem;
 pub mod results;
 pub mod sse;
+pub mod tus;
 pub mod uploads;
 pub mod webhooks;
 pub mod wire;
@@ -45,6 +46,13 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/uploads/{id}",
         Access::Needs(Scope::JobsWrite),
     ),
+    // tus: HEAD is part of writing (a client asks where to resume), so it needs jobs:write;
+    // OPTIONS is protocol discovery, open like a CORS preflight.
+    ("options", "/v1/tus", Access::Open),
+    ("post", "/v1/tus", Access::Needs(Scope::JobsWrite)),
+    ("head", "/v1/tus/{id}", Access::Needs(Scope::JobsWrite)),
+    ("patch", "/v1/tus/{id}", Access::Needs(Scope::JobsWrite)),
+    ("delete", "/v1/tus/{id}", Access::Needs(Scope::JobsWrite)),
     ("post", "/v1/jobs", Access::Needs(Scope::JobsWrite)),
     (
         "post",
@@ -200,6 +208,17 @@ pub fn configure(
             .service(
                 readable(resource("/v1/uploads/{id}"), uploads::get)
                     .route(web::delete().to(uploads::delete)),
+            )
+            .service(
+                resource("/v1/tus")
+                    .route(web::method(actix_web::http::Method::OPTIONS).to(tus::options))
+                    .route(web::post().to(tus::create)),
+            )
+            .service(
+                resource("/v1/tus/{id}")
+                    .route(web::head().to(tus::head))
+                    .route(web::patch().to(tus::patch))
+                    .route(web::delete().to(tus::delete)),
             )
             .service(readable(resource("/v1/jobs"), jobs::list).route(web::post().to(jobs::create)))
             .service(

@@ -52,6 +52,14 @@ pub struct ApiError {
     pub rate_limit: Option<RateLimitFields>,
 }
 
+/// A status's reason phrase, also for the one status tus adds (460).
+fn title(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        460 => "Checksum Mismatch",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    }
+}
+
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         let status = StatusCode::from_u16(code.status()).expect("a valid status");
@@ -59,7 +67,7 @@ impl ApiError {
             status,
             problem: Box::new(Problem {
                 type_: format!("urn:ferry:problem:{code}"),
-                title: status.canonical_reason().unwrap_or("Error").to_owned(),
+                title: title(status).to_owned(),
                 status: status.as_u16(),
                 detail: detail.into(),
                 code: code.as_str().to_owned(),

@@ -12,6 +12,7 @@
 //! (`AWS_ENDPOINT_URL` for S3-compatible servers), overridden by `blob_options` in `ferry.toml`.
 
 mod hashing;
+pub mod resumable;
 
 use std::{collections::BTreeMap, ops::Range, path::PathBuf, sync::Arc, time::Duration};
 
@@ -47,6 +48,19 @@ pub mod keys {
     /// Where every job's objects live, and every upload's.
     pub const JOBS: &str = "jobs";
     pub const UPLOADS: &str = "uploads";
+    /// Where resumable uploads keep what they cannot keep in place until they complete (see
+    /// `blobs::resumable`). The orphan sweep leaves it alone: the reconciler expires these.
+    pub const RESUMABLE: &str = "tus";
+
+    /// Everything of resumable upload `id` under [`RESUMABLE`].
+    pub fn resumable_prefix(id: Uuid) -> Path {
+        Path::from(format!("{RESUMABLE}/{}", id.simple()))
+    }
+
+    /// The bytes of resumable upload `id` past its last whole part, up to `offset`.
+    pub fn resumable_tail(id: Uuid, offset: u64) -> Path {
+        Path::from(format!("{RESUMABLE}/{}/tail-{offset}", id.simple()))
+    }
 
     /// The job and attempt of a key made by [`result`]; `None` for any other key.
     pub fn parse_result(key: &str) -> Option<(Uuid, i32)> {
@@ -146,6 +160,8 @@ pub struct Blobs {
     part_bytes: usize,
     /// The folder of a local store (for the staging-file sweep).
     local_root: Option<PathBuf>,
+    /// Where resumable uploads keep their bytes until they complete.
+    resumable: resumable::Target,
 }
 
 impl Blobs {
@@ -163,9 +179,14 @@ impl Blobs {
         let url =
             url::Url::parse(spec).with_context(|| format!("invalid blob_store URL {spec:?}"))?;
         let config = object_store_config(options);
-        let (store, prefix) = if matches!(url.scheme(), "s3" | "s3a") {
+        let mut resumable = resumable::Target::Unsupported;
+        let (store, prefix): (Box<dyn ObjectStore>, Path) = if matches!(url.scheme(), "s3" | "s3a")
+        {
             check_s3_options(options)?;
-            open_s3(spec, &url, part_bytes, &config)?
+            let (s3, prefix) = open_s3(spec, &url, part_bytes, &config)?;
+            let s3 = Arc::new(s3);
+            resumable = resumable::Target::multipart(s3.clone(), prefix.clone(), part_bytes);
+            (Box::new(s3), prefix)
         } else {
             // As for S3 (see `open_s3`), but the URL parser only takes string keys, which
             // cannot switch the total timeout off: a day bounds a whole request instead.
@@ -185,6 +206,7 @@ impl Blobs {
             store,
             part_bytes,
             local_root: None,
+            resumable,
         })
     }
 
@@ -465,6 +487,7 @@ fn open_local(dir: PathBuf, part_bytes: usize) -> anyhow::Result<Blobs> {
     Ok(Blobs {
         store: Arc::new(store),
         part_bytes,
+        resumable: resumable::Target::Local { root: dir.clone() },
         local_root: Some(dir),
     })
 }
@@ -521,7 +544,7 @@ fn open_s3(
     url: &url::Url,
     part_bytes: usize,
     config: &BTreeMap<String, String>,
-) -> anyhow::Result<(Box<dyn ObjectStore>, Path)> {
+) -> anyhow::Result<(object_store::aws::AmazonS3, Path)> {
     if part_bytes < 5 << 20 {
         anyhow::bail!(
             "limits.upload_part_bytes must be at least 5 MiB for S3 (its minimum part size)"
@@ -558,7 +581,7 @@ fn open_s3(
         .with_context(|| format!("cannot configure blob store {spec:?}"))?;
     let prefix = Path::parse(url.path().trim_start_matches('/'))
         .with_context(|| format!("invalid prefix in {spec:?}"))?;
-    Ok((Box::new(store), prefix))
+    Ok((store, prefix))
 }
 
 #[cfg(test)]

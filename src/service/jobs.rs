@@ -125,7 +125,7 @@ impl JobView {
 }
 
 /// An upload becoming a job's input.
-enum InputUpload {
+pub(super) enum InputUpload {
     /// Recorded earlier (`POST /v1/uploads`): attached to the job in its transaction.
     Recorded(upload::Model),
     /// Stored by this request (the one-request form) but not recorded yet: recorded, already
@@ -655,7 +655,7 @@ impl Services {
 
     /// Creates a job: one transaction inserts the job, its inputs and its first event, records
     /// or attaches its uploads, records the idempotency key and enqueues the dispatch.
-    async fn insert_job(
+    pub(super) async fn insert_job(
         &self,
         tenant: &Tenant,
         spec: JobSpec,
@@ -1015,7 +1015,7 @@ impl Services {
 impl Services {
     /// [`Services::check_queue_room`] before a body is read, outside any transaction (so not
     /// exact: the creating transaction checks again).
-    async fn precheck_queue_room(&self, tenant: &Tenant) -> ServiceResult<()> {
+    pub(super) async fn precheck_queue_room(&self, tenant: &Tenant) -> ServiceResult<()> {
         let limit = self.settings.tenant_limits(tenant.as_str()).max_queued_jobs;
         if limit == 0 {
             return Ok(());

@@ -13,6 +13,7 @@ pub mod quota;
 pub mod rate;
 pub mod reconcile;
 pub mod results;
+pub mod resumable;
 pub mod retention;
 pub mod running;
 pub mod uploads;

@@ -61,6 +61,8 @@ pub struct Repairs {
     /// Jobs handed to the queue: retries whose backoff ended, and lost dispatches.
     pub dispatched: usize,
     pub expired_uploads: usize,
+    /// Resumable uploads deleted, bytes and all, because they stopped receiving bytes.
+    pub expired_resumable_uploads: usize,
     /// Finished jobs deleted because their retention ended.
     pub expired_jobs: usize,
     /// Finished jobs whose inputs' bytes were deleted because their retention ended.
@@ -91,6 +93,10 @@ impl Services {
             (
                 "expired uploads",
                 self.purge_expired_uploads(now, &mut repairs).await,
+            ),
+            (
+                "expired resumable uploads",
+                self.purge_expired_resumable(now, &mut repairs).await,
             ),
             (
                 "finished deliveries",
@@ -222,6 +228,12 @@ impl Services {
                 Err(err) => Self::item_failed(repairs, "expired uploads", UploadId(row.id), err),
             }
         }
+        Ok(())
+    }
+
+    /// Deletes resumable uploads that stopped receiving bytes (see [`super::resumable`]).
+    async fn purge_expired_resumable(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
+        repairs.expired_resumable_uploads += self.expire_resumable_uploads(now).await?;
         Ok(())
     }
 

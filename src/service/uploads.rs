@@ -100,7 +100,7 @@ impl Drop for ClientShare {
 
 impl Services {
     /// Fails fast, before any byte is read, when the declared length is zero or over the limit.
-    fn check_declared_length(&self, declared: Option<u64>) -> ServiceResult<()> {
+    pub(super) fn check_declared_length(&self, declared: Option<u64>) -> ServiceResult<()> {
         let limit = self.settings.limits.max_upload_bytes;
         match declared {
             Some(0) => Err(empty_body()),
@@ -137,7 +137,7 @@ impl Services {
     }
 
     /// Records a stored upload, and counts it in its tenant's day ([`super::quota`]).
-    async fn record_upload(&self, row: &upload::Model) -> ServiceResult<()> {
+    pub(super) async fn record_upload(&self, row: &upload::Model) -> ServiceResult<()> {
         let mut tx = self.db.begin().await?;
         tx.execute(&upload::Entity::insert(upload::ActiveModel::from(row.clone())).into_query())
             .await?;
@@ -162,15 +162,7 @@ impl Services {
         self.check_declared_length(meta.declared_length)?;
         let in_flight = self.open_upload_quota(tenant, meta.declared_length).await?;
         // Held until this upload is stored or refused: bounds memory across all uploads.
-        let _slot = self.upload_slots.clone().try_acquire_owned().map_err(|_| {
-            ServiceError::new(
-                ErrorCode::UploadsAtCapacity,
-                format!(
-                    "this server is already receiving {} uploads; retry shortly",
-                    self.settings.limits.max_concurrent_uploads
-                ),
-            )
-        })?;
+        let _slot = self.take_upload_slot()?;
         let _share = match meta.client {
             None => None,
             Some(client) => Some(self.take_client_share(client)?),
@@ -241,7 +233,20 @@ impl Services {
         }
     }
 
-    fn take_client_share(&self, client: IpAddr) -> ServiceResult<ClientShare> {
+    /// One of this process's `limits.max_concurrent_uploads` slots, held while a body arrives.
+    pub(super) fn take_upload_slot(&self) -> ServiceResult<tokio::sync::OwnedSemaphorePermit> {
+        self.upload_slots.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::new(
+                ErrorCode::UploadsAtCapacity,
+                format!(
+                    "this server is already receiving {} uploads; retry shortly",
+                    self.settings.limits.max_concurrent_uploads
+                ),
+            )
+        })
+    }
+
+    pub(super) fn take_client_share(&self, client: IpAddr) -> ServiceResult<ClientShare> {
         let max = self.settings.limits.max_uploads_per_client;
         self.upload_clients.take(client, max).ok_or_else(|| {
             ServiceError::new(

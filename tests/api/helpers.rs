@@ -122,6 +122,8 @@ pub async fn run_on(backend: Backend, test: impl Future<Output = ()>) {
 pub struct TestConfig {
     pub max_upload_bytes: u64,
     pub upload_ttl: &'static str,
+    /// `limits.resumable_upload_ttl`: how long an idle tus upload is kept.
+    pub resumable_upload_ttl: &'static str,
     pub lease_ttl: &'static str,
     pub model_concurrency: u32,
     pub model_max_attempts: u32,
@@ -157,6 +159,7 @@ impl Default for TestConfig {
         Self {
             max_upload_bytes: 4 << 30,
             upload_ttl: "1h",
+            resumable_upload_ttl: "1h",
             lease_ttl: "3s",
             model_concurrency: 2,
             model_max_attempts: 3,
@@ -308,6 +311,7 @@ database_url = "{ferry_database_url}"
 [limits]
 max_upload_bytes = {max_upload}
 upload_ttl = "{upload_ttl}"
+resumable_upload_ttl = "{resumable_upload_ttl}"
 upload_part_bytes = {part_bytes}
 max_concurrent_uploads = {max_uploads}
 {progress_event_interval}
@@ -337,6 +341,7 @@ concurrency = {concurrency}
             max_upload = cfg.max_upload_bytes,
             max_uploads = cfg.max_concurrent_uploads,
             upload_ttl = cfg.upload_ttl,
+            resumable_upload_ttl = cfg.resumable_upload_ttl,
             lease_ttl = cfg.lease_ttl,
             model = model.display(),
             timeout = cfg.model_timeout,
@@ -1111,7 +1116,7 @@ pub fn repr_digest(data: &[u8]) -> String {
 
 /// The not-found code of the object a route template names by `{id}`.
 pub fn not_found_code(template: &str) -> &'static str {
-    if template.starts_with("/v1/uploads/") {
+    if template.starts_with("/v1/uploads/") || template.starts_with("/v1/tus/") {
         "upload_not_found"
     } else if template.starts_with("/v1/webhooks/") {
         "webhook_not_found"

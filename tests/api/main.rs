@@ -33,6 +33,7 @@ mod schemathesis;
 mod spec;
 mod tenancy;
 mod tools;
+mod tus;
 mod upgrades;
 mod uploads;
 mod webhook_receiver;

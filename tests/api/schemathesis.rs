@@ -21,6 +21,7 @@ use serde_json::Value;
 use crate::{helpers::*, tools};
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
+const HOOKS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis_hooks.py");
 const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");
 const PINNED: &str = "4.32.5";
 /// Far above a normal run (about a minute); reached only if schemathesis or the server hangs.
@@ -68,6 +69,8 @@ async fn schemathesis_finds_no_failure_on_a_live_server() {
         .arg(&app.base)
         .arg("--header")
         .arg(format!("Authorization: Bearer {key}"))
+        // tus' `application/offset+octet-stream` bodies, serialized as raw bytes.
+        .env("SCHEMATHESIS_HOOKS", HOOKS)
         // Its caches and any report files stay in the test's folder.
         .current_dir(app.dir.path())
         .stdin(Stdio::null())

@@ -8,6 +8,7 @@ pub mod job_event;
 pub mod job_input;
 pub mod job_log;
 pub mod result;
+pub mod resumable_upload;
 pub mod upload;
 pub mod upload_day;
 pub mod webhook_attempt;

@@ -1,0 +1,705 @@
+//! Resumable uploads over tus 1.0, on both backends: the protocol spoken by hand (offsets,
+//! cuts, checksums, deferred length, termination, expiry, a job made by the completing request),
+//! a real tus client (tuspy) whose connections are cut at random offsets, a PATCH racing another
+//! across two replicas, and a server killed with `kill -9` mid-request. What is left in the blob
+//! store is checked in the store itself (a local folder, or the S3 bucket and its multipart
+//! uploads).
+
+use std::{
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use sha2::Digest as _;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use crate::{helpers::*, matrix, tools};
+
+matrix!(
+    a_tus_upload_survives_cuts_and_becomes_an_ordinary_upload,
+    tus_refuses_what_it_cannot_take_without_moving_the_offset,
+    a_tus_upload_with_ferry_kind_creates_its_job,
+    terminated_and_expired_tus_uploads_leave_nothing_in_the_store,
+    tuspy_uploads_200_mb_through_20_cut_connections,
+    a_patch_racing_another_on_a_second_replica_is_refused,
+    a_tus_upload_resumes_after_kill_9_of_the_server_mid_patch,
+);
+
+const TUS: (&str, &str) = ("Tus-Resumable", "1.0.0");
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// Creates an upload of `length` bytes (or a deferred one); its path (`/v1/tus/upl_…`).
+async fn create_at(app: &TestApp, base: &str, length: Option<usize>, metadata: &str) -> String {
+    let reply = app
+        .request_at(base, "post", "/v1/tus", |r| {
+            let r = r.header(TUS.0, TUS.1);
+            let r = match length {
+                Some(len) => r.header("Upload-Length", len.to_string()),
+                None => r.header("Upload-Defer-Length", "1"),
+            };
+            if metadata.is_empty() {
+                r
+            } else {
+                r.header("Upload-Metadata", metadata)
+            }
+        })
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    assert_eq!(reply.header("Tus-Resumable"), Some("1.0.0"));
+    assert_eq!(reply.header("Upload-Offset"), Some("0"));
+    assert!(reply.header("Upload-Expires").is_some());
+    let location = reply.header("Location").expect("Location").to_owned();
+    assert!(location.starts_with("/v1/tus/upl_"), "{location}");
+    location
+}
+
+async fn create(app: &TestApp, length: Option<usize>, metadata: &str) -> String {
+    create_at(app, &app.base, length, metadata).await
+}
+
+async fn patch_at(
+    app: &TestApp,
+    base: &str,
+    path: &str,
+    offset: usize,
+    bytes: &[u8],
+    extra: &[(&str, String)],
+) -> Reply {
+    let body = bytes.to_vec();
+    let extra: Vec<(String, String)> = extra
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+    app.request_at(base, "patch", path, |r| {
+        let mut r = r
+            .header(TUS.0, TUS.1)
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset.to_string());
+        for (k, v) in extra {
+            r = r.header(k, v);
+        }
+        r.body(body)
+    })
+    .await
+}
+
+async fn patch(app: &TestApp, path: &str, offset: usize, bytes: &[u8]) -> Reply {
+    patch_at(app, &app.base, path, offset, bytes, &[]).await
+}
+
+/// The upload's offset, once no request holds it (a cut request's writer may still be
+/// recording what arrived).
+async fn offset_at(app: &TestApp, base: &str, path: &str) -> usize {
+    let reply = app
+        .request_at(base, "head", path, |r| r.header(TUS.0, TUS.1))
+        .await;
+    assert_eq!(reply.status, 200, "HEAD {path}");
+    assert_eq!(reply.header("Cache-Control"), Some("no-store"));
+    reply
+        .header("Upload-Offset")
+        .expect("Upload-Offset")
+        .parse()
+        .expect("a number")
+}
+
+/// Sends `data[from..]` to `path` in requests of `chunk` bytes, resuming from HEAD's offset
+/// whenever the server is busy with a request of ours that was cut (`423`).
+async fn send_rest_at(app: &TestApp, base: &str, path: &str, data: &[u8], chunk: usize) -> Reply {
+    let start = Instant::now();
+    loop {
+        let offset = offset_at(app, base, path).await;
+        let end = (offset + chunk).min(data.len());
+        let reply = patch_at(app, base, path, offset, &data[offset..end], &[]).await;
+        match reply.status {
+            204 if end == data.len() => return reply,
+            204 => assert_eq!(
+                reply.header("Upload-Offset"),
+                Some(end.to_string().as_str())
+            ),
+            423 | 409 => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "still refused: {}",
+                    reply.body
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("PATCH answered {other}: {}", reply.body),
+        }
+    }
+}
+
+/// A PATCH whose body stops after `sent` of its `declared` bytes; the connection stays open
+/// until the returned stream is dropped.
+fn partial_patch(
+    base: &str,
+    path: &str,
+    offset: usize,
+    declared: usize,
+    first: &[u8],
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "PATCH {path} HTTP/1.1\r\nHost: {addr}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\n\
+         Content-Length: {declared}\r\n\r\n"
+    )
+    .expect("send head");
+    stream.write_all(first).expect("send body");
+    stream.flush().expect("flush");
+    stream
+}
+
+/// The id of a tus path.
+fn upload_id(path: &str) -> &str {
+    path.trim_start_matches("/v1/tus/")
+}
+
+async fn assert_upload_is(app: &TestApp, path: &str, data: &[u8], content_type: Option<&str>) {
+    let upload = app
+        .request("get", &format!("/v1/uploads/{}", upload_id(path)), |r| r)
+        .await;
+    assert_eq!(upload.status, 200, "{}", upload.body);
+    assert_eq!(upload.body["size"], data.len() as u64);
+    assert_eq!(upload.body["sha256"], sha256_hex(data));
+    if let Some(ct) = content_type {
+        assert_eq!(upload.body["content_type"], ct);
+    }
+    // The bytes themselves, where uploads keep theirs: completing moved them, no copy left.
+    let key = format!("uploads/{}", upload_id(path).trim_start_matches("upl_"));
+    let stored = match backend() {
+        Backend::Sqlite => std::fs::read(app.data_dir().join("blobs").join(&key)).expect("read"),
+        Backend::PostgresS3 => {
+            let chunks: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(
+                app.blobs()
+                    .get(&object_store::path::Path::from(key.as_str()), None)
+                    .await
+                    .expect("read"),
+            )
+            .await
+            .expect("read");
+            chunks.concat()
+        }
+    };
+    assert_eq!(sha256_hex(&stored), sha256_hex(data));
+    app.wait_no_blobs("tus").await;
+}
+
+/// Parts, tails, a cut request and a wrong offset: the upload ends with the client's bytes, as
+/// an ordinary upload with the same id.
+async fn a_tus_upload_survives_cuts_and_becomes_an_ordinary_upload() {
+    let app = TestApp::spawn().await;
+    let options = app.request("options", "/v1/tus", |r| r).await;
+    assert_eq!(options.status, 204);
+    assert_eq!(options.header("Tus-Version"), Some("1.0.0"));
+    let extensions = options.header("Tus-Extension").expect("extensions");
+    for ext in [
+        "creation",
+        "creation-with-upload",
+        "checksum",
+        "termination",
+        "expiration",
+    ] {
+        assert!(extensions.split(',').any(|e| e == ext), "{extensions}");
+    }
+
+    // Larger than two S3 parts (5 MiB in the tests), in requests that are not part-aligned.
+    let data = bytes((12 << 20) + 12_345, 7);
+    let metadata = format!(
+        "filename {},filetype {}",
+        b64("scan-0001.dcm"),
+        b64("application/dicom")
+    );
+    let path = create(&app, Some(data.len()), &metadata).await;
+    let head = app.request("head", &path, |r| r.header(TUS.0, TUS.1)).await;
+    assert_eq!(
+        head.header("Upload-Length"),
+        Some(data.len().to_string().as_str())
+    );
+    assert_eq!(head.header("Upload-Metadata"), Some(metadata.as_str()));
+
+    let chunk = (3 << 20) + 7;
+    let first = patch(&app, &path, 0, &data[..chunk]).await;
+    assert_eq!(first.status, 204, "{}", first.body);
+    assert_eq!(
+        first.header("Upload-Offset"),
+        Some(chunk.to_string().as_str())
+    );
+
+    // A request cut after half its body: what arrived is kept, nothing more.
+    let half = chunk / 2;
+    let cut = partial_patch(&app.base, &path, chunk, chunk, &data[chunk..chunk + half]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(cut);
+    // Every byte sent before the cut arrived (the connection was open 300 ms): all are kept,
+    // once the cut request's writer has recorded them.
+    let start = Instant::now();
+    let resumed_at = loop {
+        let at = offset_at(&app, &app.base, &path).await;
+        if at == chunk + half || start.elapsed() > Duration::from_secs(15) {
+            break at;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed_at, chunk + half, "the offset after a cut request");
+
+    // A client that lost track of the offset is told, and nothing moves.
+    let wrong = patch(&app, &path, chunk, &data[chunk..chunk + 10]).await;
+    assert_problem(wrong.status, &wrong.body, 409, "upload_offset_mismatch");
+    assert!(
+        wrong.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&resumed_at.to_string()),
+        "{}",
+        wrong.body
+    );
+
+    let last = send_rest_at(&app, &app.base, &path, &data, chunk).await;
+    assert!(
+        last.header("Upload-Expires").is_none(),
+        "a complete upload does not expire"
+    );
+    assert_upload_is(&app, &path, &data, Some("application/dicom")).await;
+    // Asked again, the complete upload answers its whole length.
+    assert_eq!(offset_at(&app, &app.base, &path).await, data.len());
+}
+
+/// Checksums, versions, media types, lengths: each refused with its problem, the offset where
+/// it was. Deferred length works.
+async fn tus_refuses_what_it_cannot_take_without_moving_the_offset() {
+    let app = TestApp::spawn().await;
+    let data = bytes(1000, 3);
+    let path = create(&app, Some(data.len()), "").await;
+
+    let sha1 = |b: &[u8]| {
+        let digest = sha1::Sha1::digest(b);
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    };
+    let sha256 =
+        |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b));
+    let wrong = patch_at(
+        &app,
+        &app.base,
+        &path,
+        0,
+        &data[..500],
+        &[(
+            "Upload-Checksum",
+            format!("sha1 {}", sha1(b"something else")),
+        )],
+    )
+    .await;
+    assert_problem(wrong.status, &wrong.body, 460, "checksum_mismatch");
+    assert_eq!(offset_at(&app, &app.base, &path).await, 0);
+
+    let md5 = patch_at(
+        &app,
+        &app.base,
+        &path,
+        0,
+        &data[..500],
+        &[("Upload-Checksum", "md5 AAAA".to_owned())],
+    )
+    .await;
+    assert_problem(md5.status, &md5.body, 400, "unsupported_checksum");
+
+    let right = patch_at(
+        &app,
+        &app.base,
+        &path,
+        0,
+        &data[..500],
+        &[("Upload-Checksum", format!("sha1 {}", sha1(&data[..500])))],
+    )
+    .await;
+    assert_eq!(right.status, 204, "{}", right.body);
+    assert_eq!(right.header("Upload-Offset"), Some("500"));
+
+    let no_version = app
+        .request("patch", &path, |r| {
+            r.header("Content-Type", "application/offset+octet-stream")
+                .header("Upload-Offset", "500")
+                .body(data[500..].to_vec())
+        })
+        .await;
+    assert_problem(
+        no_version.status,
+        &no_version.body,
+        412,
+        "unsupported_tus_version",
+    );
+    let not_bytes = app
+        .request("patch", &path, |r| {
+            r.header(TUS.0, TUS.1)
+                .header("Content-Type", "application/json")
+                .header("Upload-Offset", "500")
+                .body("{}")
+        })
+        .await;
+    assert_problem(
+        not_bytes.status,
+        &not_bytes.body,
+        415,
+        "unsupported_media_type",
+    );
+    let too_long = patch(&app, &path, 500, &bytes(501, 4)).await;
+    assert_problem(
+        too_long.status,
+        &too_long.body,
+        400,
+        "upload_length_exceeded",
+    );
+    let no_length = app
+        .request("post", "/v1/tus", |r| r.header(TUS.0, TUS.1))
+        .await;
+    assert_problem(
+        no_length.status,
+        &no_length.body,
+        400,
+        "invalid_upload_header",
+    );
+    let bad_metadata = app
+        .request("post", "/v1/tus", |r| {
+            r.header(TUS.0, TUS.1)
+                .header("Upload-Length", "10")
+                .header("Upload-Metadata", "filename not-base64!")
+        })
+        .await;
+    assert_problem(
+        bad_metadata.status,
+        &bad_metadata.body,
+        400,
+        "invalid_upload_header",
+    );
+    assert_eq!(offset_at(&app, &app.base, &path).await, 500);
+
+    let done = patch_at(
+        &app,
+        &app.base,
+        &path,
+        500,
+        &data[500..],
+        &[(
+            "Upload-Checksum",
+            format!("sha256 {}", sha256(&data[500..])),
+        )],
+    )
+    .await;
+    assert_eq!(done.status, 204, "{}", done.body);
+    assert_upload_is(&app, &path, &data, None).await;
+
+    // Deferred length: given with a later request.
+    let deferred = create(&app, None, "").await;
+    let head = app
+        .request("head", &deferred, |r| r.header(TUS.0, TUS.1))
+        .await;
+    assert_eq!(head.header("Upload-Defer-Length"), Some("1"));
+    assert_eq!(patch(&app, &deferred, 0, &data[..300]).await.status, 204);
+    let end = patch_at(
+        &app,
+        &app.base,
+        &deferred,
+        300,
+        &data[300..600],
+        &[("Upload-Length", "600".to_owned())],
+    )
+    .await;
+    assert_eq!(end.status, 204, "{}", end.body);
+    assert_upload_is(&app, &deferred, &data[..600], None).await;
+}
+
+/// Metadata `ferry-kind` makes the completing request create the job, on the upload's bytes.
+async fn a_tus_upload_with_ferry_kind_creates_its_job() {
+    let app = TestApp::spawn().await;
+    let data = bytes(300_000, 11);
+    let refused = app
+        .request("post", "/v1/tus", |r| {
+            r.header(TUS.0, TUS.1).header("Upload-Length", "10").header(
+                "Upload-Metadata",
+                format!("ferry-kind {}", b64("no-such-kind")),
+            )
+        })
+        .await;
+    assert_problem(refused.status, &refused.body, 422, "unknown_kind");
+
+    let metadata = format!(
+        "filename {},ferry-kind {},ferry-params {},ferry-input {}",
+        b64("ct.nii"),
+        b64("model"),
+        b64(r#"{"mode":"ok"}"#),
+        b64("scan")
+    );
+    let path = create(&app, Some(data.len()), &metadata).await;
+    assert_eq!(patch(&app, &path, 0, &data[..100_000]).await.status, 204);
+    let last = patch(&app, &path, 100_000, &data[100_000..]).await;
+    assert_eq!(last.status, 204, "{}", last.body);
+    let job_path = last
+        .header("Ferry-Job-Location")
+        .expect("Ferry-Job-Location")
+        .to_owned();
+    let job_id = job_path.trim_start_matches("/v1/jobs/");
+    let job = app
+        .wait_job(job_id, Duration::from_secs(30), |j| {
+            j["status"] == "succeeded" || j["status"] == "failed"
+        })
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let inputs = job["inputs"].as_array().expect("inputs");
+    assert_eq!(inputs.len(), 1, "{job}");
+    assert_eq!(inputs[0]["name"], "scan");
+    assert_eq!(inputs[0]["upload_id"], upload_id(&path));
+    assert_eq!(inputs[0]["sha256"], sha256_hex(&data));
+    // HEAD after the fact tells a client that lost the answer where its job is.
+    let head = app.request("head", &path, |r| r.header(TUS.0, TUS.1)).await;
+    assert_eq!(head.header("Ferry-Job-Location"), Some(job_path.as_str()));
+}
+
+/// Termination deletes an unfinished upload's bytes at once; the reconciler deletes those of
+/// one that stopped receiving bytes. Checked in the store (S3: objects and multipart uploads).
+async fn terminated_and_expired_tus_uploads_leave_nothing_in_the_store() {
+    let app = TestApp::spawn_with(TestConfig {
+        resumable_upload_ttl: "2s",
+        ..TestConfig::default()
+    })
+    .await;
+    // Over one S3 part, so a part and a tail are stored.
+    let data = bytes((6 << 20) + 99, 5);
+    let terminated = create(&app, Some(data.len() * 2), "").await;
+    assert_eq!(patch(&app, &terminated, 0, &data).await.status, 204);
+    assert!(!app.blob_files("").await.is_empty(), "bytes are stored");
+    let delete = app
+        .request("delete", &terminated, |r| r.header(TUS.0, TUS.1))
+        .await;
+    assert_eq!(delete.status, 204, "{}", delete.body);
+    let gone = app
+        .request("head", &terminated, |r| r.header(TUS.0, TUS.1))
+        .await;
+    assert_eq!(gone.status, 404);
+    app.wait_no_blobs("").await;
+
+    let abandoned = create(&app, Some(data.len() * 2), "").await;
+    assert_eq!(patch(&app, &abandoned, 0, &data).await.status, 204);
+    assert!(!app.blob_files("").await.is_empty(), "bytes are stored");
+    // The reconciler (every 300 ms in the tests) deletes it 2 s after its last write.
+    app.wait_no_blobs("").await;
+    let start = Instant::now();
+    loop {
+        let head = app
+            .request("head", &abandoned, |r| r.header(TUS.0, TUS.1))
+            .await;
+        if head.status == 404 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_resumable_uploads")
+            .await,
+        0
+    );
+}
+
+/// Forwards connections to `upstream`, cutting the connection that carries the byte at each
+/// of `cuts` (offsets into everything sent to the server, in order). Returns its address and
+/// how many cuts it made.
+async fn cutting_proxy(upstream: String, mut cuts: Vec<u64>) -> (String, Arc<AtomicU64>) {
+    cuts.sort_unstable();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let sent = Arc::new(AtomicU64::new(0));
+    let made = Arc::new(AtomicU64::new(0));
+    let cuts = Arc::new(cuts);
+    let made_out = made.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                return;
+            };
+            let (sent, made, cuts, upstream) =
+                (sent.clone(), made.clone(), cuts.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let back = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match client_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let before = sent.fetch_add(n as u64, Ordering::SeqCst);
+                    let next_cut = cuts.get(made.load(Ordering::SeqCst) as usize).copied();
+                    if let Some(cut) = next_cut.filter(|c| *c < before + n as u64) {
+                        let keep = (cut.saturating_sub(before)) as usize;
+                        let _ = server_write.write_all(&buf[..keep]).await;
+                        made.fetch_add(1, Ordering::SeqCst);
+                        break;
+                    }
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                back.abort();
+            });
+        }
+    });
+    (addr, made_out)
+}
+
+/// tuspy (a tus client nobody here wrote) sends 200 MB in 5 MB requests through a proxy that
+/// cuts its connection at 20 random offsets; it resumes each time from HEAD's offset, and the
+/// upload ends with the file's SHA-256.
+async fn tuspy_uploads_200_mb_through_20_cut_connections() {
+    let python = tools::python();
+    let found = Command::new(&python)
+        .args(["-c", "import tusclient"])
+        .status()
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            s.success()
+                .then_some(())
+                .ok_or_else(|| "no tuspy".to_owned())
+        });
+    if tools::or_skip("the tuspy client", found).is_none() {
+        return;
+    }
+    let app = TestApp::spawn().await;
+    let size: u64 = 200_000_000;
+    let file = app.dir.path().join("study.bin");
+    {
+        let mut f = std::fs::File::create(&file).expect("create");
+        let mut written = 0u64;
+        let mut seed = 0;
+        while written < size {
+            let len = (size - written).min(4 << 20) as usize;
+            std::io::Write::write_all(&mut f, &bytes(len, seed)).expect("write");
+            written += len as u64;
+            seed += 1;
+        }
+    }
+    let expected = {
+        let mut hasher = sha2::Sha256::new();
+        let mut f = std::fs::File::open(&file).expect("open");
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf).expect("read");
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        hex::encode(hasher.finalize())
+    };
+    // 20 cuts spread over the bytes sent (headers included), none in the last few MB.
+    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64 ^ size;
+    let cuts: Vec<u64> = (0..20)
+        .map(|_| {
+            rng_state ^= rng_state << 13;
+            rng_state ^= rng_state >> 7;
+            rng_state ^= rng_state << 17;
+            rng_state % (size - (10 << 20))
+        })
+        .collect();
+    let (proxy, made) =
+        cutting_proxy(app.base.trim_start_matches("http://").to_owned(), cuts).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/tuspy_upload.py");
+    let output = tokio::process::Command::new(&python)
+        .arg(script)
+        .arg(format!("http://{proxy}/v1/tus"))
+        .arg(&file)
+        .arg((5_000_000).to_string())
+        .output()
+        .await
+        .expect("run tuspy");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tuspy failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = stdout
+        .lines()
+        .last()
+        .expect("tuspy prints the upload's URL");
+    let path = &url[url.find("/v1/tus/").expect("a tus URL")..];
+    assert_eq!(made.load(Ordering::SeqCst), 20, "every cut was made");
+    let upload = app
+        .request("get", &format!("/v1/uploads/{}", upload_id(path)), |r| r)
+        .await;
+    assert_eq!(upload.status, 200, "{}", upload.body);
+    assert_eq!(upload.body["size"], size);
+    assert_eq!(upload.body["sha256"], expected);
+    eprintln!("tuspy: 200 MB through 20 cuts, SHA-256 {expected}");
+    app.wait_no_blobs("tus").await;
+}
+
+/// One replica is receiving a PATCH; the same upload's PATCH on another replica is refused
+/// with `423` (the hold lives in the database), and succeeds once the first has ended.
+async fn a_patch_racing_another_on_a_second_replica_is_refused() {
+    let mut app = TestApp::spawn_api_only(TestConfig::default()).await;
+    let replica_b = app.spawn_replica();
+    let data = bytes(2 << 20, 9);
+    let path = create(&app, Some(data.len()), "").await;
+    let slow = partial_patch(&app.base, &path, 0, data.len(), &data[..1000]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let racing = patch_at(&app, &replica_b, &path, 0, &data, &[]).await;
+    assert_problem(racing.status, &racing.body, 423, "upload_locked");
+    drop(slow);
+    let last = send_rest_at(&app, &replica_b, &path, &data, 1 << 20).await;
+    assert_eq!(last.status, 204);
+    assert_upload_is(&app, &path, &data, None).await;
+}
+
+/// `kill -9` of the server while a PATCH streams: what the last checkpoint acknowledged is
+/// there after the restart, and the client resumes from HEAD's offset to the right SHA-256.
+async fn a_tus_upload_resumes_after_kill_9_of_the_server_mid_patch() {
+    let mut app = TestApp::spawn_process(TestConfig::default()).await;
+    let data = bytes(24 << 20, 21);
+    let path = create(&app, Some(data.len()), "").await;
+    let acknowledged = 6 << 20;
+    assert_eq!(
+        patch(&app, &path, 0, &data[..acknowledged]).await.status,
+        204
+    );
+    // Most of the rest, in one request that never ends.
+    let streaming = partial_patch(
+        &app.base,
+        &path,
+        acknowledged,
+        data.len() - acknowledged,
+        &data[acknowledged..acknowledged + (12 << 20)],
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.kill9_server();
+    drop(streaming);
+    app.start_server(&[]);
+    let resumed_at = offset_at(&app, &app.base, &path).await;
+    assert!(
+        resumed_at >= acknowledged && resumed_at <= acknowledged + (12 << 20),
+        "after kill -9 the offset is {resumed_at}"
+    );
+    let last = send_rest_at(&app, &app.base, &path, &data, 4 << 20).await;
+    assert_eq!(last.status, 204);
+    assert_upload_is(&app, &path, &data, None).await;
+}
