@@ -220,6 +220,10 @@ pub struct Limits {
     pub upload_part_bytes: usize,
     /// Largest accepted JSON body.
     pub max_json_bytes: usize,
+    /// Uploads one job may take as inputs, the items of list inputs counted one by one.
+    pub max_inputs_per_job: usize,
+    /// The sum of a job's inputs' sizes, in bytes.
+    pub max_job_input_bytes: u64,
     /// Uploads received at once by one process; more are refused with 503 until one finishes.
     /// With `upload_part_bytes`, this bounds upload memory: at most
     /// `max_concurrent_uploads × 2 × upload_part_bytes`, whatever the sizes and the number of
@@ -372,6 +376,8 @@ impl Default for Limits {
             resumable_upload_ttl: Duration::from_secs(24 * 3600),
             upload_part_bytes: 8 << 20,
             max_json_bytes: 1 << 20,
+            max_inputs_per_job: 10_000,
+            max_job_input_bytes: 1 << 40,
             max_concurrent_uploads: 16,
             max_log_line_bytes: 4 << 10,
             max_log_bytes_per_job: 1 << 20,

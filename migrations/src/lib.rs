@@ -18,6 +18,7 @@ mod m20261205_000002_audit;
 mod m20261206_000001_retention;
 mod m20261206_000002_upload_usage;
 mod m20261207_000001_resumable_uploads;
+mod m20261207_000002_input_lists;
 
 pub struct Migrator;
 
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_retention::Migration),
             Box::new(m20261206_000002_upload_usage::Migration),
             Box::new(m20261207_000001_resumable_uploads::Migration),
+            Box::new(m20261207_000002_input_lists::Migration),
         ]
     }
 }

@@ -43,6 +43,7 @@ pub(crate) fn upload_meta(req: &HttpRequest) -> Result<UploadMeta, ApiError> {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         declared_length,
+        filename: None,
         expected_sha256: digest_header::expected_sha256(req.headers())?,
         // The connection's own peer, never a forwarding header a client could forge.
         client: req.peer_addr().map(|addr| addr.ip()),
@@ -71,14 +72,32 @@ pub(crate) fn parse_upload_id(text: &str) -> Result<UploadId, ApiError> {
     })
 }
 
+/// `POST /v1/uploads`'s query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// The file's name (names it in a list input's folder).
+    pub filename: Option<String>,
+}
+
 pub async fn create(
     services: web::Data<Services>,
     caller: Caller,
     req: HttpRequest,
+    query: web::Query<CreateQuery>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let created = async {
-        let meta = upload_meta(&req)?;
+        let mut meta = upload_meta(&req)?;
+        meta.filename = query.into_inner().filename;
+        if let Some(name) = &meta.filename
+            && (name.is_empty() || name.len() > 255 || name.chars().any(char::is_control))
+        {
+            return Err(invalid_query(
+                "filename",
+                "filename must be 1-255 characters without control characters",
+            ));
+        }
         let row = services.create_upload(&caller.tenant, body, meta).await?;
         let out = UploadOut::from(&row);
         Ok(HttpResponse::Created()

@@ -21,6 +21,7 @@ pub struct UploadOut {
     pub size: i64,
     pub sha256: String,
     pub content_type: Option<String>,
+    pub filename: Option<String>,
     pub job_id: Option<String>,
     pub created_at: String,
     pub expires_at: Option<String>,
@@ -33,6 +34,7 @@ impl From<&upload::Model> for UploadOut {
             size: u.size,
             sha256: u.sha256.clone(),
             content_type: u.content_type.clone(),
+            filename: u.filename.clone(),
             job_id: u.job_id.map(|j| JobId(j).to_string()),
             created_at: to_rfc3339(u.created_at_ms),
             expires_at: u.expires_at_ms.map(to_rfc3339),
@@ -54,7 +56,7 @@ pub struct UploadList {
 pub struct JobIn {
     pub kind: String,
     #[serde(default)]
-    pub inputs: std::collections::BTreeMap<String, String>,
+    pub inputs: std::collections::BTreeMap<String, crate::service::inputs::InputRef>,
     #[serde(default)]
     pub params: Option<serde_json::Map<String, serde_json::Value>>,
     pub priority: Option<i32>,
@@ -124,6 +126,12 @@ pub struct JobErrorOut {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputOut {
     pub name: String,
+    /// Where the handler finds it, under its input folder: the name, or for an item of a list
+    /// input `NAME/FILE`.
+    pub file: String,
+    /// Its place in its list input, from 0 (absent for an input of one upload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i32>,
     pub upload_id: String,
     pub size: i64,
     pub sha256: String,
@@ -228,7 +236,9 @@ impl From<&JobView> for JobOut {
                 .inputs
                 .iter()
                 .map(|i| InputOut {
-                    name: i.name.clone(),
+                    name: i.input_name().to_owned(),
+                    file: i.name.clone(),
+                    position: i.position,
                     upload_id: UploadId(i.upload_id).to_string(),
                     size: i.size,
                     sha256: i.sha256.clone(),

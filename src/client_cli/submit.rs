@@ -91,7 +91,8 @@ pub async fn run(ctx: &Context, args: SubmitArgs) -> Result<(), Failure> {
         if !ctx.json {
             eprintln!("uploaded {} as {}", file.display(), upload.id.as_str());
         }
-        let id = types::JobInInputsValue::try_from(upload.id.as_str())
+        let id = types::UploadRef::try_from(upload.id.as_str())
+            .map(types::JobInInputsValue::from)
             .map_err(|err| Failure::Request(format!("unexpected upload id: {err}")))?;
         inputs.insert(name.clone(), id);
         uploads.push(upload);

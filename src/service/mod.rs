@@ -4,6 +4,7 @@
 pub mod attempts;
 pub mod audit;
 pub mod events;
+pub mod inputs;
 pub mod jobs;
 pub mod keys;
 pub mod lifecycle;

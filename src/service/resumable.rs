@@ -38,7 +38,8 @@ use uuid::Uuid;
 
 use super::{
     ServiceError, ServiceResult, Services,
-    jobs::{InputUpload, JobRequest},
+    inputs::{InputUpload, PlannedInput},
+    jobs::JobRequest,
     pacing::{Pace, paced_body},
     quota::charged_body,
 };
@@ -733,6 +734,7 @@ impl WriteRequest {
             sha256: hex::encode(hasher.finalize()),
             content_type: self.row.content_type.clone(),
             blob_key: keys::upload(id.0).to_string(),
+            filename: self.row.filename.clone(),
             job_id: None,
             created_at_ms: now,
             expires_at_ms: Some(now + services.settings.limits.upload_ttl.as_millis() as i64),
@@ -759,7 +761,10 @@ impl WriteRequest {
                     .insert_job(
                         &self.tenant,
                         spec,
-                        vec![(job.input, InputUpload::Stored(upload.clone()))],
+                        vec![PlannedInput::single(
+                            job.input,
+                            InputUpload::Stored(upload.clone()),
+                        )],
                         None,
                     )
                     .await

@@ -52,6 +52,8 @@ pub struct UploadFilter {
 #[derive(Clone, Debug, Default)]
 pub struct UploadMeta {
     pub content_type: Option<String>,
+    /// The file's name, as the client gave it.
+    pub filename: Option<String>,
     pub declared_length: Option<u64>,
     /// From `Repr-Digest` / `Content-Digest`.
     pub expected_sha256: Option<[u8; 32]>,
@@ -219,6 +221,7 @@ impl Services {
             sha256: stored.sha256_hex(),
             content_type: meta.content_type,
             blob_key: key.to_string(),
+            filename: meta.filename,
             job_id: None,
             created_at_ms: now,
             expires_at_ms: Some(now + ttl_ms),

@@ -107,7 +107,14 @@ fn kill_strays(job: uuid::Uuid, folder: &str) {
 impl Handler for CommandHandler {
     async fn run(&self, ctx: &JobContext) -> Result<(), HandlerError> {
         let input_dir = ctx.work_dir.join("inputs");
-        ctx.materialize_inputs(&input_dir).await?;
+        let manifest = ctx.materialize_inputs(&input_dir).await?;
+        // Beside the input folder, not in it: a list input's folder holds its files only.
+        let manifest_path = ctx.work_dir.join("inputs.json");
+        tokio::fs::write(&manifest_path, manifest.to_string())
+            .await
+            .map_err(|e| {
+                HandlerError::retryable("workspace", format!("cannot write the manifest: {e}"))
+            })?;
         let (program, args) = self
             .program
             .split_first()
@@ -119,6 +126,7 @@ impl Handler for CommandHandler {
             .env("FERRY_KIND", &ctx.kind)
             .env("FERRY_ATTEMPT", ctx.attempt.to_string())
             .env("FERRY_INPUT_DIR", &input_dir)
+            .env("FERRY_INPUT_MANIFEST", &manifest_path)
             .env("FERRY_OUTPUT_DIR", &ctx.output_dir)
             .env("FERRY_PARAMS", ctx.params.to_string())
             .current_dir(self.working_dir.as_deref().unwrap_or(&ctx.work_dir))

@@ -245,13 +245,41 @@ impl JobContext {
             })
     }
 
-    /// Copies every input into a new file `dir/<name>` (for handlers that need files); a file
-    /// (or link) already there is an error, never written through.
-    pub async fn materialize_inputs(&self, dir: &std::path::Path) -> Result<(), HandlerError> {
-        tokio::fs::create_dir_all(dir).await.map_err(|e| {
-            HandlerError::retryable("workspace", format!("cannot create {}: {e}", dir.display()))
-        })?;
+    /// Copies every input into a new file `dir/<name>` (for handlers that need files); an item
+    /// of a list input goes into its list's folder, `dir/<list>/<file>`. A file (or link)
+    /// already there is an error, never written through. Returns the manifest of what is where
+    /// (see [`input_manifest`]).
+    pub async fn materialize_inputs(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<serde_json::Value, HandlerError> {
+        let workspace = |what: String| HandlerError::retryable("workspace", what);
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| workspace(format!("cannot create {}: {e}", dir.display())))?;
+        let mut folders = std::collections::HashSet::new();
         for input in &self.inputs {
+            // Names were checked when the job was created; checked again before they become
+            // paths, so that no row can make a handler's input land outside its folder.
+            let segments: Vec<&str> = input.name.split('/').collect();
+            let valid = segments.len() <= 2
+                && segments
+                    .iter()
+                    .all(|s| crate::domain::validate_input_name(s).is_ok());
+            if !valid {
+                return Err(HandlerError::permanent(
+                    "invalid_input",
+                    format!("input path {:?} is not a safe file name", input.name),
+                ));
+            }
+            if let [folder, _] = segments.as_slice()
+                && folders.insert(*folder)
+            {
+                let path = dir.join(folder);
+                tokio::fs::create_dir(&path)
+                    .await
+                    .map_err(|e| workspace(format!("cannot create {}: {e}", path.display())))?;
+            }
             self.services
                 .blobs
                 .copy_to_file(
@@ -266,8 +294,32 @@ impl JobContext {
                     )
                 })?;
         }
-        Ok(())
+        Ok(input_manifest(&self.inputs))
     }
+}
+
+/// Where each input is under the input folder, in the job's order: `{"scan": "scan",
+/// "series": ["series/IM-0001.dcm", …]}`, a list input's files in the list's order (which their
+/// names need not sort in). Command handlers find it in `$FERRY_INPUT_MANIFEST`.
+pub fn input_manifest(inputs: &[job_input::Model]) -> serde_json::Value {
+    let mut manifest = serde_json::Map::new();
+    for input in inputs {
+        let file = serde_json::Value::String(input.name.clone());
+        match &input.input {
+            None => {
+                manifest.insert(input.name.clone(), file);
+            }
+            Some(list) => {
+                let entry = manifest
+                    .entry(list.clone())
+                    .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+                if let serde_json::Value::Array(files) = entry {
+                    files.push(file);
+                }
+            }
+        }
+    }
+    serde_json::Value::Object(manifest)
 }
 
 /// A refused output is the handler's fault (permanent); failing to read it is not.

@@ -335,6 +335,7 @@ fn the_checks_catch_drift() {
         "size": 1,
         "sha256": "0".repeat(64),
         "content_type": null,
+        "filename": null,
         "job_id": null,
         "created_at": "2026-11-29T10:00:00.000Z",
         "expires_at": null,

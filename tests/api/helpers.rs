@@ -145,6 +145,8 @@ pub struct TestConfig {
     pub heartbeat: &'static str,
     /// More tables at the end of the configuration (`[tenants.x]`, …).
     pub extra_toml: String,
+    /// More lines in `[limits]`.
+    pub extra_limits: &'static str,
 }
 
 /// The tests' `[webhooks]` section: loopback receivers, a fast scan and a short schedule.
@@ -172,6 +174,7 @@ impl Default for TestConfig {
             progress_event_interval: None,
             heartbeat: "15s",
             extra_toml: String::new(),
+            extra_limits: "",
         }
     }
 }
@@ -315,6 +318,7 @@ resumable_upload_ttl = "{resumable_upload_ttl}"
 upload_part_bytes = {part_bytes}
 max_concurrent_uploads = {max_uploads}
 {progress_event_interval}
+{extra_limits}
 
 [queue]
 poll_interval = "20ms"
@@ -354,6 +358,7 @@ concurrency = {concurrency}
                 .unwrap_or_default(),
             heartbeat = cfg.heartbeat,
             extra_toml = cfg.extra_toml,
+            extra_limits = cfg.extra_limits,
         );
         std::fs::write(&config_path, toml).expect("write config");
         let mut app = TestApp {

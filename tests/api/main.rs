@@ -18,6 +18,7 @@ mod hostile_clients;
 mod hostile_handlers;
 mod http_edges;
 mod in_process;
+mod input_lists;
 mod job_requests;
 mod jobs;
 mod lifecycle;

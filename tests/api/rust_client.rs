@@ -77,8 +77,13 @@ async fn the_generated_client_runs_the_whole_flow() {
     assert_eq!(upload.sha256.as_str(), sha256_hex(&data));
 
     // The JSON form, with the upload as input `scan`.
-    let inputs: HashMap<String, types::JobInInputsValue> =
-        [("scan".to_owned(), upload.id.as_str().try_into().unwrap())].into();
+    let inputs: HashMap<String, types::JobInInputsValue> = [(
+        "scan".to_owned(),
+        types::UploadRef::try_from(upload.id.as_str())
+            .unwrap()
+            .into(),
+    )]
+    .into();
     let job = client
         .create_job()
         .body(types::JobIn::builder().kind("digest").inputs(inputs))

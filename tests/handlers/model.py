@@ -9,6 +9,9 @@ FERRY_PARAMS chooses what it does:
   mode = "declare"  declare a permanent error on stdout, then exit 0.
   mode = "sleep"    write its pid to params.pid_file and sleep for a long time.
   mode = "stubborn" like sleep, but ignore SIGTERM (so only SIGKILL stops it).
+  mode = "manifest" write manifest.json: for each input, in $FERRY_INPUT_MANIFEST's order, the
+                    file (or, for a list input, each file) with its SHA-256, and what each list
+                    folder holds; then exit 0.
 With params.steps, "ok" also reports progress that many times, params.step_seconds apart (0.3 s),
 after reading its inputs. With params.echo_env, "ok" also writes env.json: its FERRY_* variables and working directory.
 """
@@ -38,9 +41,25 @@ if mode in ("sleep", "stubborn"):
     say(progress=1, stage="sleeping")
     time.sleep(3600)
 
+if mode == "manifest":
+    manifest = json.loads(pathlib.Path(os.environ["FERRY_INPUT_MANIFEST"]).read_text())
+    def seen(path):
+        return {"file": path, "sha256": hashlib.sha256((inputs / path).read_bytes()).hexdigest()}
+    out = {
+        "inputs": {
+            name: [seen(p) for p in files] if isinstance(files, list) else seen(files)
+            for name, files in manifest.items()
+        },
+        "folders": {
+            d.name: sorted(f.name for f in d.iterdir()) for d in inputs.iterdir() if d.is_dir()
+        },
+    }
+    (outputs / "manifest.json").write_text(json.dumps(out))
+    sys.exit(0)
+
 digests = {}
-for i, f in enumerate(sorted(inputs.iterdir())):
-    digests[f.name] = hashlib.sha256(f.read_bytes()).hexdigest()
+for i, f in enumerate(sorted(p for p in inputs.rglob("*") if p.is_file())):
+    digests[str(f.relative_to(inputs))] = hashlib.sha256(f.read_bytes()).hexdigest()
     say(progress=10 + i, stage="reading", message=f"read {f.name}")
 for k in range(params.get("steps", 0)):
     say(progress=20 + k, stage="stepping", message=f"step {k}")

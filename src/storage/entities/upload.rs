@@ -13,6 +13,8 @@ pub struct Model {
     pub sha256: String,
     pub content_type: Option<String>,
     pub blob_key: String,
+    /// The file's name as the client gave it (names it in a list input's folder).
+    pub filename: Option<String>,
     /// The job that consumed this upload; it then lives and dies with the job.
     pub job_id: Option<Uuid>,
     pub created_at_ms: i64,
