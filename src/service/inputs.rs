@@ -96,7 +96,8 @@ impl Services {
         if inputs.is_empty() {
             return Err(ServiceError::invalid(
                 "inputs",
-                "a job needs at least one input: {\"NAME\": \"upl_…\"} or {\"NAME\": [\"upl_…\", …]}",
+                "a job needs at least one input: {\"NAME\": \"upl_…\"} or \
+                 {\"NAME\": [\"upl_…\", …]}",
             ));
         }
         let limits = &self.settings.limits;
@@ -330,7 +331,8 @@ mod tests {
         assert_eq!(safe_file_name(".hidden").as_deref(), Some("hidden"));
         assert_eq!(safe_file_name("...").as_deref(), None);
         assert_eq!(safe_file_name("").as_deref(), None);
-        assert_eq!(safe_file_name("ünï").as_deref(), None);
+        assert_eq!(safe_file_name("ünï").as_deref(), Some("_n_"));
+        assert_eq!(safe_file_name("üü").as_deref(), None);
         assert_eq!(safe_file_name(&"x".repeat(300)).map(|s| s.len()), Some(128));
     }
 

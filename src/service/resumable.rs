@@ -158,6 +158,9 @@ pub struct Append {
     pub checksum: Option<Checksum>,
     /// The connection's peer, for its share of the upload slots.
     pub client: Option<IpAddr>,
+    /// The request's body ends the upload, whatever its length (the IETF draft's
+    /// `Upload-Complete: ?1` on a request of unknown length).
+    pub complete_at_end: bool,
 }
 
 /// Where a resumable upload stands.
@@ -219,7 +222,7 @@ impl Services {
                  send the file in one request to POST /v1/uploads",
             ));
         }
-        self.check_declared_length(new.length)?;
+        self.check_upload_length(new.length)?;
         self.check_upload_room(tenant, new.length.unwrap_or(1))
             .await?;
         if let Some(job) = &new.job {
@@ -258,6 +261,22 @@ impl Services {
         }
         tracing::info!(upload = %id, length = ?new.length, "resumable upload created");
         Ok(row)
+    }
+
+    /// An upload's length, when known: at least a byte, at most `limits.max_upload_bytes`.
+    fn check_upload_length(&self, length: Option<u64>) -> ServiceResult<()> {
+        let limit = self.settings.limits.max_upload_bytes;
+        match length {
+            Some(0) => Err(ServiceError::new(
+                ErrorCode::EmptyBody,
+                "Upload-Length is 0: an upload needs at least one byte",
+            )),
+            Some(len) if len > limit => Err(ServiceError::new(
+                ErrorCode::PayloadTooLarge,
+                format!("Upload-Length {len} exceeds the upload limit of {limit} bytes"),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// The job request of a metadata, checked as `POST /v1/jobs` would check it.
@@ -329,7 +348,7 @@ impl Services {
             (Some(known), _) => Some(known as u64),
             (None, said) => said,
         };
-        self.check_declared_length(length)?;
+        self.check_upload_length(length)?;
         if append.offset != row.upload_offset as u64 {
             return Err(offset_mismatch(append.offset, row.upload_offset as u64));
         }
@@ -365,6 +384,7 @@ impl Services {
             row,
             length,
             checksum: append.checksum,
+            complete_at_end: append.complete_at_end,
             hold,
         };
         // The task owns the write from here: it ends it properly whether or not this request
@@ -526,6 +546,8 @@ struct WriteRequest {
     row: resumable_upload::Model,
     length: Option<u64>,
     checksum: Option<Checksum>,
+    /// See [`Append::complete_at_end`].
+    complete_at_end: bool,
     hold: Hold,
 }
 
@@ -634,7 +656,27 @@ impl WriteRequest {
         if let BodyEnd::Cut(why) = end {
             return Err(why.unwrap_or_else(body_cut));
         }
-        if self.length == Some(recorded) {
+        let length = match self.length {
+            None if self.complete_at_end => Some(recorded),
+            known => known,
+        };
+        if self.complete_at_end && length != Some(recorded) {
+            return Err(ServiceError::new(
+                ErrorCode::InvalidUploadHeader,
+                format!(
+                    "Upload-Complete: ?1, but the upload is at offset {recorded} of {}: send the \
+                     rest (the bytes of this request are kept)",
+                    length.unwrap_or(recorded)
+                ),
+            ));
+        }
+        if recorded == 0 && length == Some(0) {
+            return Err(ServiceError::new(
+                ErrorCode::EmptyBody,
+                "the upload ends without a byte: an upload needs at least one",
+            ));
+        }
+        if length == Some(recorded) {
             let completed = self.complete(writer, hasher, recorded).await?;
             return Ok(Appended {
                 offset: recorded,

@@ -1,9 +1,9 @@
-//! Resumable uploads over tus 1.0, on both backends: the protocol spoken by hand (offsets,
-//! cuts, checksums, deferred length, termination, expiry, a job made by the completing request),
-//! a real tus client (tuspy) whose connections are cut at random offsets, a PATCH racing another
-//! across two replicas, and a server killed with `kill -9` mid-request. What is left in the blob
-//! store is checked in the store itself (a local folder, or the S3 bucket and its multipart
-//! uploads).
+//! Resumable uploads over tus 1.0 and the IETF draft, on both backends: the protocols spoken
+//! by hand (offsets, cuts, checksums, deferred length, termination, expiry, a job made by the
+//! completing request), real clients (tuspy; tus-js-client over tus and over drafts 03 and 05)
+//! whose connections are cut at random offsets, a PATCH racing another across two replicas,
+//! and a server killed with `kill -9` mid-request. What is left in the blob store is checked in
+//! the store itself (a local folder, or the S3 bucket and its multipart uploads).
 
 use std::{
     process::Command,
@@ -29,6 +29,10 @@ matrix!(
     a_tus_upload_with_ferry_kind_creates_its_job,
     terminated_and_expired_tus_uploads_leave_nothing_in_the_store,
     tuspy_uploads_200_mb_through_20_cut_connections,
+    tus_js_client_uploads_200_mb_through_20_cut_connections,
+    tus_js_client_on_ietf_draft_03_uploads_200_mb_through_20_cut_connections,
+    tus_js_client_on_ietf_draft_05_uploads_200_mb_through_20_cut_connections,
+    the_ietf_draft_creates_appends_and_completes_an_upload,
     a_patch_racing_another_on_a_second_replica_is_refused,
     a_tus_upload_resumes_after_kill_9_of_the_server_mid_patch,
 );
@@ -567,50 +571,92 @@ async fn cutting_proxy(upstream: String, mut cuts: Vec<u64>) -> (String, Arc<Ato
     (addr, made_out)
 }
 
-/// tuspy (a tus client nobody here wrote) sends 200 MB in 5 MB requests through a proxy that
-/// cuts its connection at 20 random offsets; it resumes each time from HEAD's offset, and the
-/// upload ends with the file's SHA-256.
-async fn tuspy_uploads_200_mb_through_20_cut_connections() {
-    let python = tools::python();
-    let found = Command::new(&python)
-        .args(["-c", "import tusclient"])
-        .status()
-        .map_err(|e| e.to_string())
-        .and_then(|s| {
-            s.success()
-                .then_some(())
-                .ok_or_else(|| "no tuspy".to_owned())
-        });
-    if tools::or_skip("the tuspy client", found).is_none() {
-        return;
+/// A tus client nobody here wrote.
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    Tuspy,
+    /// tus-js-client with its `protocol` option.
+    TusJs(&'static str),
+}
+
+impl Client {
+    /// The command that uploads `file` to `endpoint` in `chunk`-byte requests and prints the
+    /// upload's URL last, or why it cannot run here.
+    fn command(
+        self,
+        endpoint: &str,
+        file: &std::path::Path,
+        chunk: usize,
+    ) -> Result<Command, String> {
+        let scripts = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus");
+        match self {
+            Client::Tuspy => {
+                let python = tools::python();
+                let found = Command::new(&python)
+                    .args(["-c", "import tusclient"])
+                    .status()
+                    .map_err(|e| e.to_string())?;
+                if !found.success() {
+                    return Err(format!(
+                        "no tuspy beside {} (TEST_TOOLS_PYTHON)",
+                        python.display()
+                    ));
+                }
+                let mut cmd = Command::new(python);
+                cmd.arg(format!("{scripts}/tuspy_upload.py"));
+                cmd.arg(endpoint).arg(file).arg(chunk.to_string());
+                Ok(cmd)
+            }
+            Client::TusJs(protocol) => {
+                let modules = std::env::var_os("TEST_TOOLS_NPM_BIN")
+                    .map(std::path::PathBuf::from)
+                    .and_then(|bin| bin.parent().map(std::path::Path::to_path_buf))
+                    .unwrap_or_else(|| {
+                        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/node_modules")
+                    });
+                if !modules.join("tus-js-client/package.json").exists() {
+                    return Err(format!(
+                        "no tus-js-client in {} (`npm ci` in tools/)",
+                        modules.display()
+                    ));
+                }
+                let mut cmd = Command::new("node");
+                cmd.env("FERRY_TOOLS_NODE_MODULES", &modules);
+                cmd.arg(format!("{scripts}/tus_js_upload.mjs"));
+                cmd.arg(endpoint)
+                    .arg(file)
+                    .arg(chunk.to_string())
+                    .arg(protocol);
+                Ok(cmd)
+            }
+        }
     }
+}
+
+/// A file of `size` bytes in `dir`, and its SHA-256.
+fn study_file(dir: &std::path::Path, size: u64) -> (std::path::PathBuf, String) {
+    let file = dir.join("study.bin");
+    let mut hasher = sha2::Sha256::new();
+    let mut f = std::fs::File::create(&file).expect("create");
+    let mut written = 0u64;
+    let mut seed = 0;
+    while written < size {
+        let chunk = bytes((size - written).min(4 << 20) as usize, seed);
+        hasher.update(&chunk);
+        std::io::Write::write_all(&mut f, &chunk).expect("write");
+        written += chunk.len() as u64;
+        seed += 1;
+    }
+    (file, hex::encode(hasher.finalize()))
+}
+
+/// `client` sends 200 MB in 5 MB requests through a proxy that cuts its connection at 20
+/// random offsets; it resumes each time from HEAD's offset, and the upload ends with the file's
+/// SHA-256.
+async fn a_client_uploads_200_mb_through_20_cut_connections(client: Client) {
     let app = TestApp::spawn().await;
     let size: u64 = 200_000_000;
-    let file = app.dir.path().join("study.bin");
-    {
-        let mut f = std::fs::File::create(&file).expect("create");
-        let mut written = 0u64;
-        let mut seed = 0;
-        while written < size {
-            let len = (size - written).min(4 << 20) as usize;
-            std::io::Write::write_all(&mut f, &bytes(len, seed)).expect("write");
-            written += len as u64;
-            seed += 1;
-        }
-    }
-    let expected = {
-        let mut hasher = sha2::Sha256::new();
-        let mut f = std::fs::File::open(&file).expect("open");
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = std::io::Read::read(&mut f, &mut buf).expect("read");
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-        hex::encode(hasher.finalize())
-    };
+    let (file, expected) = study_file(app.dir.path(), size);
     // 20 cuts spread over the bytes sent (headers included), none in the last few MB.
     let mut rng_state = 0x9e37_79b9_7f4a_7c15u64 ^ size;
     let cuts: Vec<u64> = (0..20)
@@ -623,25 +669,24 @@ async fn tuspy_uploads_200_mb_through_20_cut_connections() {
         .collect();
     let (proxy, made) =
         cutting_proxy(app.base.trim_start_matches("http://").to_owned(), cuts).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tus/tuspy_upload.py");
-    let output = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(format!("http://{proxy}/v1/tus"))
-        .arg(&file)
-        .arg((5_000_000).to_string())
+    let command = client.command(&format!("http://{proxy}/v1/tus"), &file, 5_000_000);
+    let Some(command) = tools::or_skip(&format!("the {client:?} client"), command) else {
+        return;
+    };
+    let output = tokio::process::Command::from(command)
         .output()
         .await
-        .expect("run tuspy");
+        .expect("run the client");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "tuspy failed: {stdout}\n{}",
+        "{client:?} failed: {stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     let url = stdout
         .lines()
         .last()
-        .expect("tuspy prints the upload's URL");
+        .expect("the client prints the upload's URL");
     let path = &url[url.find("/v1/tus/").expect("a tus URL")..];
     assert_eq!(made.load(Ordering::SeqCst), 20, "every cut was made");
     let upload = app
@@ -650,8 +695,117 @@ async fn tuspy_uploads_200_mb_through_20_cut_connections() {
     assert_eq!(upload.status, 200, "{}", upload.body);
     assert_eq!(upload.body["size"], size);
     assert_eq!(upload.body["sha256"], expected);
-    eprintln!("tuspy: 200 MB through 20 cuts, SHA-256 {expected}");
+    assert_eq!(upload.body["filename"], "study.bin");
+    eprintln!("{client:?}: 200 MB through 20 cuts, SHA-256 {expected}");
     app.wait_no_blobs("tus").await;
+}
+
+async fn tuspy_uploads_200_mb_through_20_cut_connections() {
+    a_client_uploads_200_mb_through_20_cut_connections(Client::Tuspy).await
+}
+
+async fn tus_js_client_uploads_200_mb_through_20_cut_connections() {
+    a_client_uploads_200_mb_through_20_cut_connections(Client::TusJs("tus-v1")).await
+}
+
+async fn tus_js_client_on_ietf_draft_03_uploads_200_mb_through_20_cut_connections() {
+    a_client_uploads_200_mb_through_20_cut_connections(Client::TusJs("ietf-draft-03")).await
+}
+
+async fn tus_js_client_on_ietf_draft_05_uploads_200_mb_through_20_cut_connections() {
+    a_client_uploads_200_mb_through_20_cut_connections(Client::TusJs("ietf-draft-05")).await
+}
+
+/// The IETF draft by hand: no length until the request that says `Upload-Complete: ?1`,
+/// `application/partial-upload` bodies (and none, as draft 03 sends), `Upload-Complete` in every
+/// answer, offsets checked as in tus.
+async fn the_ietf_draft_creates_appends_and_completes_an_upload() {
+    let app = TestApp::spawn().await;
+    let data = bytes(3 << 20, 17);
+    let interop = ("Upload-Draft-Interop-Version", "6");
+    let created = app
+        .request("post", "/v1/tus", |r| {
+            r.header(interop.0, interop.1)
+                .header("Upload-Complete", "?0")
+                .header("Content-Type", "application/partial-upload")
+                .body(data[..1000].to_vec())
+        })
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.header("Upload-Complete"), Some("?0"));
+    assert_eq!(created.header("Upload-Offset"), Some("1000"));
+    assert!(created.header("Tus-Resumable").is_none(), "a draft answer");
+    assert!(
+        created
+            .header("Upload-Limit")
+            .is_some_and(|l| l.starts_with("max-size="))
+    );
+    let path = created.header("Location").expect("Location").to_owned();
+
+    let ietf_patch = |offset: usize, end: usize, complete: &'static str, typed: bool| {
+        let body = data[offset..end].to_vec();
+        let path = path.clone();
+        let app = &app;
+        async move {
+            app.request("patch", &path, |r| {
+                let r = r
+                    .header(interop.0, interop.1)
+                    .header("Upload-Offset", offset.to_string())
+                    .header("Upload-Complete", complete);
+                let r = if typed {
+                    r.header("Content-Type", "application/partial-upload")
+                } else {
+                    r
+                };
+                r.body(body)
+            })
+            .await
+        }
+    };
+    // Draft 03 sends no media type.
+    let second = ietf_patch(1000, 1 << 20, "?0", false).await;
+    assert_eq!(second.status, 204, "{}", second.body);
+    assert_eq!(second.header("Upload-Complete"), Some("?0"));
+    let mismatch = ietf_patch(1000, 2000, "?0", true).await;
+    assert_problem(
+        mismatch.status,
+        &mismatch.body,
+        409,
+        "upload_offset_mismatch",
+    );
+    let head = app
+        .request("head", &path, |r| r.header(interop.0, interop.1))
+        .await;
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("Upload-Offset"),
+        Some((1usize << 20).to_string().as_str())
+    );
+    assert_eq!(head.header("Upload-Complete"), Some("?0"));
+    let last = ietf_patch(1 << 20, data.len(), "?1", true).await;
+    assert_eq!(last.status, 204, "{}", last.body);
+    assert_eq!(last.header("Upload-Complete"), Some("?1"));
+    assert_eq!(
+        last.header("Upload-Offset"),
+        Some(data.len().to_string().as_str())
+    );
+    let head = app
+        .request("head", &path, |r| r.header(interop.0, interop.1))
+        .await;
+    assert_eq!(head.header("Upload-Complete"), Some("?1"));
+    assert_eq!(
+        head.header("Upload-Length"),
+        Some(data.len().to_string().as_str())
+    );
+    assert_upload_is(&app, &path, &data, None).await;
+
+    let unknown = app
+        .request("post", "/v1/tus", |r| {
+            r.header("Upload-Draft-Interop-Version", "99")
+                .header("Upload-Complete", "?0")
+        })
+        .await;
+    assert_problem(unknown.status, &unknown.body, 400, "invalid_upload_header");
 }
 
 /// One replica is receiving a PATCH; the same upload's PATCH on another replica is refused
