@@ -27,6 +27,9 @@ enum FerryResumableUploads {
     StoreState,
     /// The job to create when the upload completes (JSON), if the client asked for one.
     JobRequest,
+    /// A part of an upload that tus' concatenation will join to others (`Upload-Concat:
+    /// partial`).
+    Partial,
     /// The PATCH writing to it now, and until when its hold is valid (renewed while it writes).
     LockToken,
     LockExpiresAtMs,
@@ -53,6 +56,12 @@ impl MigrationTrait for Migration {
                 .col(ColumnDef::new(T::Sha256State).binary().not_null())
                 .col(ColumnDef::new(T::StoreState).text().not_null())
                 .col(ColumnDef::new(T::JobRequest).text().null())
+                .col(
+                    ColumnDef::new(T::Partial)
+                        .boolean()
+                        .not_null()
+                        .default(false),
+                )
                 .col(ColumnDef::new(T::LockToken).string_len(32).null())
                 .col(ColumnDef::new(T::LockExpiresAtMs).big_integer().null())
                 .col(ColumnDef::new(T::CreatedAtMs).big_integer().not_null())

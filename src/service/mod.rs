@@ -3,6 +3,7 @@
 
 pub mod attempts;
 pub mod audit;
+pub mod concatenation;
 pub mod events;
 pub mod inputs;
 pub mod jobs;

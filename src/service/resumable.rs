@@ -79,6 +79,8 @@ pub struct NewResumable {
     pub content_type: Option<String>,
     /// The job to create once the upload is complete.
     pub job: Option<JobOnCompletion>,
+    /// A part that tus' concatenation will join to others ([`super::concatenation`]).
+    pub partial: bool,
 }
 
 /// A job to create from an upload once it completes (tus metadata `ferry-kind`,
@@ -226,6 +228,13 @@ impl Services {
         self.check_upload_room(tenant, new.length.unwrap_or(1))
             .await?;
         if let Some(job) = &new.job {
+            if new.partial {
+                return Err(ServiceError::invalid(
+                    "ferry-kind",
+                    "a partial upload makes no job: give ferry-kind to the final upload that \
+                     joins the parts",
+                ));
+            }
             self.check_job_on_completion(job)?;
             self.precheck_queue_room(tenant).await?;
         }
@@ -245,6 +254,7 @@ impl Services {
             job_request: new
                 .job
                 .map(|job| serde_json::to_string(&job).expect("job as JSON")),
+            partial: new.partial,
             lock_token: None,
             lock_expires_at_ms: None,
             created_at_ms: now,
@@ -280,7 +290,7 @@ impl Services {
     }
 
     /// The job request of a metadata, checked as `POST /v1/jobs` would check it.
-    fn check_job_on_completion(&self, job: &JobOnCompletion) -> ServiceResult<()> {
+    pub(super) fn check_job_on_completion(&self, job: &JobOnCompletion) -> ServiceResult<()> {
         validate_input_name(&job.input)
             .map_err(|msg| ServiceError::invalid("ferry-input", format!("input name {msg}")))?;
         self.job_spec(JobRequest {
@@ -289,6 +299,29 @@ impl Services {
             ..JobRequest::default()
         })
         .map(drop)
+    }
+
+    /// Creates the job a completed upload's metadata asked for, on that upload.
+    pub(super) async fn create_job_on(
+        &self,
+        tenant: &Tenant,
+        job: JobOnCompletion,
+        upload: InputUpload,
+    ) -> ServiceResult<JobId> {
+        let spec = self.job_spec(JobRequest {
+            kind: job.kind,
+            params: job.params,
+            ..JobRequest::default()
+        })?;
+        let view = self
+            .insert_job(
+                tenant,
+                spec,
+                vec![PlannedInput::single(job.input, upload)],
+                None,
+            )
+            .await?;
+        Ok(JobId(view.job.id))
     }
 
     /// Where upload `id` stands: still receiving, or complete.
@@ -793,28 +826,12 @@ impl WriteRequest {
         };
         let mut recorded = false;
         if let Some(job) = job_request {
-            let created = async {
-                let spec = services.job_spec(JobRequest {
-                    kind: job.kind,
-                    params: job.params,
-                    ..JobRequest::default()
-                })?;
-                services
-                    .insert_job(
-                        &self.tenant,
-                        spec,
-                        vec![PlannedInput::single(
-                            job.input,
-                            InputUpload::Stored(upload.clone()),
-                        )],
-                        None,
-                    )
-                    .await
-            }
-            .await;
+            let created = services
+                .create_job_on(&self.tenant, job, InputUpload::Stored(upload.clone()))
+                .await;
             match created {
-                Ok(view) => {
-                    completed.job = Some(JobId(view.job.id));
+                Ok(job) => {
+                    completed.job = Some(job);
                     recorded = true;
                 }
                 Err(err) => {

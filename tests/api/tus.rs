@@ -33,6 +33,8 @@ matrix!(
     tus_js_client_on_ietf_draft_03_uploads_200_mb_through_20_cut_connections,
     tus_js_client_on_ietf_draft_05_uploads_200_mb_through_20_cut_connections,
     the_ietf_draft_creates_appends_and_completes_an_upload,
+    partial_uploads_sent_in_parallel_are_joined_into_one_with_its_job,
+    tus_js_client_sends_a_file_as_4_parallel_parts,
     a_patch_racing_another_on_a_second_replica_is_refused,
     a_tus_upload_resumes_after_kill_9_of_the_server_mid_patch,
 );
@@ -856,4 +858,156 @@ async fn a_tus_upload_resumes_after_kill_9_of_the_server_mid_patch() {
     let last = send_rest_at(&app, &app.base, &path, &data, 4 << 20).await;
     assert_eq!(last.status, 204);
     assert_upload_is(&app, &path, &data, None).await;
+}
+
+/// tus concatenation by hand: three parts sent at once (one over two requests), then the final
+/// upload naming them in order, with a job; the parts are gone afterwards, in the store too.
+async fn partial_uploads_sent_in_parallel_are_joined_into_one_with_its_job() {
+    let app = TestApp::spawn().await;
+    // Over an S3 part each, of unequal sizes.
+    let parts: Vec<Vec<u8>> = (0..3)
+        .map(|i| bytes((5 << 20) + 1000 * i, 40 + i as u64))
+        .collect();
+    let whole: Vec<u8> = parts.concat();
+    let partial = |len: usize| {
+        let app = &app;
+        async move {
+            let reply = app
+                .request("post", "/v1/tus", |r| {
+                    r.header(TUS.0, TUS.1)
+                        .header("Upload-Length", len.to_string())
+                        .header("Upload-Concat", "partial")
+                })
+                .await;
+            assert_eq!(reply.status, 201, "{}", reply.body);
+            reply.header("Location").expect("Location").to_owned()
+        }
+    };
+    let mut paths = Vec::new();
+    for part in &parts {
+        paths.push(partial(part.len()).await);
+    }
+    let head = app
+        .request("head", &paths[0], |r| r.header(TUS.0, TUS.1))
+        .await;
+    assert_eq!(head.header("Upload-Concat"), Some("partial"));
+    // The first part's first half, then everything at once.
+    let half = parts[0].len() / 2;
+    assert_eq!(
+        patch(&app, &paths[0], 0, &parts[0][..half]).await.status,
+        204
+    );
+    let unfinished = app
+        .request("post", "/v1/tus", |r| {
+            r.header(TUS.0, TUS.1)
+                .header("Upload-Concat", format!("final;{} {}", paths[0], paths[1]))
+        })
+        .await;
+    assert_problem(
+        unfinished.status,
+        &unfinished.body,
+        400,
+        "invalid_upload_header",
+    );
+    let (a, b, c) = tokio::join!(
+        patch(&app, &paths[0], half, &parts[0][half..]),
+        patch(&app, &paths[1], 0, &parts[1]),
+        patch(&app, &paths[2], 0, &parts[2]),
+    );
+    for reply in [a, b, c] {
+        assert_eq!(reply.status, 204, "{}", reply.body);
+    }
+    let twice = app
+        .request("post", "/v1/tus", |r| {
+            r.header(TUS.0, TUS.1)
+                .header("Upload-Concat", format!("final;{} {}", paths[0], paths[0]))
+        })
+        .await;
+    assert_problem(twice.status, &twice.body, 400, "invalid_upload_header");
+
+    let urls: Vec<String> = paths.iter().map(|p| app.url(p)).collect();
+    let metadata = format!("ferry-kind {},filename {}", b64("model"), b64("study.bin"));
+    let joined = app
+        .request("post", "/v1/tus", |r| {
+            r.header(TUS.0, TUS.1)
+                .header("Upload-Concat", format!("final;{}", urls.join(" ")))
+                .header("Upload-Metadata", metadata)
+        })
+        .await;
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    assert_eq!(
+        joined.header("Upload-Offset"),
+        Some(whole.len().to_string().as_str())
+    );
+    let path = joined.header("Location").expect("Location").to_owned();
+    assert_upload_is(&app, &path, &whole, None).await;
+    let job_path = joined
+        .header("Ferry-Job-Location")
+        .expect("a job")
+        .to_owned();
+    let job = app
+        .wait_job(
+            job_path.trim_start_matches("/v1/jobs/"),
+            Duration::from_secs(30),
+            |j| j["status"] == "succeeded" || j["status"] == "failed",
+        )
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["inputs"][0]["sha256"], sha256_hex(&whole));
+    // The parts are gone, rows and bytes: only the joined upload is stored.
+    for part in &paths {
+        let gone = app
+            .request("get", &format!("/v1/uploads/{}", upload_id(part)), |r| r)
+            .await;
+        assert_eq!(gone.status, 404, "{part}");
+    }
+    let start = Instant::now();
+    loop {
+        let stored = app.blob_files("uploads").await;
+        if stored.len() == 1 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "left: {stored:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// tus-js-client's `parallelUploads`: four partial uploads at once and a final one joining
+/// them, the way a browser app sends a large file over several connections.
+async fn tus_js_client_sends_a_file_as_4_parallel_parts() {
+    let app = TestApp::spawn().await;
+    let (file, expected) = study_file(app.dir.path(), 60_000_000);
+    let command = Client::TusJs("tus-v1").command(&app.url("/v1/tus"), &file, 5_000_000);
+    let Some(mut command) = tools::or_skip("the tus-js-client", command) else {
+        return;
+    };
+    command.env("FERRY_TUS_JS_PARALLEL", "4");
+    let output = tokio::process::Command::from(command)
+        .output()
+        .await
+        .expect("run tus-js-client");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tus-js-client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = stdout.lines().last().expect("the upload's URL");
+    let path = &url[url.find("/v1/tus/").expect("a tus URL")..];
+    let upload = app
+        .request("get", &format!("/v1/uploads/{}", upload_id(path)), |r| r)
+        .await;
+    assert_eq!(upload.status, 200, "{}", upload.body);
+    assert_eq!(upload.body["size"], 60_000_000);
+    assert_eq!(upload.body["sha256"], expected);
+    let listed = app.request("get", "/v1/uploads", |r| r).await;
+    assert_eq!(
+        listed.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "the parts are gone: {}",
+        listed.body
+    );
 }

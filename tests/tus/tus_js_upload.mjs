@@ -14,7 +14,8 @@
 // for the offset with HEAD and resumes from it; it gives up at once on a 4xx other than 409 and
 // 423). Prints the upload's URL on its last stdout line; on failure, the error on stderr and exit
 // status 1. FERRY_API_KEY, when set, is sent as a bearer token; FERRY_TUS_JS_TRACE=1 writes each
-// request and response (method, URL, headers, status) to stderr.
+// request and response (method, URL, headers, status) to stderr; FERRY_TUS_JS_PARALLEL=N sends the
+// file as N partial uploads at once, joined by a final one (tus' concatenation; tus-v1 only).
 //
 // tus-js-client comes from tools/node_modules (tools/package.json pins it; scripts/install-tools.sh
 // installs it), or from $FERRY_TOOLS_NODE_MODULES. An ES module ignores NODE_PATH, so the package
@@ -45,6 +46,7 @@ const upload = new tus.Upload(source, {
   endpoint,
   protocol,
   chunkSize,
+  parallelUploads: Number(process.env.FERRY_TUS_JS_PARALLEL || 1),
   retryDelays: Array(200).fill(200),
   metadata: { filename: path.basename(file), filetype: 'application/octet-stream' },
   headers: apiKey ? { Authorization: `Bearer ${apiKey}` } : {},

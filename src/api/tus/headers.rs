@@ -34,6 +34,7 @@ pub(super) const UPLOAD_DEFER_LENGTH: HeaderName = HeaderName::from_static("uplo
 pub(super) const UPLOAD_METADATA: HeaderName = HeaderName::from_static("upload-metadata");
 pub(super) const UPLOAD_CHECKSUM: HeaderName = HeaderName::from_static("upload-checksum");
 pub(super) const UPLOAD_COMPLETE: HeaderName = HeaderName::from_static("upload-complete");
+pub(super) const UPLOAD_CONCAT: HeaderName = HeaderName::from_static("upload-concat");
 pub(super) const INTEROP_VERSION: HeaderName =
     HeaderName::from_static("upload-draft-interop-version");
 
@@ -112,6 +113,47 @@ pub(super) fn number(headers: &HeaderMap, name: &HeaderName) -> Result<Option<u6
                 })
         })
         .transpose()
+}
+
+/// What a creation request's `Upload-Concat` asks for (tus' concatenation).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Concat {
+    /// An upload of its own.
+    No,
+    /// A part, to be joined with others later.
+    Partial,
+    /// The upload that joins these parts, in this order.
+    Final(Vec<UploadId>),
+}
+
+/// `Upload-Concat: partial` or `final;<url> <url> …` (each URL a part's, absolute or a path).
+pub(super) fn concat(headers: &HeaderMap) -> Result<Concat, ApiError> {
+    let Some(value) = headers.get(&UPLOAD_CONCAT) else {
+        return Ok(Concat::No);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| invalid_header("Upload-Concat must be ASCII"))?;
+    if text == "partial" {
+        return Ok(Concat::Partial);
+    }
+    let Some(urls) = text.strip_prefix("final;") else {
+        return Err(invalid_header(
+            "Upload-Concat is `partial` or `final;<url of a part> <url of a part> …`",
+        ));
+    };
+    urls.split(' ')
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            let id = url.rsplit_once("/v1/tus/").map_or(url, |(_, id)| id);
+            parse_upload_id(id).map_err(|_| {
+                invalid_header(format!(
+                    "Upload-Concat names {url:?}, which is no tus upload"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Concat::Final)
 }
 
 /// The draft's `Upload-Complete`, which its creation and append requests must send.
@@ -193,12 +235,21 @@ fn parse_metadata(text: &str) -> Result<Vec<(String, Option<String>)>, ApiError>
 pub(super) fn new_upload(req: &HttpRequest, protocol: Protocol) -> Result<NewResumable, ApiError> {
     let headers = req.headers();
     let mut length = number(headers, &UPLOAD_LENGTH)?;
+    let concat = concat(headers)?;
     let deferred = match headers.get(&UPLOAD_DEFER_LENGTH) {
         None => false,
         Some(v) if v.as_bytes() == b"1" => true,
         Some(_) => return Err(invalid_header("Upload-Defer-Length must be 1")),
     };
     match protocol {
+        // A final upload's length is its parts'.
+        Protocol::Tus if matches!(concat, Concat::Final(_)) => {
+            if length.is_some() || deferred {
+                return Err(invalid_header(
+                    "a final upload takes its length from its parts: no Upload-Length",
+                ));
+            }
+        }
         Protocol::Tus if length.is_some() == deferred => {
             return Err(invalid_header(
                 "send either Upload-Length (the upload's size in bytes) or Upload-Defer-Length: 1",
@@ -262,6 +313,7 @@ pub(super) fn new_upload(req: &HttpRequest, protocol: Protocol) -> Result<NewRes
         content_type: value(&["filetype", "type", "contentType", "content-type"]),
         metadata: raw,
         job,
+        partial: concat == Concat::Partial,
     })
 }
 

@@ -20,12 +20,12 @@ use actix_web::{
     web,
 };
 
-pub use self::headers::{INTEROP_VERSIONS, VERSION};
 use self::headers::{
-    Protocol, TUS_RESUMABLE, UPLOAD_COMPLETE, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH, UPLOAD_METADATA,
-    UPLOAD_OFFSET, addressed, bytes_media_type, checksum, invalid_header, new_upload, number,
-    protocol, required_upload_complete,
+    Concat, Protocol, TUS_RESUMABLE, UPLOAD_COMPLETE, UPLOAD_DEFER_LENGTH, UPLOAD_LENGTH,
+    UPLOAD_METADATA, UPLOAD_OFFSET, addressed, bytes_media_type, checksum, invalid_header,
+    new_upload, number, protocol, required_upload_complete,
 };
+pub use self::headers::{INTEROP_VERSIONS, VERSION};
 use super::{problem::ApiError, uploads::closing};
 use crate::{
     error_code::ErrorCode,
@@ -38,8 +38,8 @@ use crate::{
 };
 
 /// The tus extensions served (`Tus-Extension`).
-pub const EXTENSIONS: &str =
-    "creation,creation-with-upload,creation-defer-length,expiration,checksum,termination";
+pub const EXTENSIONS: &str = "creation,creation-with-upload,creation-defer-length,expiration,\
+                              checksum,termination,concatenation";
 
 const UPLOAD_EXPIRES: HeaderName = HeaderName::from_static("upload-expires");
 const UPLOAD_LIMIT: HeaderName = HeaderName::from_static("upload-limit");
@@ -157,6 +157,9 @@ pub async fn create(
     let created = async {
         let protocol = self::protocol(&req)?;
         let new = new_upload(&req, protocol)?;
+        if let Concat::Final(parts) = headers::concat(req.headers())? {
+            return join(&services, &caller, &req, parts, new).await;
+        }
         let length = new.length;
         let declared = number(req.headers(), &header::CONTENT_LENGTH)?;
         let has_body = declared.is_some_and(|d| d > 0)
@@ -213,6 +216,35 @@ pub async fn create(
     created.map_or_else(|err| refused(err, protocol), |res| answer(res, protocol))
 }
 
+/// `POST /v1/tus` with `Upload-Concat: final;…`: the upload that joins the parts, complete at
+/// once (its parts are).
+async fn join(
+    services: &Services,
+    caller: &Caller,
+    req: &HttpRequest,
+    parts: Vec<UploadId>,
+    new: crate::service::resumable::NewResumable,
+) -> Result<HttpResponse, ApiError> {
+    if number(req.headers(), &header::CONTENT_LENGTH)?.is_some_and(|n| n > 0) {
+        return Err(invalid_header(
+            "a final upload carries no bytes: they are its parts'",
+        ));
+    }
+    let joined = services.concatenate(&caller.tenant, parts, new).await?;
+    let id = UploadId(joined.upload.id);
+    let mut res = HttpResponse::Created();
+    res.insert_header((header::LOCATION, format!("/v1/tus/{id}")))
+        .insert_header((UPLOAD_OFFSET, joined.upload.size.to_string()))
+        .insert_header((UPLOAD_LENGTH, joined.upload.size.to_string()));
+    if let Some(job) = joined.job {
+        res.insert_header((JOB_LOCATION, format!("/v1/jobs/{job}")));
+    }
+    if let Some(problem) = &joined.job_problem {
+        res.insert_header((JOB_PROBLEM, problem.code.as_str()));
+    }
+    Ok(res.finish())
+}
+
 /// `HEAD /v1/tus/{id}`: the offset to resume from (and the rest of what the client said).
 pub async fn head(
     services: web::Data<Services>,
@@ -234,6 +266,9 @@ pub async fn head(
                 };
                 if let Some(metadata) = &row.metadata {
                     res.insert_header((UPLOAD_METADATA, metadata.as_str()));
+                }
+                if row.partial {
+                    res.insert_header((headers::UPLOAD_CONCAT, "partial"));
                 }
                 res.insert_header((UPLOAD_EXPIRES, http_date(row.expires_at_ms)));
                 false

@@ -17,6 +17,8 @@ pub struct Model {
     pub sha256_state: Vec<u8>,
     pub store_state: String,
     pub job_request: Option<String>,
+    /// A part for tus' concatenation (`Upload-Concat: partial`).
+    pub partial: bool,
     pub lock_token: Option<String>,
     pub lock_expires_at_ms: Option<i64>,
     pub created_at_ms: i64,
