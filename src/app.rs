@@ -102,6 +102,8 @@ impl Application {
                     .wrap(middleware::from_fn(api::auth::authorize))
                     .wrap(middleware::from_fn(api::audit::record))
                     .wrap(middleware::from_fn(api::problem::negotiate_problem_type))
+                    // Outside the key check: a browser's preflight carries no key.
+                    .wrap(api::cors::middleware(&api_services.settings.cors))
                     .wrap(middleware::Logger::new("%r %s %b %Dms").log_target("ferry::http"))
                     .configure(api::configure(api_services.clone(), stopping.clone()))
                     .default_service(web::to(api::problem::not_found))

@@ -49,6 +49,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub events: EventSettings,
     pub auth: AuthSettings,
+    pub cors: CorsSettings,
     /// Every tenant's limits, unless `tenants.<name>` says otherwise.
     pub tenant_defaults: TenantLimits,
     /// Limits of one tenant, each one given replacing `tenant_defaults`'.
@@ -202,6 +203,16 @@ pub struct AuthSettings {
     /// `/readyz` asks for a key (any valid key, whatever its scopes) when keys exist. By
     /// default it is open, like `/healthz`, for load balancers and orchestrators.
     pub readyz_requires_key: bool,
+}
+
+/// Cross-origin requests from browsers (`[cors]`): off unless origins are listed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins (`https://app.example.org`) whose pages may call the API, e.g. an Uppy or
+    /// tus-js-client upload page served elsewhere; `["*"]` for any. Empty: no CORS headers, so
+    /// browsers keep other origins' pages out.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -361,6 +372,7 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             events: EventSettings::default(),
             auth: AuthSettings::default(),
+            cors: CorsSettings::default(),
             tenant_defaults: TenantLimits::default(),
             tenants: BTreeMap::new(),
             handlers: BTreeMap::new(),

@@ -5,6 +5,7 @@ pub mod accept;
 pub mod audit;
 pub mod auth;
 pub mod conditional;
+pub mod cors;
 pub mod digest_header;
 pub mod events;
 pub mod health;

@@ -35,6 +35,7 @@ matrix!(
     the_ietf_draft_creates_appends_and_completes_an_upload,
     partial_uploads_sent_in_parallel_are_joined_into_one_with_its_job,
     tus_js_client_sends_a_file_as_4_parallel_parts,
+    a_page_of_an_allowed_origin_may_upload_and_others_get_no_cors_headers,
     a_patch_racing_another_on_a_second_replica_is_refused,
     a_tus_upload_resumes_after_kill_9_of_the_server_mid_patch,
 );
@@ -1010,4 +1011,79 @@ async fn tus_js_client_sends_a_file_as_4_parallel_parts() {
         "the parts are gone: {}",
         listed.body
     );
+}
+
+/// `[cors] allowed_origins`: a browser's preflight for a tus PATCH from an allowed origin is
+/// answered (no key needed), and answers carry the headers a tus client must read; another
+/// origin gets no CORS headers, so the browser keeps its page out.
+async fn a_page_of_an_allowed_origin_may_upload_and_others_get_no_cors_headers() {
+    let app = TestApp::spawn_with(TestConfig {
+        extra_toml: "[cors]\nallowed_origins = [\"https://viewer.example\"]\n".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let path = create(&app, Some(10), "").await;
+    // Raw requests: a preflight is the CORS layer's answer, not an operation of the spec.
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, app.url(&path))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "PATCH")
+            .header(
+                "Access-Control-Request-Headers",
+                "authorization,content-type,tus-resumable,upload-offset",
+            )
+            .send()
+    };
+    let allowed = preflight("https://viewer.example")
+        .await
+        .expect("preflight");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().expect("ASCII").to_ascii_lowercase())
+    };
+    assert_eq!(
+        header(&allowed, "access-control-allow-origin").as_deref(),
+        Some("https://viewer.example")
+    );
+    assert!(
+        header(&allowed, "access-control-allow-methods").is_some_and(|m| m.contains("patch")),
+        "{:?}",
+        allowed.headers()
+    );
+    let refused = preflight("https://elsewhere.example")
+        .await
+        .expect("preflight");
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let patched = http
+        .patch(app.url(&path))
+        .header("Origin", "https://viewer.example")
+        .header(TUS.0, TUS.1)
+        .header("Content-Type", "application/offset+octet-stream")
+        .header("Upload-Offset", "0")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(patched.status(), 204);
+    let exposed = header(&patched, "access-control-expose-headers").unwrap_or_default();
+    for needed in [
+        "upload-offset",
+        "location",
+        "tus-resumable",
+        "ferry-job-location",
+    ] {
+        assert!(
+            exposed.contains(needed),
+            "{needed} is not exposed: {exposed}"
+        );
+    }
 }
