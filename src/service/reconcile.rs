@@ -63,6 +63,8 @@ pub struct Repairs {
     pub expired_uploads: usize,
     /// Resumable uploads deleted, bytes and all, because they stopped receiving bytes.
     pub expired_resumable_uploads: usize,
+    /// Resumable uploads whose bytes were all in, completed after their completion was cut.
+    pub finished_resumable_uploads: usize,
     /// Finished jobs deleted because their retention ended.
     pub expired_jobs: usize,
     /// Finished jobs whose inputs' bytes were deleted because their retention ended.
@@ -97,6 +99,10 @@ impl Services {
             (
                 "expired resumable uploads",
                 self.purge_expired_resumable(now, &mut repairs).await,
+            ),
+            (
+                "received resumable uploads",
+                self.finish_received(now, &mut repairs).await,
             ),
             (
                 "finished deliveries",
@@ -228,6 +234,12 @@ impl Services {
                 Err(err) => Self::item_failed(repairs, "expired uploads", UploadId(row.id), err),
             }
         }
+        Ok(())
+    }
+
+    /// Completes resumable uploads that have every byte (see [`super::resumable`]).
+    async fn finish_received(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
+        repairs.finished_resumable_uploads += self.finish_received_uploads(now).await?;
         Ok(())
     }
 

@@ -63,7 +63,7 @@ use crate::{
 /// process killed mid-request holds it until it runs out and the client's resume waits (tus
 /// clients retry a `423`).
 pub const LOCK_TTL: Duration = Duration::from_secs(10);
-/// How often a writer renews its hold while its client sends nothing.
+/// How often a writer renews its hold.
 const LOCK_RENEW: Duration = Duration::from_secs(3);
 /// Chunks on their way from the request to the writing task.
 const QUEUED_CHUNKS: usize = 8;
@@ -523,6 +523,53 @@ impl Services {
         Ok(())
     }
 
+    /// Completes uploads whose every byte is in but whose completion was cut short (a store
+    /// that failed while completing, a process killed then), as the client's next request
+    /// would (reconciler step; a tus client that sees `Upload-Offset` equal to the length sends
+    /// none). Returns how many it completed.
+    pub(crate) async fn finish_received_uploads(&self, now: i64) -> ServiceResult<usize> {
+        let due = resumable_upload::Entity::find()
+            .filter(resumable_upload::Column::Length.is_not_null())
+            .filter(
+                Expr::col(resumable_upload::Column::UploadOffset)
+                    .eq(Expr::col(resumable_upload::Column::Length)),
+            )
+            .filter(
+                resumable_upload::Column::LockToken
+                    .is_null()
+                    .or(resumable_upload::Column::LockExpiresAtMs.lt(now)),
+            )
+            .limit(20)
+            .all(&self.db.orm)
+            .await?;
+        let mut finished = 0;
+        for row in due {
+            let Ok(tenant) = Tenant::parse(&row.tenant) else {
+                continue;
+            };
+            let offset = row.upload_offset as u64;
+            let nothing = futures_util::stream::empty::<Result<Bytes, std::io::Error>>();
+            let append = Append {
+                offset,
+                length: Some(offset),
+                declared: Some(0),
+                ..Append::default()
+            };
+            match self
+                .append_resumable(&tenant, UploadId(row.id), append, nothing)
+                .await
+            {
+                Ok(done) if done.completed.is_some() => finished += 1,
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(upload = %UploadId(row.id), error = %err,
+                        "could not complete a received upload; retried next pass");
+                }
+            }
+        }
+        Ok(finished)
+    }
+
     /// Deletes resumable uploads whose time ran out, bytes first (reconciler step); returns how
     /// many. A row whose upload completed (left by a crash) goes without touching the upload.
     pub(crate) async fn expire_resumable_uploads(&self, now: i64) -> ServiceResult<usize> {
@@ -615,7 +662,25 @@ impl WriteRequest {
         outcome
     }
 
-    async fn write(&self, mut pieces: mpsc::Receiver<Piece>) -> ServiceResult<Appended> {
+    /// Writes while renewing the hold on its own schedule, so that a slow store (a part put
+    /// to S3) cannot let it run out; a hold that cannot be renewed ends the write.
+    async fn write(&self, pieces: mpsc::Receiver<Piece>) -> ServiceResult<Appended> {
+        tokio::select! {
+            outcome = self.write_body(pieces) => outcome,
+            lost = self.keep_renewing() => Err(lost),
+        }
+    }
+
+    async fn keep_renewing(&self) -> ServiceError {
+        loop {
+            tokio::time::sleep(LOCK_RENEW).await;
+            if let Err(err) = self.renew().await {
+                return err;
+            }
+        }
+    }
+
+    async fn write_body(&self, mut pieces: mpsc::Receiver<Piece>) -> ServiceResult<Appended> {
         let blobs = &self.services.blobs;
         let mut recorded = self.row.upload_offset as u64;
         let mut writer = blobs
@@ -627,14 +692,7 @@ impl WriteRequest {
             .as_ref()
             .map(|c| ChunkHasher::new(c.algorithm));
         let end = loop {
-            let piece = match tokio::time::timeout(LOCK_RENEW, pieces.recv()).await {
-                Err(_idle) => {
-                    self.renew().await?;
-                    continue;
-                }
-                Ok(piece) => piece,
-            };
-            let chunk = match piece {
+            let chunk = match pieces.recv().await {
                 Some(Piece::Chunk(chunk)) => chunk,
                 Some(Piece::End) => break BodyEnd::Complete,
                 Some(Piece::Failed(err)) => break BodyEnd::Cut(Some(err)),

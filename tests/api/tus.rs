@@ -36,6 +36,7 @@ matrix!(
     partial_uploads_sent_in_parallel_are_joined_into_one_with_its_job,
     tus_js_client_sends_a_file_as_4_parallel_parts,
     a_page_of_an_allowed_origin_may_upload_and_others_get_no_cors_headers,
+    an_upload_whose_completion_was_cut_is_completed_by_the_reconciler,
     a_patch_racing_another_on_a_second_replica_is_refused,
     a_tus_upload_resumes_after_kill_9_of_the_server_mid_patch,
 );
@@ -1086,4 +1087,33 @@ async fn a_page_of_an_allowed_origin_may_upload_and_others_get_no_cors_headers()
             "{needed} is not exposed: {exposed}"
         );
     }
+}
+
+/// Every byte is in but the completion never happened (the store failed while completing, or
+/// the process died then): the reconciler completes it, as the client's next request would —
+/// a tus client that reads `Upload-Offset` equal to the length sends none. The state is made
+/// by hand: bytes sent to an upload that said it was longer, then its length cut to them.
+async fn an_upload_whose_completion_was_cut_is_completed_by_the_reconciler() {
+    let app = TestApp::spawn().await;
+    let data = bytes((5 << 20) + 321, 23);
+    let path = create(&app, Some(data.len() + 5), "").await;
+    assert_eq!(patch(&app, &path, 0, &data).await.status, 204);
+    let set = format!(
+        "UPDATE ferry_resumable_uploads SET length = {} WHERE upload_offset = {}",
+        data.len(),
+        data.len()
+    );
+    assert_eq!(app.execute_sql(&set, &set).await, 1);
+    let start = Instant::now();
+    loop {
+        let upload = app
+            .request("get", &format!("/v1/uploads/{}", upload_id(&path)), |r| r)
+            .await;
+        if upload.status == 200 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(15), "never completed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_upload_is(&app, &path, &data, None).await;
 }
