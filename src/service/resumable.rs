@@ -391,8 +391,8 @@ impl Services {
             return Err(length_exceeded(length));
         }
         let in_flight = self.open_upload_quota(tenant, append.declared).await?;
-        let _slot = self.take_upload_slot()?;
-        let _share = match append.client {
+        let slot = self.take_upload_slot()?;
+        let share = match append.client {
             None => None,
             Some(client) => Some(self.take_client_share(client)?),
         };
@@ -419,6 +419,7 @@ impl Services {
             checksum: append.checksum,
             complete_at_end: append.complete_at_end,
             hold,
+            _slots: (slot, share),
         };
         // The task owns the write from here: it ends it properly whether or not this request
         // is still there to hear how.
@@ -629,6 +630,12 @@ struct WriteRequest {
     /// See [`Append::complete_at_end`].
     complete_at_end: bool,
     hold: Hold,
+    /// The process's upload slot and the client's share, held until the write ends (not the
+    /// request: a writer whose client went away still holds its part's worth of memory).
+    _slots: (
+        tokio::sync::OwnedSemaphorePermit,
+        Option<super::uploads::ClientShare>,
+    ),
 }
 
 /// How the body ended, for the writer.
@@ -683,6 +690,17 @@ impl WriteRequest {
     async fn write_body(&self, mut pieces: mpsc::Receiver<Piece>) -> ServiceResult<Appended> {
         let blobs = &self.services.blobs;
         let mut recorded = self.row.upload_offset as u64;
+        // Every byte was in before this request and an earlier one moved them into place
+        // before it was cut: there is nothing left to write (nor a staging file or tail to
+        // resume from), only the upload to record.
+        if self.length == Some(recorded) && self.object_in_place(recorded).await {
+            let hasher = load_hasher(&self.row.sha256_state)?;
+            return Ok(Appended {
+                offset: recorded,
+                expires_at_ms: None,
+                completed: Some(self.record(hasher, recorded).await?),
+            });
+        }
         let mut writer = blobs
             .resume(self.row.id, &store_state(&self.row)?, recorded)
             .await?;
@@ -849,16 +867,28 @@ impl WriteRequest {
         hasher: Sha256,
         size: u64,
     ) -> ServiceResult<Completed> {
-        let services = &self.services;
-        let id = UploadId(self.row.id);
-        if let Err(err) = services.blobs.finish_resumable(writer).await {
+        if let Err(err) = self.services.blobs.finish_resumable(writer).await {
             // A request that completed the object but died before recording it: its object is
             // there, whole.
-            let there = services.blobs.head(&keys::upload(id.0)).await.ok();
-            if there != Some(size) {
+            if !self.object_in_place(size).await {
                 return Err(err.into());
             }
         }
+        self.record(hasher, size).await
+    }
+
+    /// Whether the upload's bytes are already where a complete upload's are, all `size` of
+    /// them: an earlier request moved them there and was cut before recording the upload.
+    async fn object_in_place(&self, size: u64) -> bool {
+        let key = keys::upload(self.row.id);
+        self.services.blobs.head(&key).await.ok() == Some(size)
+    }
+
+    /// Records the complete upload `size` bytes long whose bytes are in place (with the job its
+    /// metadata asked for), then deletes its resumable row.
+    async fn record(&self, hasher: Sha256, size: u64) -> ServiceResult<Completed> {
+        let services = &self.services;
+        let id = UploadId(self.row.id);
         let now = now_ms();
         let upload = upload::Model {
             id: id.0,

@@ -1117,3 +1117,44 @@ async fn an_upload_whose_completion_was_cut_is_completed_by_the_reconciler() {
     }
     assert_upload_is(&app, &path, &data, None).await;
 }
+
+/// A completion cut after the bytes were moved into place but before the upload was recorded
+/// (made by hand on a local folder: the staging file renamed to where uploads are, the length
+/// cut to the bytes): the upload is recorded from the bytes in place, not lost because there is
+/// no staging file left to resume from.
+#[tokio::test]
+async fn a_completion_cut_after_the_bytes_moved_is_recorded_from_them() {
+    run_on(Backend::Sqlite, async {
+        let app = TestApp::spawn().await;
+        let data = bytes(300_000, 29);
+        let path = create(&app, Some(data.len() + 5), "").await;
+        assert_eq!(patch(&app, &path, 0, &data).await.status, 204);
+        let simple = upload_id(&path).trim_start_matches("upl_").to_owned();
+        let blobs = app.data_dir().join("blobs");
+        std::fs::create_dir_all(blobs.join("uploads")).expect("uploads folder");
+        std::fs::rename(
+            blobs.join("tus").join(&simple),
+            blobs.join("uploads").join(&simple),
+        )
+        .expect("move the staging file");
+        let set = format!(
+            "UPDATE ferry_resumable_uploads SET length = {} WHERE upload_offset = {}",
+            data.len(),
+            data.len()
+        );
+        assert_eq!(app.execute_sql(&set, &set).await, 1);
+        let start = Instant::now();
+        loop {
+            let upload = app
+                .request("get", &format!("/v1/uploads/{}", upload_id(&path)), |r| r)
+                .await;
+            if upload.status == 200 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "never recorded");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_upload_is(&app, &path, &data, None).await;
+    })
+    .await
+}
