@@ -78,7 +78,18 @@ impl MigrationTrait for Migration {
                 .col(T::ExpiresAtMs)
                 .to_owned(),
         )
-        .await
+        .await?;
+        // The reconciler's search for uploads with every byte in whose completion was cut: a
+        // partial index, holding only those (the same SQL on SQLite and PostgreSQL; sea-query
+        // has no partial indexes).
+        m.get_connection()
+            .execute_unprepared(
+                "CREATE INDEX idx_ferry_resumable_uploads_received \
+                 ON ferry_resumable_uploads (id) \
+                 WHERE length IS NOT NULL AND upload_offset = length",
+            )
+            .await
+            .map(drop)
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
