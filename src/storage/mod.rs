@@ -78,6 +78,11 @@ impl StorageError {
 fn sqlx_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        // A connection that could not be set up: what answered was not PostgreSQL speaking its
+        // protocol (a proxy or load balancer in front of a database that is away answers the
+        // SSLRequest with garbage or nothing), or TLS failed. Seen when the database goes away
+        // while the pool opens connections; a 500 would blame the request.
+        sqlx::Error::Protocol(_) | sqlx::Error::Tls(_) => true,
         // PostgreSQL shutting down or terminating our session (class 57: operator intervention;
         // 08: connection exception).
         sqlx::Error::Database(db) => db
