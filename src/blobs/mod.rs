@@ -158,8 +158,6 @@ impl Stored {
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
     part_bytes: usize,
-    /// The folder of a local store (for the staging-file sweep).
-    local_root: Option<PathBuf>,
     /// Where resumable uploads keep their bytes until they complete.
     resumable: resumable::Target,
 }
@@ -205,7 +203,6 @@ impl Blobs {
         Ok(Blobs {
             store,
             part_bytes,
-            local_root: None,
             resumable,
         })
     }
@@ -214,9 +211,11 @@ impl Blobs {
     /// nobody has written to for `older_than`. A disconnect or error aborts its own staging file;
     /// only `kill -9` mid-upload leaves one, and it never has a row pointing at it.
     pub async fn sweep_abandoned_staging(&self, older_than: std::time::Duration) -> usize {
-        let Some(root) = self.local_root.clone() else {
+        // The folder of a local store; object stores have no staging files.
+        let resumable::Target::Local { root } = &self.resumable else {
             return 0;
         };
+        let root = root.clone();
         tokio::task::spawn_blocking(move || {
             fn walk(dir: &std::path::Path, older_than: std::time::Duration, removed: &mut usize) {
                 let Ok(entries) = std::fs::read_dir(dir) else {
@@ -487,8 +486,7 @@ fn open_local(dir: PathBuf, part_bytes: usize) -> anyhow::Result<Blobs> {
     Ok(Blobs {
         store: Arc::new(store),
         part_bytes,
-        resumable: resumable::Target::Local { root: dir.clone() },
-        local_root: Some(dir),
+        resumable: resumable::Target::Local { root: dir },
     })
 }
 

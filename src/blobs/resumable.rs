@@ -32,9 +32,8 @@ use super::{BlobError, Blobs, keys};
 /// Where a store keeps resumable uploads.
 #[derive(Clone)]
 pub enum Target {
-    Local {
-        root: PathBuf,
-    },
+    /// A local folder (the blob store's own).
+    Local { root: PathBuf },
     Multipart {
         store: Arc<dyn MultipartStore>,
         /// The bucket prefix of the blob store's URL (the multipart API does not apply it).

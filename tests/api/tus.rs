@@ -1089,6 +1089,32 @@ async fn a_page_of_an_allowed_origin_may_upload_and_others_get_no_cors_headers()
     }
 }
 
+/// Makes the one upload at offset `len` look as if all its bytes were in: its length cut to
+/// them, as a completion that never happened leaves it.
+async fn cut_length_to_offset(app: &TestApp, len: usize) {
+    let set =
+        format!("UPDATE ferry_resumable_uploads SET length = {len} WHERE upload_offset = {len}");
+    assert_eq!(app.execute_sql(&set, &set).await, 1);
+}
+
+/// Waits (up to 15 s) until the upload `path` names is recorded (`GET /v1/uploads/{id}`).
+async fn wait_recorded(app: &TestApp, path: &str) {
+    let start = Instant::now();
+    loop {
+        let upload = app
+            .request("get", &format!("/v1/uploads/{}", upload_id(path)), |r| r)
+            .await;
+        if upload.status == 200 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{path} never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Every byte is in but the completion never happened (the store failed while completing, or
 /// the process died then): the reconciler completes it, as the client's next request would —
 /// a tus client that reads `Upload-Offset` equal to the length sends none. The state is made
@@ -1098,23 +1124,8 @@ async fn an_upload_whose_completion_was_cut_is_completed_by_the_reconciler() {
     let data = bytes((5 << 20) + 321, 23);
     let path = create(&app, Some(data.len() + 5), "").await;
     assert_eq!(patch(&app, &path, 0, &data).await.status, 204);
-    let set = format!(
-        "UPDATE ferry_resumable_uploads SET length = {} WHERE upload_offset = {}",
-        data.len(),
-        data.len()
-    );
-    assert_eq!(app.execute_sql(&set, &set).await, 1);
-    let start = Instant::now();
-    loop {
-        let upload = app
-            .request("get", &format!("/v1/uploads/{}", upload_id(&path)), |r| r)
-            .await;
-        if upload.status == 200 {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(15), "never completed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cut_length_to_offset(&app, data.len()).await;
+    wait_recorded(&app, &path).await;
     assert_upload_is(&app, &path, &data, None).await;
 }
 
@@ -1137,23 +1148,8 @@ async fn a_completion_cut_after_the_bytes_moved_is_recorded_from_them() {
             blobs.join("uploads").join(&simple),
         )
         .expect("move the staging file");
-        let set = format!(
-            "UPDATE ferry_resumable_uploads SET length = {} WHERE upload_offset = {}",
-            data.len(),
-            data.len()
-        );
-        assert_eq!(app.execute_sql(&set, &set).await, 1);
-        let start = Instant::now();
-        loop {
-            let upload = app
-                .request("get", &format!("/v1/uploads/{}", upload_id(&path)), |r| r)
-                .await;
-            if upload.status == 200 {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(15), "never recorded");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        cut_length_to_offset(&app, data.len()).await;
+        wait_recorded(&app, &path).await;
         assert_upload_is(&app, &path, &data, None).await;
     })
     .await
