@@ -74,6 +74,11 @@ impl Application {
         })?;
         let registry = Arc::new(registry);
         let services = Services::open(settings.clone(), registry.kind_defaults()).await?;
+        // Where the configuration starts tags that do not exist yet (see `service::kinds`).
+        services
+            .seed_tags()
+            .await
+            .map_err(|e| anyhow::anyhow!("writing the configured tags: {}", e.detail))?;
         let kinds: Vec<&str> = registry.handlers.keys().map(String::as_str).collect();
         let shutdown = CancellationToken::new();
 

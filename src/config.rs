@@ -353,6 +353,66 @@ pub struct HandlerSettings {
     /// Directory the command runs in, so relative paths in `command` work; default: the
     /// directory of the configuration file (or the current directory without one).
     pub working_dir: Option<PathBuf>,
+    /// Versions of the model (`[handlers.segment.versions.v3]`), each run by its own command
+    /// (or the kind's, with its own `env`); the settings above are their defaults. A kind
+    /// without versions is run by `command` itself.
+    pub versions: BTreeMap<String, VersionSettings>,
+    /// Tags, each naming a version (`production = "v3"`). These are where tags start: once a
+    /// tag exists in the database, it is moved with `PUT /v1/kinds/{kind}/tags/{tag}` (or
+    /// `ferry tag`), and this setting no longer moves it.
+    pub tags: BTreeMap<String, String>,
+    /// The version a job for the bare kind runs when the kind has no `production` tag.
+    pub default_version: Option<String>,
+}
+
+/// One version of a kind; what it leaves out, it takes from the kind.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VersionSettings {
+    pub command: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    pub concurrency: Option<usize>,
+    /// Added to (and replacing the same names of) the kind's `env`.
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<PathBuf>,
+}
+
+impl HandlerSettings {
+    /// The settings of `version` (the kind's own without one), the kind's filling what the
+    /// version leaves out. `None` for a version the kind does not declare.
+    pub fn for_version(&self, version: Option<&str>) -> Option<HandlerSettings> {
+        let Some(version) = version else {
+            return Some(self.clone());
+        };
+        let v = self.versions.get(version)?;
+        let mut env = self.env.clone();
+        env.extend(v.env.clone());
+        Some(HandlerSettings {
+            command: v.command.clone().unwrap_or_else(|| self.command.clone()),
+            timeout: v.timeout.unwrap_or(self.timeout),
+            max_attempts: v.max_attempts.unwrap_or(self.max_attempts),
+            concurrency: v.concurrency.unwrap_or(self.concurrency),
+            env,
+            working_dir: v.working_dir.clone().or_else(|| self.working_dir.clone()),
+            versions: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            default_version: None,
+        })
+    }
+
+    /// What a worker runs for this kind: each version (or the kind itself, without versions)
+    /// with its settings.
+    pub fn runnable(&self) -> Vec<(Option<String>, HandlerSettings)> {
+        if self.versions.is_empty() {
+            return vec![(None, self.clone())];
+        }
+        self.versions
+            .keys()
+            .filter_map(|v| Some((Some(v.clone()), self.for_version(Some(v))?)))
+            .collect()
+    }
 }
 
 impl Default for Settings {
@@ -482,6 +542,9 @@ impl Default for HandlerSettings {
             concurrency: 1,
             env: BTreeMap::new(),
             working_dir: None,
+            versions: BTreeMap::new(),
+            tags: BTreeMap::new(),
+            default_version: None,
         }
     }
 }
@@ -586,13 +649,22 @@ impl Settings {
         {
             self.blob_store = Some(absolute(PathBuf::from(store)).display().to_string());
         }
+        let resolve = |dir: PathBuf| -> PathBuf {
+            absolute(if dir.is_relative() {
+                config_dir.join(dir)
+            } else {
+                dir
+            })
+        };
         for handler in self.handlers.values_mut() {
-            let dir = match handler.working_dir.take() {
-                Some(dir) if dir.is_relative() => config_dir.join(dir),
-                Some(dir) => dir,
-                None => config_dir.to_path_buf(),
-            };
-            handler.working_dir = Some(absolute(dir));
+            let dir = handler
+                .working_dir
+                .take()
+                .unwrap_or_else(|| config_dir.to_path_buf());
+            handler.working_dir = Some(resolve(dir));
+            for version in handler.versions.values_mut() {
+                version.working_dir = version.working_dir.take().map(resolve);
+            }
         }
     }
 
@@ -600,11 +672,18 @@ impl Settings {
         for (kind, handler) in &self.handlers {
             crate::domain::validate_kind(kind)
                 .map_err(|msg| anyhow::anyhow!("handler name {kind:?}: {msg}"))?;
-            if handler.command.is_empty() {
-                bail!("handler {kind:?}: `command` must name a program");
-            }
-            if handler.concurrency == 0 || handler.max_attempts == 0 {
-                bail!("handler {kind:?}: `concurrency` and `max_attempts` must be at least 1");
+            validate_versions(kind, handler)?;
+            for (version, settings) in handler.runnable() {
+                let name = match &version {
+                    Some(v) => format!("{kind}@{v}"),
+                    None => kind.clone(),
+                };
+                if settings.command.is_empty() {
+                    bail!("handler {name:?}: `command` must name a program");
+                }
+                if settings.concurrency == 0 || settings.max_attempts == 0 {
+                    bail!("handler {name:?}: `concurrency` and `max_attempts` must be at least 1");
+                }
             }
         }
         if self.limits.max_concurrent_uploads == 0 {
@@ -679,6 +758,36 @@ impl Settings {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("work"))
     }
+}
+
+/// A kind's versions, tags and default version name each other consistently.
+fn validate_versions(kind: &str, handler: &HandlerSettings) -> anyhow::Result<()> {
+    if handler.versions.is_empty() {
+        if !handler.tags.is_empty() || handler.default_version.is_some() {
+            bail!("handler {kind:?}: `tags` and `default_version` need `versions`");
+        }
+        return Ok(());
+    }
+    for version in handler.versions.keys() {
+        crate::domain::validate_kind(version)
+            .map_err(|msg| anyhow::anyhow!("handler {kind:?}: version name {version:?} {msg}"))?;
+    }
+    for (tag, version) in &handler.tags {
+        crate::domain::validate_kind(tag)
+            .map_err(|msg| anyhow::anyhow!("handler {kind:?}: tag name {tag:?} {msg}"))?;
+        if handler.versions.contains_key(tag) {
+            bail!("handler {kind:?}: {tag:?} is both a tag and a version; name them apart");
+        }
+        if !handler.versions.contains_key(version) {
+            bail!("handler {kind:?}: tag {tag:?} names version {version:?}, which is not declared");
+        }
+    }
+    if let Some(version) = &handler.default_version
+        && !handler.versions.contains_key(version)
+    {
+        bail!("handler {kind:?}: default_version {version:?} is not declared");
+    }
+    Ok(())
 }
 
 fn absolute(path: PathBuf) -> PathBuf {

@@ -207,6 +207,24 @@ pub fn cut_text(text: &mut String, max: usize) {
     text.push(CUT_MARK);
 }
 
+/// What a worker serves and a queue carries: the kind, or `kind@version` for a kind with
+/// versions.
+pub fn serve_key(kind: &str, version: Option<&str>) -> String {
+    match version {
+        Some(version) => format!("{kind}@{version}"),
+        None => kind.to_owned(),
+    }
+}
+
+/// A kind as a job request names it: `segment`, or `segment@canary` (a tag) or `segment@v3`
+/// (a version).
+pub fn split_kind_ref(text: &str) -> (&str, Option<&str>) {
+    match text.split_once('@') {
+        Some((kind, name)) => (kind, Some(name)),
+        None => (text, None),
+    }
+}
+
 /// Kinds name handlers: they appear in URLs, queue names and logs.
 pub fn validate_kind(kind: &str) -> Result<(), &'static str> {
     let ok = !kind.is_empty()

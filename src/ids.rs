@@ -1,4 +1,5 @@
-//! Public identifiers: UUIDv7 shown with a readable prefix (`job_…`, `upl_…`, `res_…`, `key_…`).
+//! Public identifiers: UUIDv7 shown with a readable prefix (`job_…`, `upl_…`, `res_…`, `key_…`,
+//! `rrb_…` for a bulk re-run).
 //! The prefix makes a pasted id self-describing and stops a job id being used as an upload id.
 
 use std::fmt;
@@ -45,6 +46,7 @@ prefixed_id!(UploadId, "upl");
 prefixed_id!(ResultId, "res");
 prefixed_id!(WebhookId, "whk");
 prefixed_id!(KeyId, "key");
+prefixed_id!(RerunBatchId, "rrb");
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,8 @@
 //! carries the `dispatch_id` the job row expects; the job row, not apalis, decides whether the
 //! delivery is current (see `worker::attempt`). Everything apalis-specific lives here:
 //!
-//! - one queue per handler kind, named explicitly (`ferry.jobs.<kind>`), never the Rust type name;
+//! - one queue per handler kind (per version, for a kind with versions), named explicitly
+//!   (`ferry.jobs.<kind>` or `ferry.jobs.<kind>@<version>`), never the Rust type name;
 //! - task ids are ULIDs (a non-ULID id poisons every worker that fetches it);
 //! - `max_attempts = 1` in apalis: retries, backoff and timeouts are Ferry's, because apalis
 //!   retries at once without backoff and its timeout/panic layers strand rows in `Running`;
@@ -44,8 +45,17 @@ pub struct Dispatch {
 #[derive(Clone)]
 pub struct DispatchFn(pub Arc<dyn Fn(Dispatch) -> BoxFuture<'static, ()> + Send + Sync + 'static>);
 
-pub fn queue_name(kind: &str) -> String {
-    format!("ferry.jobs.{kind}")
+/// The queue of what a consumer serves: a kind, or `kind@version` (see `domain::serve_key`).
+pub fn queue_name(serves: &str) -> String {
+    format!("ferry.jobs.{serves}")
+}
+
+/// A job's priority in apalis: `2 × priority + 1`, or `2 × priority` for a bulk re-run's job,
+/// so that re-runs wait behind the other work of their priority instead of flooding ahead of
+/// it (apalis runs higher priorities first).
+pub fn queue_priority(priority: i32, bulk_rerun: bool) -> i32 {
+    let priority = priority.max(0) * 2;
+    if bulk_rerun { priority } else { priority + 1 }
 }
 
 /// A new dispatch id whose ULID time is `order_ms` (the job's creation time): apalis breaks ties
@@ -60,8 +70,8 @@ pub fn new_dispatch_id(order_ms: i64) -> String {
 pub struct QueueState {
     /// The tenant's queued jobs (of every kind), counted in the dispatching transaction.
     pub tenant_queued: i64,
-    /// The place (`run_at`, Unix seconds) of the first dispatch waiting in the kind's queue at
-    /// the same priority (apalis' priority: the job's, or 0 if below); `None` when none waits.
+    /// The place (`run_at`, Unix seconds) of the first dispatch waiting in the queue at the
+    /// same priority (apalis', see [`queue_priority`]); `None` when none waits.
     pub head: Option<i64>,
 }
 
@@ -72,10 +82,10 @@ impl QueueState {
     pub async fn read(
         tx: &mut Tx,
         tenant: &str,
-        kind: &str,
-        priority: i32,
+        serves: &str,
+        queue_priority: i32,
     ) -> Result<Self, StorageError> {
-        let queue = queue_name(kind);
+        let queue = queue_name(serves);
         let (tenant_queued, head): (i64, i64) = match &mut tx.inner {
             // `INDEXED BY` apalis' fetch index (partial, on pending tasks): by its rules of
             // thumb SQLite would rather walk (job_type, status, run_at) until a task of the
@@ -90,7 +100,7 @@ impl QueueState {
                 )
                 .bind(tenant)
                 .bind(&queue)
-                .bind(priority.max(0))
+                .bind(queue_priority.max(0))
                 .fetch_one(&mut **inner)
                 .await?
             }
@@ -103,7 +113,7 @@ impl QueueState {
                 )
                 .bind(tenant)
                 .bind(&queue)
-                .bind(priority.max(0))
+                .bind(queue_priority.max(0))
                 .fetch_one(&mut **inner)
                 .await?
             }
@@ -139,19 +149,19 @@ impl QueueState {
 /// to workers when `tx` commits.
 pub async fn enqueue(
     tx: &mut Tx,
-    kind: &str,
+    serves: &str,
     dispatch: &Dispatch,
-    priority: i32,
+    queue_priority: i32,
     place: i64,
 ) -> Result<(), StorageError> {
     let args = serde_json::to_vec(dispatch).map_err(|e| StorageError::Queue(e.into()))?;
     let task = TaskBuilder::new(args)
         .task_id(TaskId::from_string(dispatch.dispatch_id.clone()))
         .max_attempts(1)
-        .priority(priority.max(0) as usize)
+        .priority(queue_priority.max(0) as usize)
         .run_at_timestamp(place.max(0) as u64)
         .build();
-    let queue = queue_name(kind);
+    let queue = queue_name(serves);
     match &mut tx.inner {
         TxInner::Sqlite(inner) => {
             apalis_sqlite::queries::push_tasks(&mut **inner, &queue, &[task])
@@ -162,7 +172,7 @@ pub async fn enqueue(
         }
         // The insert's NOTIFY fires when `tx` commits, waking listening workers at once.
         TxInner::Postgres(tx) => {
-            apalis_postgres::queries::push_tasks(&mut **tx, &queue_name(kind), vec![task])
+            apalis_postgres::queries::push_tasks(&mut **tx, &queue, vec![task])
                 .await
                 .map_err(|e| StorageError::Queue(e.into()))
         }
@@ -304,7 +314,8 @@ fn pushed_or_tick(db: &Db, queue: String, every: Duration) -> BoxStream<'static,
 /// Settings of one consumer (one handler kind in one process).
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
-    pub kind: String,
+    /// What it serves: a kind, or `kind@version`.
+    pub serves: String,
     pub concurrency: usize,
     pub poll_interval: Duration,
 }
@@ -338,11 +349,11 @@ pub async fn run_consumer(
 ) {
     let mut pause = Duration::from_millis(200);
     loop {
-        let name = format!("ferry-{}-{}", settings.kind, Ulid::new());
+        let name = format!("ferry-{}-{}", settings.serves, Ulid::new());
         let result = match db.queue_pool() {
             Pool::Sqlite(pool) => {
                 let config = apalis_sqlite::Config::default()
-                    .queue(queue_name(&settings.kind))
+                    .queue(queue_name(&settings.serves))
                     // Fetch no more than can run: prefetched tasks would wait here while another
                     // worker idles.
                     .batch_size(settings.concurrency)
@@ -350,7 +361,7 @@ pub async fn run_consumer(
                     .missed_heartbeats(3);
                 // Woken at once by this process's dispatches, and polling for other processes'.
                 let wake_ups =
-                    pushed_or_tick(&db, queue_name(&settings.kind), settings.poll_interval);
+                    pushed_or_tick(&db, queue_name(&settings.serves), settings.poll_interval);
                 let backend = apalis_sqlite::SqliteStorage::<Dispatch>::new(pool)
                     .with_config(config)
                     .poll_with_stream(wake_ups);
@@ -358,7 +369,7 @@ pub async fn run_consumer(
             }
             Pool::Postgres(pool) => {
                 let config = apalis_postgres::Config::default()
-                    .queue(queue_name(&settings.kind))
+                    .queue(queue_name(&settings.serves))
                     .batch_size(settings.concurrency)
                     // Scheduled retries and orphan re-enqueues do not NOTIFY: they are picked up
                     // at heartbeat granularity, so beat often. Dead workers' tasks are requeued
@@ -371,7 +382,7 @@ pub async fn run_consumer(
                 // dispatch 0.7 s, p99 1.3 s without the tick).
                 let storage =
                     apalis_postgres::PostgresStorage::<Dispatch>::new(pool).with_config(config);
-                let wake_ups = notify_or_tick(pool.clone(), queue_name(&settings.kind));
+                let wake_ups = notify_or_tick(pool.clone(), queue_name(&settings.serves));
                 let backend = PollWith::new(storage, StreamStrategy::new(wake_ups));
                 run_worker!(backend, name, settings, on_dispatch, shutdown)
             }

@@ -61,16 +61,21 @@ pub enum Scope {
     ResultsRead,
     /// Manage the tenant's API keys and webhook endpoints; read its audit trail.
     Admin,
+    /// Move kinds' tags (deploy a model version): every tenant's jobs follow them, so an
+    /// operator's key, not a tenant's, should hold it.
+    KindsWrite,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 4] = [
+    pub const ALL: [Scope; 5] = [
         Scope::JobsRead,
         Scope::JobsWrite,
         Scope::ResultsRead,
         Scope::Admin,
+        Scope::KindsWrite,
     ];
-    /// What `ferry keys create` gives when no scope is named: everything but `admin`.
+    /// What `ferry keys create` gives when no scope is named: everything but `admin` and
+    /// `kinds:write`.
     pub const DEFAULT: [Scope; 3] = [Scope::JobsRead, Scope::JobsWrite, Scope::ResultsRead];
 
     pub fn as_str(self) -> &'static str {
@@ -79,6 +84,7 @@ impl Scope {
             Scope::JobsWrite => "jobs:write",
             Scope::ResultsRead => "results:read",
             Scope::Admin => "admin",
+            Scope::KindsWrite => "kinds:write",
         }
     }
 
@@ -197,7 +203,11 @@ mod tests {
         assert_eq!(Scopes::from_column("jobs:read future:scope"), {
             [Scope::JobsRead].into_iter().collect::<Scopes>()
         });
-        assert_eq!(Scopes::all().iter().count(), 4);
+        assert_eq!(Scopes::all().iter().count(), 5);
+        assert_eq!(
+            Scopes::all().column(),
+            "jobs:read jobs:write results:read admin kinds:write"
+        );
         assert!(Scopes::from_column("").is_empty());
     }
 }

@@ -19,6 +19,8 @@ mod m20261206_000001_retention;
 mod m20261206_000002_upload_usage;
 mod m20261207_000001_resumable_uploads;
 mod m20261207_000002_input_lists;
+mod m20261208_000001_shared_uploads;
+mod m20261208_000002_versions_reruns;
 
 pub struct Migrator;
 
@@ -39,6 +41,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000002_upload_usage::Migration),
             Box::new(m20261207_000001_resumable_uploads::Migration),
             Box::new(m20261207_000002_input_lists::Migration),
+            Box::new(m20261208_000001_shared_uploads::Migration),
+            Box::new(m20261208_000002_versions_reruns::Migration),
         ]
     }
 }

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     domain::JobStatus,
     error_code::ErrorCode,
-    ids::JobId,
+    ids::{JobId, RerunBatchId, UploadId},
     service::{
         ServiceError, Services, body_timeout_detail,
         jobs::{
@@ -60,7 +60,7 @@ fn job_response(status: StatusCode, view: &JobView) -> HttpResponse {
     res.json(out)
 }
 
-fn submitted_response(submitted: Submitted) -> HttpResponse {
+pub(crate) fn submitted_response(submitted: Submitted) -> HttpResponse {
     match submitted {
         Submitted::Created(view) => job_response(StatusCode::ACCEPTED, &view),
         Submitted::Replayed(view) => {
@@ -129,7 +129,7 @@ fn file_job_webhook(query: &FileJobQuery) -> Result<Option<JobWebhookRequest>, A
 #[serde(deny_unknown_fields)]
 pub struct NoQuery {}
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
+pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
@@ -174,7 +174,7 @@ pub async fn create_with_file(
 }
 
 /// Whether the request says its body is JSON (`application/json` or any `+json` type).
-fn has_json_body(req: &HttpRequest) -> bool {
+pub(crate) fn has_json_body(req: &HttpRequest) -> bool {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -264,18 +264,20 @@ async fn create_from_json(
                 .map_err(|msg| invalid_field("timeout", msg))?,
         ),
     };
-    let spec = services.job_spec(JobRequest {
-        kind: job_in.kind,
-        params: job_in.params.unwrap_or_default(),
-        priority: job_in.priority,
-        timeout,
-        max_attempts: job_in.max_attempts,
-        webhook: job_in.webhook.map(|w| JobWebhookRequest {
-            url: w.url,
-            events: w.events,
-            secret: w.secret,
-        }),
-    })?;
+    let spec = services
+        .job_spec(JobRequest {
+            kind: job_in.kind,
+            params: job_in.params.unwrap_or_default(),
+            priority: job_in.priority,
+            timeout,
+            max_attempts: job_in.max_attempts,
+            webhook: job_in.webhook.map(|w| JobWebhookRequest {
+                url: w.url,
+                events: w.events,
+                secret: w.secret,
+            }),
+        })
+        .await?;
     let idempotency = key.map(|key| {
         let inputs = serde_json::to_string(&job_in.inputs).unwrap_or_default();
         Idempotency::new(key, &["json", &spec.canonical(), &inputs])
@@ -342,6 +344,7 @@ async fn create_from_file(
             max_attempts: query.max_attempts,
             webhook,
         })
+        .await
         .map_err(query_fields)?;
     let input = query.input.unwrap_or_else(|| DEFAULT_INPUT_NAME.to_owned());
     crate::domain::validate_input_name(&input)
@@ -411,6 +414,10 @@ pub async fn get(
 pub struct ListQuery {
     pub status: Option<String>,
     pub kind: Option<String>,
+    pub version: Option<String>,
+    pub upload: Option<String>,
+    pub rerun_of: Option<String>,
+    pub rerun_batch: Option<String>,
     pub created_after: Option<String>,
     pub created_before: Option<String>,
     pub limit: Option<u64>,
@@ -451,6 +458,34 @@ pub async fn list(
     let filter = JobFilter {
         status,
         kind: q.kind.clone(),
+        upload: q
+            .upload
+            .as_deref()
+            .map(|text| {
+                UploadId::parse(text).map(|id| id.0).ok_or_else(|| {
+                    invalid_query("upload", format!("{text:?} is not an upload id (upl_…)"))
+                })
+            })
+            .transpose()?,
+        version: q.version.clone(),
+        rerun_of: q
+            .rerun_of
+            .as_deref()
+            .map(|text| {
+                JobId::parse(text)
+                    .map(|id| id.0)
+                    .ok_or_else(|| invalid_query("rerun_of", format!("{text:?} is not a job id")))
+            })
+            .transpose()?,
+        rerun_batch: q
+            .rerun_batch
+            .as_deref()
+            .map(|text| {
+                RerunBatchId::parse(text).map(|id| id.0).ok_or_else(|| {
+                    invalid_query("rerun_batch", format!("{text:?} is not a bulk re-run id"))
+                })
+            })
+            .transpose()?,
         created_after_ms: time("created_after", &q.created_after)?,
         created_before_ms: time("created_before", &q.created_before)?,
         before_id: page.after,

@@ -16,7 +16,7 @@ use crate::{
     error_code::ErrorCode,
     ids::KeyId,
     service::{ServiceError, Services, keys::KeyRequest},
-    tenancy::{Caller, Scopes},
+    tenancy::{Caller, Scope, Scopes},
     time::parse_rfc3339,
 };
 
@@ -31,11 +31,23 @@ fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
 
 /// The scopes a request names, checked (absent: the default set; empty stays empty, which
 /// creation refuses).
+/// `kinds:write` is refused: it moves every tenant's tags, so only an operator grants it, on the
+/// command line (`ferry keys create --scope kinds:write`), never a tenant's admin over the API.
 fn scopes_of(names: Option<&[String]>) -> Result<Scopes, ServiceError> {
-    match names {
-        None => Ok(Scopes::default_set()),
-        Some(names) => Scopes::parse_all(names).map_err(|msg| ServiceError::invalid("scopes", msg)),
+    let scopes = match names {
+        None => Scopes::default_set(),
+        Some(names) => {
+            Scopes::parse_all(names).map_err(|msg| ServiceError::invalid("scopes", msg))?
+        }
+    };
+    if scopes.contains(Scope::KindsWrite) {
+        return Err(ServiceError::invalid(
+            "scopes",
+            "kinds:write moves every tenant's tags: an operator grants it with `ferry keys \
+             create --scope kinds:write`, not the API",
+        ));
     }
+    Ok(scopes)
 }
 
 pub async fn create(

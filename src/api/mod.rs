@@ -11,8 +11,10 @@ pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod keys;
+pub mod kinds;
 pub mod paging;
 pub mod problem;
+pub mod reruns;
 pub mod results;
 pub mod sse;
 pub mod tus;
@@ -60,8 +62,38 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
         "/v1/kinds/{kind}/jobs",
         Access::Needs(Scope::JobsWrite),
     ),
+    ("get", "/v1/kinds", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/kinds", Access::Needs(Scope::JobsRead)),
+    ("get", "/v1/kinds/{kind}", Access::Needs(Scope::JobsRead)),
+    ("head", "/v1/kinds/{kind}", Access::Needs(Scope::JobsRead)),
+    (
+        "put",
+        "/v1/kinds/{kind}/tags/{tag}",
+        Access::Needs(Scope::KindsWrite),
+    ),
+    (
+        "delete",
+        "/v1/kinds/{kind}/tags/{tag}",
+        Access::Needs(Scope::KindsWrite),
+    ),
+    (
+        "get",
+        "/v1/kinds/{kind}/tag-moves",
+        Access::Needs(Scope::JobsRead),
+    ),
+    (
+        "head",
+        "/v1/kinds/{kind}/tag-moves",
+        Access::Needs(Scope::JobsRead),
+    ),
     ("get", "/v1/jobs", Access::Needs(Scope::JobsRead)),
     ("head", "/v1/jobs", Access::Needs(Scope::JobsRead)),
+    ("post", "/v1/jobs/rerun", Access::Needs(Scope::JobsWrite)),
+    (
+        "post",
+        "/v1/jobs/{id}/rerun",
+        Access::Needs(Scope::JobsWrite),
+    ),
     ("get", "/v1/jobs/{id}", Access::Needs(Scope::JobsRead)),
     ("head", "/v1/jobs/{id}", Access::Needs(Scope::JobsRead)),
     ("delete", "/v1/jobs/{id}", Access::Needs(Scope::JobsWrite)),
@@ -222,6 +254,9 @@ pub fn configure(
                     .route(web::delete().to(tus::delete)),
             )
             .service(readable(resource("/v1/jobs"), jobs::list).route(web::post().to(jobs::create)))
+            // Before `/v1/jobs/{id}`, which would take `rerun` for an id.
+            .service(resource("/v1/jobs/rerun").route(web::post().to(reruns::bulk)))
+            .service(resource("/v1/jobs/{id}/rerun").route(web::post().to(reruns::rerun)))
             .service(
                 readable(resource("/v1/jobs/{id}"), jobs::get)
                     .route(web::delete().to(jobs::delete)),
@@ -229,6 +264,17 @@ pub fn configure(
             .service(
                 resource("/v1/kinds/{kind}/jobs").route(web::post().to(jobs::create_with_file)),
             )
+            .service(readable(resource("/v1/kinds"), kinds::list))
+            .service(readable(resource("/v1/kinds/{kind}"), kinds::get))
+            .service(
+                resource("/v1/kinds/{kind}/tags/{tag}")
+                    .route(web::put().to(kinds::put_tag))
+                    .route(web::delete().to(kinds::delete_tag)),
+            )
+            .service(readable(
+                resource("/v1/kinds/{kind}/tag-moves"),
+                kinds::tag_moves,
+            ))
             .service(resource("/v1/jobs/{id}/cancel").route(web::post().to(jobs::cancel)))
             .service(readable(
                 resource("/v1/jobs/{id}/events"),

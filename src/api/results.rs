@@ -51,7 +51,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(ResultList {
         items: rows
             .iter()
-            .map(|row| ResultOut::of(row, job.job.expires_at_ms))
+            .map(|row| ResultOut::of(row, &job.job))
             .collect(),
     }))
 }

@@ -3,13 +3,14 @@
 
 pub mod audit;
 pub mod keys;
+pub mod kinds;
 pub mod webhooks;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     domain::{EventKind, JobFailure, JobStatus},
-    ids::{JobId, UploadId, WebhookId},
+    ids::{JobId, RerunBatchId, UploadId, WebhookId},
     service::{events::FeedEvent, jobs::JobView, lifecycle::PARKED},
     storage::entities::{job_event, job_log, result, upload},
     time::{now_ms, to_rfc3339},
@@ -22,7 +23,7 @@ pub struct UploadOut {
     pub sha256: String,
     pub content_type: Option<String>,
     pub filename: Option<String>,
-    pub job_id: Option<String>,
+    pub job_count: i64,
     pub created_at: String,
     pub expires_at: Option<String>,
 }
@@ -35,7 +36,7 @@ impl From<&upload::Model> for UploadOut {
             sha256: u.sha256.clone(),
             content_type: u.content_type.clone(),
             filename: u.filename.clone(),
-            job_id: u.job_id.map(|j| JobId(j).to_string()),
+            job_count: u.job_count,
             created_at: to_rfc3339(u.created_at_ms),
             expires_at: u.expires_at_ms.map(to_rfc3339),
         }
@@ -145,6 +146,7 @@ pub struct JobLinks {
     pub events: String,
     pub logs: String,
     pub cancel: String,
+    pub rerun: String,
     pub webhook_deliveries: String,
 }
 
@@ -152,6 +154,17 @@ pub struct JobLinks {
 pub struct JobOut {
     pub id: String,
     pub kind: String,
+    /// The version of its kind it runs, resolved when it was created (null: a kind without
+    /// versions).
+    pub version: Option<String>,
+    /// The tag it was resolved through, if any (a re-run follows it again).
+    pub tag: Option<String>,
+    /// The job this one re-runs.
+    pub rerun_of: Option<String>,
+    /// This job's latest re-run (`GET /v1/jobs?rerun_of=ID` lists them all).
+    pub latest_rerun: Option<String>,
+    /// The bulk re-run that made it.
+    pub rerun_batch: Option<String>,
     pub status: JobStatus,
     pub cancel_requested: bool,
     pub progress: Option<ProgressOut>,
@@ -203,6 +216,11 @@ impl From<&JobView> for JobOut {
         Self {
             id: id.clone(),
             kind: j.kind.clone(),
+            version: j.version.clone(),
+            tag: j.tag.clone(),
+            rerun_of: j.rerun_of.map(|r| JobId(r).to_string()),
+            latest_rerun: j.latest_rerun.map(|r| JobId(r).to_string()),
+            rerun_batch: j.rerun_batch.map(|b| RerunBatchId(b).to_string()),
             status: j.status,
             cancel_requested: j.cancel_requested,
             progress: j.progress_updated_at_ms.map(|at| ProgressOut {
@@ -225,9 +243,16 @@ impl From<&JobView> for JobOut {
                 && j.run_after_ms > now_ms()
                 && j.run_after_ms != PARKED)
                 .then(|| to_rfc3339(j.run_after_ms)),
-            waiting_for: (j.status == JobStatus::Queued && j.run_after_ms == PARKED).then(|| {
-                "a running slot: its tenant runs as many jobs as max_running_jobs allows".into()
-            }),
+            waiting_for: if j.status == JobStatus::Queued && j.run_after_ms == PARKED {
+                Some(
+                    "a running slot: its tenant runs as many jobs as max_running_jobs allows"
+                        .into(),
+                )
+            } else {
+                v.unserved
+                    .as_ref()
+                    .map(|serves| format!("no worker serves {serves}"))
+            },
             expires_at: j.expires_at_ms.map(to_rfc3339),
             inputs_expire_at: j.inputs_expire_at_ms.map(to_rfc3339),
             inputs_deleted_at: j.inputs_deleted_at_ms.map(to_rfc3339),
@@ -256,9 +281,90 @@ impl From<&JobView> for JobOut {
                 events: format!("{base}/events"),
                 logs: format!("{base}/logs"),
                 cancel: format!("{base}/cancel"),
+                rerun: format!("{base}/rerun"),
                 webhook_deliveries: format!("{base}/webhook-deliveries"),
                 self_: base,
             },
+        }
+    }
+}
+
+/// `POST /v1/jobs/{id}/rerun`: what changes (nothing, without a body).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RerunIn {
+    /// A version or tag of the job's kind (default: the tag the job followed, else its
+    /// version).
+    pub version: Option<String>,
+    /// The params, all of them (default: the job's).
+    pub params: Option<serde_json::Map<String, serde_json::Value>>,
+    pub priority: Option<i32>,
+}
+
+/// `POST /v1/jobs/rerun`: which jobs to re-run, and how.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRerunIn {
+    /// Default `failed`.
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    /// Only jobs that ran this version.
+    pub version: Option<String>,
+    pub error_code: Option<String>,
+    pub created_after: Option<String>,
+    pub created_before: Option<String>,
+    /// Also jobs already re-run (default false).
+    pub include_rerun: Option<bool>,
+    /// A version or tag to run the re-runs on (default: each job's tag, else its version).
+    pub rerun_version: Option<String>,
+    pub priority: Option<i32>,
+    /// At most this many re-runs (default 100, at most 1000).
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerunBatchLinks {
+    /// Every job of the batch: `GET /v1/jobs?rerun_batch=ID`.
+    pub jobs: String,
+}
+
+/// What a bulk re-run made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerunBatchOut {
+    pub id: String,
+    /// Re-runs made.
+    pub created: i64,
+    /// Matching jobs skipped because their inputs were deleted.
+    pub skipped: i64,
+    /// Matching jobs not re-run by this call (over its limit, or the queue was full): the same
+    /// request again re-runs them.
+    pub remaining: i64,
+    pub created_at: String,
+    /// The first page of the re-runs, newest first (as `GET /v1/jobs` lists them).
+    pub items: Vec<JobOut>,
+    /// Pass as `next` to `links.jobs` for the following page; null when `items` is all.
+    pub next: Option<String>,
+    pub links: RerunBatchLinks,
+}
+
+impl RerunBatchOut {
+    pub fn of(
+        batch: &crate::storage::entities::rerun_batch::Model,
+        items: Vec<JobOut>,
+        next: Option<String>,
+    ) -> Self {
+        let id = RerunBatchId(batch.id).to_string();
+        Self {
+            links: RerunBatchLinks {
+                jobs: format!("/v1/jobs?rerun_batch={id}"),
+            },
+            id,
+            created: batch.created,
+            skipped: batch.skipped,
+            remaining: batch.remaining,
+            created_at: to_rfc3339(batch.created_at_ms),
+            items,
+            next,
         }
     }
 }
@@ -279,6 +385,8 @@ pub struct ResultOut {
     #[serde(rename = "final")]
     pub is_final: bool,
     pub attempt: i32,
+    /// The version of its kind the job that made it runs (null: a kind without versions).
+    pub version: Option<String>,
     pub created_at: String,
     /// When it is deleted with its job (`expires_at` of the job); null: kept until deleted.
     pub expires_at: Option<String>,
@@ -286,9 +394,11 @@ pub struct ResultOut {
 }
 
 impl ResultOut {
-    /// `r`, a result of a job that expires at `expires_at_ms`.
-    pub fn of(r: &result::Model, expires_at_ms: Option<i64>) -> Self {
+    /// `r`, a result of `job`.
+    pub fn of(r: &result::Model, job: &crate::storage::entities::job::Model) -> Self {
+        let expires_at_ms = job.expires_at_ms;
         Self {
+            version: job.version.clone(),
             name: r.name.clone(),
             size: r.size,
             sha256: r.sha256.clone(),
@@ -338,6 +448,8 @@ pub struct FeedEventOut {
     pub event: EventOut,
     pub job_id: String,
     pub job_kind: String,
+    /// The version of its kind the job runs (null: a kind without versions).
+    pub job_version: Option<String>,
 }
 
 impl From<&FeedEvent> for FeedEventOut {
@@ -346,6 +458,7 @@ impl From<&FeedEvent> for FeedEventOut {
             event: EventOut::from(&e.event),
             job_id: JobId(e.event.job_id).to_string(),
             job_kind: e.job_kind.clone(),
+            job_version: e.job_version.clone(),
         }
     }
 }

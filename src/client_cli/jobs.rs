@@ -1,9 +1,9 @@
-//! `ferry jobs ls|show|cancel|rm|logs|events`: reading and managing jobs.
+//! `ferry jobs ls|show|cancel|rm|logs|events|rerun|rerun-all`: reading and managing jobs.
 
 use std::num::NonZeroU64;
 
 use clap::{Subcommand, ValueEnum};
-use ferry_client::types::{Job, JobStatus};
+use ferry_client::types::{BulkRerunIn, Job, JobStatus, RerunIn};
 
 use super::{
     Context,
@@ -82,6 +82,40 @@ pub enum JobsCommand {
         #[arg(long, default_value_t = 0)]
         after: u64,
         /// At most this many events (1–1000).
+        #[arg(long, default_value = "100")]
+        limit: NonZeroU64,
+    },
+    /// Re-run a job on the same inputs and params, following the tag it followed (or the
+    /// version it named), after a fix.
+    Rerun {
+        #[arg(value_name = "JOB_ID")]
+        id: String,
+        /// Run this version or tag of the kind instead.
+        #[arg(long)]
+        version: Option<String>,
+        /// Run with these params instead (a JSON object).
+        #[arg(long, value_name = "JSON")]
+        params: Option<String>,
+    },
+    /// Re-run every job a filter matches (by default the failed ones not re-run yet), at most
+    /// --limit per call; calling again continues with the rest.
+    RerunAll {
+        /// Jobs with this status (default: failed).
+        #[arg(long, value_enum)]
+        status: Option<StatusFilter>,
+        /// Only jobs of this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only jobs that ran this version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Only failed jobs whose error has this code.
+        #[arg(long)]
+        error_code: Option<String>,
+        /// Run the re-runs on this version or tag.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// At most this many re-runs (1–1000).
         #[arg(long, default_value = "100")]
         limit: NonZeroU64,
     },
@@ -175,6 +209,69 @@ pub async fn run(ctx: &Context, command: JobsCommand) -> Result<(), Failure> {
                 }
             }
         }
+        JobsCommand::Rerun {
+            id,
+            version,
+            params,
+        } => {
+            let params = params
+                .map(|text| {
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&text)
+                        .map_err(|e| Failure::Usage(format!("--params is not a JSON object: {e}")))
+                })
+                .transpose()?;
+            let version = version
+                .map(|v| v.parse())
+                .transpose()
+                .map_err(|e| Failure::Usage(format!("--version: {e}")))?;
+            let body = RerunIn {
+                version,
+                params,
+                priority: None,
+            };
+            let job = client.rerun_job().id(id.as_str()).body(body).send().await;
+            let job = job.map_err(|e| ctx.failed(e))?.into_inner();
+            if ctx.json {
+                print_json(&job);
+            } else {
+                println!("{}", summary(&job));
+            }
+        }
+        JobsCommand::RerunAll {
+            status,
+            kind,
+            version,
+            error_code,
+            to,
+            limit,
+        } => {
+            let to = to
+                .map(|v| v.parse())
+                .transpose()
+                .map_err(|e| Failure::Usage(format!("--to: {e}")))?;
+            let body = BulkRerunIn {
+                status: status.map(JobStatus::from),
+                kind,
+                version,
+                error_code,
+                rerun_version: to,
+                limit: Some(limit),
+                ..BulkRerunIn::default()
+            };
+            let batch = client.rerun_jobs().body(body).send().await;
+            let batch = batch.map_err(|e| ctx.failed(e))?.into_inner();
+            if ctx.json {
+                print_json(&batch);
+            } else {
+                println!(
+                    "{}: {} re-runs queued, {} skipped (inputs deleted), {} left",
+                    batch.id.as_str(),
+                    batch.created,
+                    batch.skipped,
+                    batch.remaining
+                );
+            }
+        }
         JobsCommand::Events { id, after, limit } => {
             let request = client.list_job_events().id(id.as_str());
             let events = request.after(after as i64).limit(limit).send().await;
@@ -203,11 +300,15 @@ fn summary(job: &Job) -> String {
         .and_then(|p| p.percent)
         .map(|p| format!("{p:.0}%"))
         .unwrap_or_else(|| "-".into());
+    let kind = match &job.version {
+        Some(version) => format!("{}@{version}", job.kind.as_str()),
+        None => job.kind.to_string(),
+    };
     format!(
         "{}  {:<9} {:<16} {:>4}  {}",
         job.id.as_str(),
         job.status.to_string(),
-        job.kind.as_str(),
+        kind,
         percent,
         job.created_at
     )
@@ -216,9 +317,13 @@ fn summary(job: &Job) -> String {
 /// `key: value` lines for a person.
 fn details(job: &Job) -> String {
     let mut text = format!(
-        "id:          {}\nkind:        {}\nstatus:      {}\nattempt:     {}/{}\ncreated:     {}\n",
+        "id:          {}\nkind:        {}{}\nstatus:      {}\nattempt:     {}/{}\ncreated:     {}\n",
         job.id.as_str(),
         job.kind.as_str(),
+        job.version
+            .as_ref()
+            .map(|v| format!("@{v}"))
+            .unwrap_or_default(),
         job.status,
         job.attempt,
         job.max_attempts,
@@ -232,6 +337,12 @@ fn details(job: &Job) -> String {
         let stage = progress.stage.as_ref().map_or("", |s| s.as_str());
         let message = progress.message.as_ref().map_or("", |m| m.as_str());
         text.push_str(&format!("progress:    {percent} {stage} {message}\n"));
+    }
+    if let Some(of) = &job.rerun_of {
+        text.push_str(&format!("re-run of:   {}\n", of.as_str()));
+    }
+    if let Some(latest) = &job.latest_rerun {
+        text.push_str(&format!("re-run as:   {}\n", latest.as_str()));
     }
     if let Some(why) = &job.waiting_for {
         text.push_str(&format!("waiting for: {why}\n"));

@@ -1,8 +1,10 @@
-//! `ferry` as a client of a Ferry server: `submit`, `jobs`, `results` and `uploads`, built on
+//! `ferry` as a client of a Ferry server: `submit`, `jobs`, `results`, `uploads`, `kinds` and
+//! `tag`, built on
 //! the generated [`ferry_client`]. Each command lives in its own module; [`settings`] finds the
 //! server and key, [`output`] owns what is printed and the exit codes, [`transfer`] moves bytes.
 
 pub mod jobs;
+pub mod kinds;
 pub mod output;
 pub mod results;
 pub mod settings;
@@ -56,6 +58,23 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: uploads::UploadsCommand,
     },
+    /// List the kinds served: their versions, tags and live workers.
+    #[command(after_help = EXIT_CODES)]
+    Kinds {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: kinds::KindsArgs,
+    },
+    /// Point a kind's tag at a version (deploy it), e.g. `ferry tag segment production v4`;
+    /// jobs created afterwards follow it. Needs a key with scope kinds:write.
+    #[command(after_help = EXIT_CODES)]
+    Tag {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: kinds::TagArgs,
+    },
 }
 
 /// What every client command works with.
@@ -99,7 +118,9 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
         ClientCommand::Submit { conn, .. }
         | ClientCommand::Jobs { conn, .. }
         | ClientCommand::Results { conn, .. }
-        | ClientCommand::Uploads { conn, .. } => conn.clone(),
+        | ClientCommand::Uploads { conn, .. }
+        | ClientCommand::Kinds { conn, .. }
+        | ClientCommand::Tag { conn, .. } => conn.clone(),
     };
     let settings = settings::ClientSettings::load(&conn)?;
     let ctx = Context {
@@ -112,5 +133,7 @@ async fn dispatch(command: ClientCommand) -> Result<(), Failure> {
         ClientCommand::Jobs { command, .. } => jobs::run(&ctx, command).await,
         ClientCommand::Results { command, .. } => results::run(&ctx, command).await,
         ClientCommand::Uploads { command, .. } => uploads::run(&ctx, command).await,
+        ClientCommand::Kinds { args, .. } => kinds::kinds(&ctx, args).await,
+        ClientCommand::Tag { args, .. } => kinds::tag(&ctx, args).await,
     }
 }

@@ -54,12 +54,12 @@ pub async fn run(ctx: &Context, command: UploadsCommand) -> Result<(), Failure> 
                 return Ok(());
             }
             for upload in &page.items {
-                let job = upload.job_id.as_ref().map(|j| j.as_str()).unwrap_or("-");
                 println!(
-                    "{}  {:>12}  {}  {job}  {}",
+                    "{}  {:>12}  {}  jobs:{}  {}",
                     upload.id.as_str(),
                     upload.size,
                     upload.sha256.as_str(),
+                    upload.job_count,
                     upload.created_at
                 );
             }

@@ -52,7 +52,7 @@ impl Services {
             )));
         }
         if let Some(job) = &new.job {
-            self.check_job_on_completion(job)?;
+            self.check_job_on_completion(job).await?;
             self.precheck_queue_room(tenant).await?;
         }
         let rows = self.complete_parts(tenant, &parts).await?;
@@ -92,7 +92,7 @@ impl Services {
             content_type: new.content_type,
             blob_key: key.to_string(),
             filename: new.filename,
-            job_id: None,
+            job_count: 0,
             created_at_ms: now,
             expires_at_ms: Some(now + self.settings.limits.upload_ttl.as_millis() as i64),
         };
@@ -155,7 +155,7 @@ impl Services {
                 }
                 Err(e) => return Err(e),
             };
-            if row.job_id.is_some() {
+            if row.job_count > 0 {
                 return Err(concat_problem(format!(
                     "upload {id} is the input of a job, not a part to join"
                 )));
@@ -180,7 +180,7 @@ impl Services {
             .execute(
                 &upload::Entity::delete_many()
                     .filter(upload::Column::Id.is_in(ids))
-                    .filter(upload::Column::JobId.is_null())
+                    .filter(upload::Column::JobCount.eq(0))
                     .into_query(),
             )
             .await?;

@@ -111,11 +111,12 @@ impl FeedFilter {
     }
 }
 
-/// One event of the feed, with the kind of its job and the cursor right after it.
+/// One event of the feed, with the kind (and version) of its job and the cursor right after it.
 #[derive(Clone, Debug)]
 pub struct FeedEvent {
     pub event: job_event::Model,
     pub job_kind: String,
+    pub job_version: Option<String>,
     pub cursor: FeedCursor,
 }
 
@@ -230,11 +231,12 @@ impl Services {
             .into_iter()
             .filter_map(|event| {
                 // A job deleted since the events were read: its events are gone too.
-                let job_kind = kinds.get(&event.job_id)?.clone();
+                let (job_kind, job_version) = kinds.get(&event.job_id)?.clone();
                 Some(FeedEvent {
                     cursor: FeedCursor::of(&event),
                     event,
                     job_kind,
+                    job_version,
                 })
             })
             .collect();
@@ -267,16 +269,17 @@ impl Services {
     async fn job_kinds(
         &self,
         events: &[job_event::Model],
-    ) -> ServiceResult<BTreeMap<Uuid, String>> {
+    ) -> ServiceResult<BTreeMap<Uuid, (String, Option<String>)>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.job_id).collect();
         Ok(job::Entity::find()
             .select_only()
-            .columns([job::Column::Id, job::Column::Kind])
+            .columns([job::Column::Id, job::Column::Kind, job::Column::Version])
             .filter(job::Column::Id.is_in(ids))
-            .into_tuple::<(Uuid, String)>()
+            .into_tuple::<(Uuid, String, Option<String>)>()
             .all(&self.db.orm)
             .await?
             .into_iter()
+            .map(|(id, kind, version)| (id, (kind, version)))
             .collect())
     }
 }

@@ -16,8 +16,7 @@ use uuid::Uuid;
 use super::{ServiceError, ServiceResult, Services};
 use crate::{
     domain::validate_input_name,
-    error_code::ErrorCode,
-    ids::{JobId, UploadId},
+    ids::UploadId,
     storage::{entities::upload, tenancy},
     tenancy::Tenant,
     time::now_ms,
@@ -87,7 +86,8 @@ struct Named {
 
 impl Services {
     /// Checks the inputs' names, counts and sizes and finds their uploads, which must exist, be
-    /// unexpired, be no other job's input and be named once.
+    /// unexpired (or held by another job: an upload may be the input of many) and be named
+    /// once.
     pub(super) async fn recorded_inputs(
         &self,
         tenant: &Tenant,
@@ -163,17 +163,6 @@ impl Services {
                     ),
                 )
             })?;
-            if let Some(job) = row.job_id {
-                return Err(ServiceError::new(
-                    ErrorCode::UploadInUse,
-                    format!(
-                        "upload {} is already the input of job {}; upload it again for a new job",
-                        item.id,
-                        JobId(job)
-                    ),
-                )
-                .with_field(&item.field));
-            }
             total += u64::try_from(row.size).unwrap_or(0);
             Ok(row)
         };

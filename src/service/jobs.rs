@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
-    ServiceError, ServiceResult, Services,
+    ServiceError, ServiceResult, Services, holds,
     inputs::{InputRef, InputUpload, PlannedInput},
     lifecycle::{self, Dispatchable, Holder, JobEvent, Transition},
     uploads::UploadMeta,
@@ -53,6 +53,7 @@ const INPUT_BATCH: usize = 200;
 /// A job request as the client wrote it, before any check.
 #[derive(Clone, Debug, Default)]
 pub struct JobRequest {
+    /// `segment`, `segment@canary` (a tag) or `segment@v3` (a version).
     pub kind: String,
     pub params: serde_json::Map<String, serde_json::Value>,
     pub priority: Option<i32>,
@@ -70,12 +71,20 @@ pub struct JobWebhookRequest {
     pub secret: Option<String>,
 }
 
-/// A checked job request: the kind is served, every limit is in range and the kind's defaults
-/// are filled in. Made by [`Services::job_spec`] before any byte of an input is read, so a bad
-/// request costs the client nothing.
+/// A checked job request: the kind is served and resolved to the version the job runs, every
+/// limit is in range and the version's defaults are filled in. Made by [`Services::job_spec`]
+/// before any byte of an input is read, so a bad request costs the client nothing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobSpec {
+    /// The kind as the client named it (`segment@canary`), which idempotency fingerprints.
+    pub kind_ref: String,
     pub kind: String,
+    /// The version it resolved to (see [`super::kinds`]) and the tag it followed, if any.
+    pub version: Option<String>,
+    pub tag: Option<String>,
+    /// For a re-run: the job it re-runs, and the bulk re-run that made it (if one did).
+    pub rerun_of: Option<Uuid>,
+    pub rerun_batch: Option<Uuid>,
     pub params: serde_json::Map<String, serde_json::Value>,
     pub priority: i32,
     pub timeout: Duration,
@@ -107,6 +116,9 @@ pub struct JobView {
     /// The job's own webhook endpoint: shown in the answer to the creating request only (it
     /// holds the secret, shown once).
     pub webhook: Option<webhook_endpoint::Model>,
+    /// For a queued job that no live worker serves: what it waits for a worker of
+    /// (`segment@v4`; see [`super::workers`]).
+    pub unserved: Option<String>,
 }
 
 impl JobView {
@@ -122,6 +134,7 @@ impl JobView {
             inputs,
             result_count: job.result_count.max(0) as u64,
             webhook: None,
+            unserved: None,
             job,
         })
     }
@@ -137,6 +150,14 @@ fn inputs_column(inputs: &[job_input::Model]) -> String {
 pub struct JobFilter {
     pub status: Option<JobStatus>,
     pub kind: Option<String>,
+    /// Only jobs that have this upload among their inputs.
+    pub upload: Option<Uuid>,
+    /// Only jobs of this version of their kind.
+    pub version: Option<String>,
+    /// Only re-runs of this job.
+    pub rerun_of: Option<Uuid>,
+    /// Only the jobs of this bulk re-run.
+    pub rerun_batch: Option<Uuid>,
     pub created_after_ms: Option<i64>,
     pub created_before_ms: Option<i64>,
     /// Only jobs older than this one (the `next` cursor).
@@ -185,6 +206,10 @@ impl Drop for ReleaseOnDrop<'_> {
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
     pub fn parse(key: &str) -> ServiceResult<Self> {
         if key.is_empty() || key.len() > 255 {
             return Err(ServiceError::new(
@@ -217,7 +242,7 @@ impl JobSpec {
     pub fn canonical(&self) -> String {
         let mut text = format!(
             "{}\0{}\0{}\0{}\0{}",
-            self.kind,
+            self.kind_ref,
             canonical_json(&serde_json::Value::Object(self.params.clone())),
             self.priority,
             self.timeout.as_millis(),
@@ -259,20 +284,13 @@ impl Services {
         )
     }
 
-    /// Checks a job request against the kind it names and fills in that kind's defaults.
-    pub fn job_spec(&self, request: JobRequest) -> ServiceResult<JobSpec> {
-        let defaults = self.kinds.get(&request.kind).ok_or_else(|| {
-            let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
-            ServiceError::new(
-                ErrorCode::UnknownKind,
-                format!(
-                    "no handler serves kind {:?}; known kinds: {}",
-                    request.kind,
-                    known.join(", ")
-                ),
-            )
-            .with_field("kind")
-        })?;
+    /// Checks a job request against the kind it names, resolves the version it runs (a tag is
+    /// read now: a job follows the tag as it is when its request arrives) and fills in that
+    /// version's defaults.
+    pub async fn job_spec(&self, request: JobRequest) -> ServiceResult<JobSpec> {
+        let resolved = self.resolve_kind(&request.kind).await?;
+        let (default_timeout, default_attempts) =
+            self.kinds[&resolved.kind].of_version(resolved.version.as_deref());
         let priority = request.priority.unwrap_or(0);
         if !(0..=MAX_PRIORITY).contains(&priority) {
             return Err(ServiceError::invalid(
@@ -280,20 +298,20 @@ impl Services {
                 format!("priority must be between 0 and {MAX_PRIORITY} (higher runs first)"),
             ));
         }
-        let max_attempts = request.max_attempts.unwrap_or(defaults.max_attempts);
+        let max_attempts = request.max_attempts.unwrap_or(default_attempts);
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
             return Err(ServiceError::invalid(
                 "max_attempts",
                 format!("max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
             ));
         }
-        let timeout = request.timeout.unwrap_or(defaults.timeout);
-        if timeout.is_zero() || timeout > defaults.timeout {
+        let timeout = request.timeout.unwrap_or(default_timeout);
+        if timeout.is_zero() || timeout > default_timeout {
             return Err(ServiceError::invalid(
                 "timeout",
                 format!(
                     "timeout must be positive and at most {} for kind {:?}",
-                    humantime::format_duration(defaults.timeout),
+                    humantime::format_duration(default_timeout),
                     request.kind
                 ),
             ));
@@ -316,7 +334,12 @@ impl Services {
             .map(|w| JobWebhook::parse(&w.url, w.events.as_deref(), w.secret.as_deref()))
             .transpose()?;
         Ok(JobSpec {
-            kind: request.kind,
+            kind_ref: request.kind,
+            kind: resolved.kind,
+            version: resolved.version,
+            tag: resolved.tag,
+            rerun_of: None,
+            rerun_batch: None,
             params: request.params,
             priority,
             timeout,
@@ -336,6 +359,22 @@ impl Services {
     ) -> ServiceResult<Submitted> {
         self.idempotently(tenant, idempotency, |key| {
             self.create_job(tenant, spec, inputs, key)
+        })
+        .await
+    }
+
+    /// Creates a job on inputs already found (a re-run's), or replays the job an idempotency
+    /// key created.
+    pub(super) async fn submit_planned(
+        &self,
+        tenant: &Tenant,
+        spec: JobSpec,
+        inputs: Vec<PlannedInput>,
+        idempotency: Option<Idempotency>,
+    ) -> ServiceResult<Submitted> {
+        self.idempotently(tenant, idempotency, |key| async move {
+            self.precheck_queue_room(tenant).await?;
+            self.insert_job(tenant, spec, inputs, key).await
         })
         .await
     }
@@ -596,14 +635,13 @@ impl Services {
         }
     }
 
-    /// In the creating transaction: attaches the uploads recorded earlier (in batches, each
-    /// checked to be still free), records one this request stored, and inserts the job's input
+    /// In the creating transaction: takes a hold on the uploads recorded earlier (see
+    /// [`holds`]), records one this request stored, and inserts the job's input
     /// rows (in batches: a series of 2,000 slices is a few statements, not 4,000).
     async fn attach_inputs(
         &self,
         tx: &mut Tx,
         tenant: &Tenant,
-        id: JobId,
         uploads: &[PlannedInput],
         inputs: &[job_input::Model],
         now: i64,
@@ -615,39 +653,21 @@ impl Services {
                 InputUpload::Stored(_) => None,
             })
             .collect();
-        for batch in recorded.chunks(INPUT_BATCH) {
-            let attached = tx
-                .execute(
-                    &upload::Entity::update_many()
-                        .col_expr(upload::Column::JobId, Expr::value(id.0))
-                        .col_expr(
-                            upload::Column::ExpiresAtMs,
-                            Expr::value(Option::<i64>::None),
-                        )
-                        .filter(upload::Column::Id.is_in(batch.iter().copied()))
-                        .filter(upload::Column::Tenant.eq(tenant.as_str()))
-                        .filter(upload::Column::JobId.is_null())
-                        .filter(upload::Column::ExpiresAtMs.gt(now))
-                        .into_query(),
-                )
-                .await?;
-            if attached != batch.len() as u64 {
-                // Dropping `tx` rolls everything back.
-                let field = match uploads {
-                    [one] => format!("inputs.{}", one.path),
-                    _ => "inputs".to_owned(),
-                };
-                return Err(ServiceError::new(
-                    ErrorCode::UploadInUse,
-                    "an upload among the inputs was taken by another job or deleted meanwhile",
-                )
-                .with_field(field));
-            }
+        if !holds::take(tx, tenant.as_str(), &recorded, now).await? {
+            // Dropping `tx` rolls everything back.
+            let field = match uploads {
+                [one] => format!("inputs.{}", one.path),
+                _ => "inputs".to_owned(),
+            };
+            return Err(ServiceError::invalid(
+                field,
+                "an upload among the inputs expired or was deleted meanwhile; upload it again",
+            ));
         }
         for planned in uploads {
             if let InputUpload::Stored(row) = &planned.upload {
                 let recorded = upload::Model {
-                    job_id: Some(id.0),
+                    job_count: 1,
                     expires_at_ms: None,
                     ..row.clone()
                 };
@@ -670,6 +690,30 @@ impl Services {
     /// or attaches its uploads, records the idempotency key and enqueues the dispatch.
     pub(super) async fn insert_job(
         &self,
+        tenant: &Tenant,
+        spec: JobSpec,
+        uploads: Vec<PlannedInput>,
+        idempotency_key: Option<HeldKey>,
+    ) -> ServiceResult<JobView> {
+        let mut tx = self.db.begin().await?;
+        let view = self
+            .insert_job_in(&mut tx, tenant, spec, uploads, idempotency_key)
+            .await?;
+        tx.commit().await?;
+        let (id, job) = (JobId(view.job.id), &view.job);
+        tracing::info!(job_id = %id, kind = %job.kind, version = ?job.version, "job queued");
+        // The job as created, not re-read: a worker may already have claimed it, and the answer
+        // to the request that queued it should say "queued".
+        let mut view = view;
+        self.mark_unserved(std::slice::from_mut(&mut view)).await?;
+        Ok(view)
+    }
+
+    /// [`Services::insert_job`] in `tx`, which the caller commits (a bulk re-run creates all
+    /// its jobs in one transaction).
+    pub(super) async fn insert_job_in(
+        &self,
+        tx: &mut Tx,
         tenant: &Tenant,
         spec: JobSpec,
         mut uploads: Vec<PlannedInput>,
@@ -705,6 +749,12 @@ impl Services {
             id: id.0,
             tenant: tenant.as_str().to_owned(),
             kind: spec.kind.clone(),
+            version: spec.version.clone(),
+            tag: spec.tag.clone(),
+            rerun_of: spec.rerun_of,
+            latest_rerun: None,
+            rerun_batch: spec.rerun_batch,
+            error_code: None,
             status: JobStatus::Queued,
             params: serde_json::Value::Object(spec.params).to_string(),
             priority: spec.priority,
@@ -736,14 +786,24 @@ impl Services {
             inputs_deleted_at_ms: None,
         };
 
-        let mut tx = self.db.begin().await?;
-        let queue_state = self.check_queue_room(&mut tx, tenant, &row).await?;
+        let queue_state = self.check_queue_room(tx, tenant, &row).await?;
         let active: job::ActiveModel = row.clone().into();
         tx.execute(&job::Entity::insert(active).into_query())
             .await?;
         tx.job_changed(id.0);
-        self.attach_inputs(&mut tx, tenant, id, &uploads, &inputs, now)
+        self.attach_inputs(tx, tenant, &uploads, &inputs, now)
             .await?;
+        if let Some(rerun_of) = row.rerun_of {
+            tx.execute(
+                &job::Entity::update_many()
+                    .col_expr(job::Column::LatestRerun, Expr::value(id.0))
+                    .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
+                    .filter(job::Column::Id.eq(rerun_of))
+                    .into_query(),
+            )
+            .await?;
+            tx.job_changed(rerun_of);
+        }
         // Before the first event, so that the endpoint gets it if it asked for `queued`.
         if let Some(hook) = &webhook {
             tx.execute(
@@ -780,23 +840,22 @@ impl Services {
             }
         }
         let dispatchable = Dispatchable::from(&row);
-        lifecycle::dispatch(&mut tx, &dispatchable, dispatch_id, Some(queue_state), now).await?;
-        tx.commit().await?;
-        tracing::info!(job_id = %id, kind = %row.kind, "job queued");
-        // The job as created, not re-read: a worker may already have claimed it, and the answer
-        // to the request that queued it should say "queued".
+        lifecycle::dispatch(tx, &dispatchable, dispatch_id, Some(queue_state), now).await?;
         Ok(JobView {
             job: row,
             inputs,
             result_count: 0,
             webhook,
+            unserved: None,
         })
     }
 
     /// `tenant`'s job `id`; another tenant's is not found, like one that never existed.
     pub async fn get_job(&self, tenant: &Tenant, id: JobId) -> ServiceResult<JobView> {
         let job = self.db.find_tenant_job(tenant, id.0).await?;
-        JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)
+        let mut view = JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)?;
+        self.mark_unserved(std::slice::from_mut(&mut view)).await?;
+        Ok(view)
     }
 
     /// Jobs as the API shows them: everything is on the job row (see [`inputs_column`]).
@@ -817,6 +876,26 @@ impl Services {
         if let Some(kind) = &filter.kind {
             query = query.filter(job::Column::Kind.eq(kind.as_str()));
         }
+        if let Some(upload) = filter.upload {
+            query = query.filter(
+                job::Column::Id.in_subquery(
+                    Query::select()
+                        .column(job_input::Column::JobId)
+                        .from(job_input::Entity)
+                        .and_where(job_input::Column::UploadId.eq(upload))
+                        .to_owned(),
+                ),
+            );
+        }
+        if let Some(version) = &filter.version {
+            query = query.filter(job::Column::Version.eq(version.as_str()));
+        }
+        if let Some(rerun_of) = filter.rerun_of {
+            query = query.filter(job::Column::RerunOf.eq(rerun_of));
+        }
+        if let Some(batch) = filter.rerun_batch {
+            query = query.filter(job::Column::RerunBatch.eq(batch));
+        }
         if let Some(after) = filter.created_after_ms {
             query = query.filter(job::Column::CreatedAtMs.gt(after));
         }
@@ -827,7 +906,9 @@ impl Services {
             query = query.filter(job::Column::Id.lt(cursor));
         }
         let (rows, more) = query.page(filter.limit, &self.db.reads).await?;
-        Ok((Self::views(rows)?, more))
+        let mut views = Self::views(rows)?;
+        self.mark_unserved(&mut views).await?;
+        Ok((views, more))
     }
 
     /// Cancels a queued job at once; asks the worker of a running job to stop it (within about a
@@ -864,9 +945,10 @@ impl Services {
         Ok(after)
     }
 
-    /// Hard deletion: the job, its events, logs, results and its inputs' bytes. A running job's
-    /// lease is revoked first, so its worker stops it and can publish nothing more; then the
-    /// bytes go, then the rows. Interrupted, it can simply be called again.
+    /// Hard deletion: the job, its events, logs and results, and the uploads among its inputs
+    /// that no other job holds (see [`holds`]). A running job's lease is revoked first, so its
+    /// worker stops it and can publish nothing more; then the results' bytes go, then the rows.
+    /// Interrupted, it can simply be called again.
     ///
     /// Work folders (copies of the inputs) on this machine go at once, with any processes of the
     /// job; on other machines, their workers' sweep removes them (`sweep_work_folders`).
@@ -886,13 +968,22 @@ impl Services {
         }
 
         self.blobs.delete_prefix(&keys::job_prefix(id.0)).await?;
-        for input in &current.inputs {
-            self.blobs
-                .delete(&object_store::path::Path::from(input.blob_key.as_str()))
-                .await?;
-        }
 
+        let uploads: Vec<Uuid> = current.inputs.iter().map(|input| input.upload_id).collect();
         let mut tx = self.db.begin().await?;
+        // Its uploads are let go of once: not again if retention already deleted its inputs.
+        let releasing = tx
+            .execute(
+                &job::Entity::update_many()
+                    .col_expr(job::Column::InputsDeletedAtMs, Expr::value(now_ms()))
+                    .filter(job::Column::Id.eq(id.0))
+                    .filter(job::Column::InputsDeletedAtMs.is_null())
+                    .into_query(),
+            )
+            .await?;
+        if releasing == 1 {
+            holds::release(&mut tx, &uploads).await?;
+        }
         for rows in [
             result::Entity::delete_many()
                 .filter(result::Column::JobId.eq(id.0))
@@ -905,9 +996,6 @@ impl Services {
                 .into_query(),
             job_input::Entity::delete_many()
                 .filter(job_input::Column::JobId.eq(id.0))
-                .into_query(),
-            upload::Entity::delete_many()
-                .filter(upload::Column::JobId.eq(id.0))
                 .into_query(),
             idempotency_key::Entity::delete_many()
                 .filter(idempotency_key::Column::JobId.eq(id.0))
@@ -930,7 +1018,10 @@ impl Services {
         // Waiting requests answer 404 at once.
         tx.job_changed(id.0);
         tx.commit().await?;
-        tracing::info!(job_id = %id, "job deleted with its inputs and results");
+        // Inputs no other job holds go with it (or, if this process dies first, with the
+        // reconciler's sweep of expired uploads).
+        let purged = self.purge_released(&uploads).await?;
+        tracing::info!(job_id = %id, purged_uploads = purged, "job deleted with its results");
         Ok(())
     }
 
@@ -1015,7 +1106,14 @@ impl Services {
             )))
             .await?;
         }
-        let state = QueueState::read(tx, tenant.as_str(), &job.kind, job.priority).await?;
+        let dispatch = Dispatchable::from(job);
+        let state = QueueState::read(
+            tx,
+            tenant.as_str(),
+            &dispatch.serves,
+            dispatch.queue_priority,
+        )
+        .await?;
         let queued = state.tenant_queued.max(0) as u64;
         if limit > 0 && queued >= limit {
             return Err(queue_full(tenant, queued));

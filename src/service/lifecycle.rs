@@ -31,7 +31,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    domain::{EventKind, JobFailure, JobStatus},
+    domain::{EventKind, JobFailure, JobStatus, serve_key},
     queue::{self, Dispatch, QueueState},
     storage::{StorageError, Tx, entities::job},
     time::to_rfc3339,
@@ -94,8 +94,10 @@ impl Holder<'_> {
 pub struct Dispatchable {
     pub id: Uuid,
     pub tenant: String,
-    pub kind: String,
-    pub priority: i32,
+    /// What its queue serves: the kind, or `kind@version` (see [`serve_key`]).
+    pub serves: String,
+    /// Its priority in the queue (see [`queue::queue_priority`]).
+    pub queue_priority: i32,
     pub created_at_ms: i64,
 }
 
@@ -104,8 +106,8 @@ impl From<&job::Model> for Dispatchable {
         Self {
             id: job.id,
             tenant: job.tenant.clone(),
-            kind: job.kind.clone(),
-            priority: job.priority,
+            serves: serve_key(&job.kind, job.version.as_deref()),
+            queue_priority: queue::queue_priority(job.priority, job.rerun_batch.is_some()),
             created_at_ms: job.created_at_ms,
         }
     }
@@ -424,7 +426,9 @@ pub async fn apply(
             })
         }
         Transition::Fail(failure) => {
-            update = update.col_expr(job::Column::Error, Expr::value(failure_json(failure)));
+            update = update
+                .col_expr(job::Column::Error, Expr::value(failure_json(failure)))
+                .col_expr(job::Column::ErrorCode, Expr::value(failure.code.clone()));
             Some(JobEvent::Failed {
                 attempt: attempt.unwrap_or_default(),
                 error: failure.clone(),
@@ -540,7 +544,7 @@ pub async fn dispatch(
 ) -> Result<(), StorageError> {
     let place = match created {
         Some(state) => state.fair_place(now_ms),
-        None => QueueState::read(tx, &job.tenant, &job.kind, job.priority)
+        None => QueueState::read(tx, &job.tenant, &job.serves, job.queue_priority)
             .await?
             .front_place(),
     };
@@ -548,7 +552,7 @@ pub async fn dispatch(
         job_id: job.id,
         dispatch_id,
     };
-    queue::enqueue(tx, &job.kind, &dispatch, job.priority, place).await
+    queue::enqueue(tx, &job.serves, &dispatch, job.queue_priority, place).await
 }
 
 fn failure_json(failure: &JobFailure) -> String {

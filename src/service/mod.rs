@@ -5,21 +5,25 @@ pub mod attempts;
 pub mod audit;
 pub mod concatenation;
 pub mod events;
+mod holds;
 pub mod inputs;
 pub mod jobs;
 pub mod keys;
+pub mod kinds;
 pub mod lifecycle;
 pub mod orphans;
 pub mod pacing;
 pub mod quota;
 pub mod rate;
 pub mod reconcile;
+pub mod reruns;
 pub mod results;
 pub mod resumable;
 pub mod retention;
 pub mod running;
 pub mod uploads;
 pub mod webhooks;
+pub mod workers;
 
 use anyhow::Context as _;
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -29,10 +33,34 @@ use crate::{
 };
 
 /// What the API knows about each kind of job, whether or not this process runs its workers.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct KindDefaults {
     pub timeout: Duration,
     pub max_attempts: u32,
+    /// Its versions, each with its own defaults; empty for a kind without versions.
+    pub versions: BTreeMap<String, VersionDefaults>,
+    /// The version a bare kind runs without a `production` tag.
+    pub default_version: Option<String>,
+    /// Where the configuration starts its tags (see [`kinds`]).
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One version's defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionDefaults {
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub concurrency: usize,
+}
+
+impl KindDefaults {
+    /// The defaults of `version` (the kind's own for `None`).
+    pub fn of_version(&self, version: Option<&str>) -> (Duration, u32) {
+        match version.and_then(|v| self.versions.get(v)) {
+            Some(v) => (v.timeout, v.max_attempts),
+            None => (self.timeout, self.max_attempts),
+        }
+    }
 }
 
 /// Everything the service layer needs, cheap to clone.
@@ -59,6 +87,8 @@ pub struct Services {
     pub last_orphan_sweep_ms: Arc<std::sync::atomic::AtomicI64>,
     /// How many reconciler passes this process has begun (some checks run every few passes).
     pub reconciler_passes: Arc<std::sync::atomic::AtomicU64>,
+    /// What live workers serve, as this process last read it (see [`workers`]).
+    pub served_cache: workers::ServedCache,
 }
 
 impl Services {
@@ -97,6 +127,7 @@ impl Services {
             uploads_in_flight: quota::InFlight::default(),
             last_orphan_sweep_ms: Arc::default(),
             reconciler_passes: Arc::default(),
+            served_cache: workers::ServedCache::default(),
             settings: Arc::new(settings),
             kinds: Arc::new(kinds),
         })

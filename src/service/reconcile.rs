@@ -70,6 +70,8 @@ pub struct Repairs {
     /// Finished jobs whose inputs' bytes were deleted because their retention ended.
     pub expired_inputs: usize,
     pub purged_deliveries: u64,
+    /// Rows of worker processes gone for an hour, deleted.
+    pub forgotten_workers: u64,
     /// Steps and items that failed (each logged); the next pass tries them again.
     pub failed: usize,
 }
@@ -114,6 +116,7 @@ impl Services {
                 "running slots",
                 self.release_parked(now, &mut repairs).await,
             ),
+            ("gone workers", self.forget_workers(now, &mut repairs).await),
         ];
         for (step, result) in steps {
             if let Err(err) = result {
@@ -123,6 +126,12 @@ impl Services {
         }
         self.start_orphan_sweep_if_due();
         Ok(repairs)
+    }
+
+    /// Deletes the rows of worker processes gone for a while (see [`super::workers`]).
+    async fn forget_workers(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
+        repairs.forgotten_workers += self.forget_gone_workers(now).await?;
+        Ok(())
     }
 
     /// Logs an item of a step that failed (a job or an upload), and counts it.
@@ -220,10 +229,11 @@ impl Services {
         Ok(true)
     }
 
-    /// Deletes uploads that expired before any job took them, bytes first.
+    /// Deletes uploads that expired before any job took them, and those the last job holding
+    /// them let go of (see [`super::holds`]), bytes first.
     async fn purge_expired_uploads(&self, now: i64, repairs: &mut Repairs) -> ServiceResult<()> {
         let expired_uploads = upload::Entity::find()
-            .filter(upload::Column::JobId.is_null())
+            .filter(upload::Column::JobCount.eq(0))
             .filter(upload::Column::ExpiresAtMs.lt(now))
             .limit(BATCH)
             .all(&self.db.orm)

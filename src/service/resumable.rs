@@ -25,7 +25,7 @@ use std::{net::IpAddr, time::Duration};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sea_orm::{
-    ColumnTrait, EntityTrait, QueryFilter, QuerySelect,
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     sea_query::{Expr, ExprTrait},
 };
 use serde::{Deserialize, Serialize};
@@ -52,7 +52,7 @@ use crate::{
     error_code::ErrorCode,
     ids::{JobId, UploadId},
     storage::{
-        entities::{resumable_upload, upload},
+        entities::{job_input, resumable_upload, upload},
         lookup::AtMostOne,
     },
     tenancy::Tenant,
@@ -169,8 +169,9 @@ pub struct Append {
 #[derive(Clone, Debug)]
 pub enum ResumableStatus {
     InProgress(resumable_upload::Model),
-    /// Every byte is in: it is an ordinary upload now (with the job it made, if any).
-    Complete(upload::Model),
+    /// Every byte is in: it is an ordinary upload now, with the first job made on it, if any
+    /// (the one its metadata asked for, made by the completing request).
+    Complete(upload::Model, Option<Uuid>),
 }
 
 /// What one appending request achieved.
@@ -235,7 +236,7 @@ impl Services {
                      joins the parts",
                 ));
             }
-            self.check_job_on_completion(job)?;
+            self.check_job_on_completion(job).await?;
             self.precheck_queue_room(tenant).await?;
         }
         let id = UploadId::new();
@@ -290,7 +291,7 @@ impl Services {
     }
 
     /// The job request of a metadata, checked as `POST /v1/jobs` would check it.
-    pub(super) fn check_job_on_completion(&self, job: &JobOnCompletion) -> ServiceResult<()> {
+    pub(super) async fn check_job_on_completion(&self, job: &JobOnCompletion) -> ServiceResult<()> {
         validate_input_name(&job.input)
             .map_err(|msg| ServiceError::invalid("ferry-input", format!("input name {msg}")))?;
         self.job_spec(JobRequest {
@@ -298,6 +299,7 @@ impl Services {
             params: job.params.clone(),
             ..JobRequest::default()
         })
+        .await
         .map(drop)
     }
 
@@ -308,11 +310,13 @@ impl Services {
         job: JobOnCompletion,
         upload: InputUpload,
     ) -> ServiceResult<JobId> {
-        let spec = self.job_spec(JobRequest {
-            kind: job.kind,
-            params: job.params,
-            ..JobRequest::default()
-        })?;
+        let spec = self
+            .job_spec(JobRequest {
+                kind: job.kind,
+                params: job.params,
+                ..JobRequest::default()
+            })
+            .await?;
         let view = self
             .insert_job(
                 tenant,
@@ -344,7 +348,20 @@ impl Services {
             .at_most_one(&self.db.orm)
             .await?;
         match (row, upload) {
-            (_, Some(upload)) => Ok(ResumableStatus::Complete(upload)),
+            (_, Some(upload)) => {
+                let first_job = job_input::Entity::find()
+                    .select_only()
+                    .column(job_input::Column::JobId)
+                    .filter(job_input::Column::UploadId.eq(upload.id))
+                    .order_by_asc(job_input::Column::JobId)
+                    .limit(1)
+                    .into_tuple::<Uuid>()
+                    .all(&self.db.orm)
+                    .await?
+                    .into_iter()
+                    .next();
+                Ok(ResumableStatus::Complete(upload, first_job))
+            }
             (Some(row), None) if row.expires_at_ms > now_ms() => {
                 Ok(ResumableStatus::InProgress(row))
             }
@@ -367,7 +384,7 @@ impl Services {
     {
         let row = match self.resumable_status(tenant, id).await? {
             ResumableStatus::InProgress(row) => row,
-            ResumableStatus::Complete(upload) => {
+            ResumableStatus::Complete(upload, _) => {
                 return Err(offset_mismatch(append.offset, upload.size as u64));
             }
         };
@@ -508,7 +525,7 @@ impl Services {
     /// like `DELETE /v1/uploads/{id}`.
     pub async fn terminate_resumable(&self, tenant: &Tenant, id: UploadId) -> ServiceResult<()> {
         let row = match self.resumable_status(tenant, id).await? {
-            ResumableStatus::Complete(_) => return self.delete_upload(tenant, id).await,
+            ResumableStatus::Complete(..) => return self.delete_upload(tenant, id).await,
             ResumableStatus::InProgress(row) => row,
         };
         let hold = self.hold_resumable(&row).await?;
@@ -898,7 +915,7 @@ impl WriteRequest {
             content_type: self.row.content_type.clone(),
             blob_key: keys::upload(id.0).to_string(),
             filename: self.row.filename.clone(),
-            job_id: None,
+            job_count: 0,
             created_at_ms: now,
             expires_at_ms: Some(now + services.settings.limits.upload_ttl.as_millis() as i64),
         };

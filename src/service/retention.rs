@@ -5,8 +5,9 @@
 //!
 //! - a job past `expires_at_ms` is hard-deleted like `DELETE /v1/jobs/{id}` deletes it: results,
 //!   logs, events, inputs' bytes and rows;
-//! - a job past `inputs_expire_at_ms` loses its inputs' bytes and their upload rows; the job
-//!   keeps listing them (name, size, digest) and says when they were deleted.
+//! - a job past `inputs_expire_at_ms` lets go of its inputs: their uploads are deleted, bytes
+//!   and rows, unless another job still holds them (see `service::holds`); the job keeps
+//!   listing them (name, size, digest) and says when they were deleted.
 //!
 //! Each deletion can be repeated: interrupted (a crash, an unreachable store), the next pass
 //! finds the same row still due and finishes it.
@@ -16,10 +17,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{ServiceResult, Services};
+use super::{ServiceResult, Services, holds};
 use crate::{
     ids::JobId,
-    storage::entities::{job, job_input, upload},
+    storage::entities::{job, job_input},
     tenancy::Tenant,
 };
 
@@ -92,41 +93,41 @@ impl Services {
         Ok(expired)
     }
 
-    /// Deletes a finished job's inputs' bytes, then their upload rows, and records it on the job
-    /// (unless its inputs' expiry changed meanwhile: the job was deleted).
+    /// Lets go of a finished job's inputs (their uploads are deleted unless another job holds
+    /// them, see [`super::holds`]) and records it on the job, unless its inputs' expiry changed
+    /// meanwhile (the job was deleted).
     async fn delete_inputs(&self, job_id: Uuid, due_at: i64, now: i64) -> ServiceResult<()> {
-        let inputs = job_input::Entity::find()
+        let uploads: Vec<Uuid> = job_input::Entity::find()
+            .select_only()
+            .column(job_input::Column::UploadId)
             .filter(job_input::Column::JobId.eq(job_id))
+            .into_tuple()
             .all(&self.db.orm)
             .await?;
-        for input in &inputs {
-            self.blobs
-                .delete(&object_store::path::Path::from(input.blob_key.as_str()))
-                .await?;
-        }
         let mut tx = self.db.begin().await?;
-        tx.execute(
-            &upload::Entity::delete_many()
-                .filter(upload::Column::JobId.eq(job_id))
-                .into_query(),
-        )
-        .await?;
-        tx.execute(
-            &job::Entity::update_many()
-                .col_expr(
-                    job::Column::InputsExpireAtMs,
-                    Expr::value(Option::<i64>::None),
-                )
-                .col_expr(job::Column::InputsDeletedAtMs, Expr::value(now))
-                .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
-                .filter(job::Column::Id.eq(job_id))
-                .filter(job::Column::InputsExpireAtMs.eq(due_at))
-                .into_query(),
-        )
-        .await?;
+        let releasing = tx
+            .execute(
+                &job::Entity::update_many()
+                    .col_expr(
+                        job::Column::InputsExpireAtMs,
+                        Expr::value(Option::<i64>::None),
+                    )
+                    .col_expr(job::Column::InputsDeletedAtMs, Expr::value(now))
+                    .col_expr(job::Column::UpdatedAtMs, Expr::value(now))
+                    .filter(job::Column::Id.eq(job_id))
+                    .filter(job::Column::InputsExpireAtMs.eq(due_at))
+                    .filter(job::Column::InputsDeletedAtMs.is_null())
+                    .into_query(),
+            )
+            .await?;
+        if releasing == 1 {
+            holds::release(&mut tx, &uploads).await?;
+        }
         tx.job_changed(job_id);
         tx.commit().await?;
-        tracing::info!(job_id = %JobId(job_id), inputs = inputs.len(), "expired inputs deleted");
+        let purged = self.purge_released(&uploads).await?;
+        tracing::info!(job_id = %JobId(job_id), inputs = uploads.len(), purged_uploads = purged,
+            "expired inputs let go of");
         Ok(())
     }
 }

@@ -222,7 +222,7 @@ impl Services {
             content_type: meta.content_type,
             blob_key: key.to_string(),
             filename: meta.filename,
-            job_id: None,
+            job_count: 0,
             created_at_ms: now,
             expires_at_ms: Some(now + ttl_ms),
         })
@@ -290,8 +290,8 @@ impl Services {
             )
             .order_by_desc(upload::Column::Id);
         query = match filter.attached {
-            Some(true) => query.filter(upload::Column::JobId.is_not_null()),
-            Some(false) => query.filter(upload::Column::JobId.is_null()),
+            Some(true) => query.filter(upload::Column::JobCount.gt(0)),
+            Some(false) => query.filter(upload::Column::JobCount.eq(0)),
             None => query,
         };
         if let Some(cursor) = filter.before_id {
@@ -303,26 +303,17 @@ impl Services {
     pub async fn delete_upload(&self, tenant: &Tenant, id: UploadId) -> ServiceResult<()> {
         // An expired upload is already gone as far as clients are concerned.
         let row = self.get_upload(tenant, id).await?;
-        if let Some(job) = row.job_id {
-            return Err(ServiceError::new(
-                ErrorCode::UploadInUse,
-                format!(
-                    "upload {id} is an input of job {}; delete the job to delete its inputs",
-                    crate::ids::JobId(job)
-                ),
-            ));
+        if row.job_count > 0 {
+            return Err(in_use(id, row.job_count));
         }
         let marked = upload::Entity::update_many()
             .col_expr(upload::Column::ExpiresAtMs, Expr::value(0i64))
             .filter(upload::Column::Id.eq(id.0))
-            .filter(upload::Column::JobId.is_null())
+            .filter(upload::Column::JobCount.eq(0))
             .exec(&self.db.orm)
             .await?;
         if marked.rows_affected == 0 {
-            return Err(ServiceError::new(
-                ErrorCode::UploadInUse,
-                format!("upload {id} was just attached to a job; delete the job instead"),
-            ));
+            return Err(in_use(id, 1));
         }
         self.purge_upload(row.id, &row.blob_key).await
     }
@@ -334,7 +325,7 @@ impl Services {
             .await?;
         upload::Entity::delete_many()
             .filter(upload::Column::Id.eq(id))
-            .filter(upload::Column::JobId.is_null())
+            .filter(upload::Column::JobCount.eq(0))
             .exec(&self.db.orm)
             .await?;
         Ok(())
@@ -349,6 +340,20 @@ fn empty_body() -> ServiceError {
         ErrorCode::EmptyBody,
         "the body is empty: an upload needs at least one byte (did the client fail to read its \
          file?)",
+    )
+}
+
+fn in_use(id: UploadId, jobs: i64) -> ServiceError {
+    let jobs = match jobs {
+        1 => "a job".to_owned(),
+        n => format!("{n} jobs"),
+    };
+    ServiceError::new(
+        ErrorCode::UploadInUse,
+        format!(
+            "upload {id} is an input of {jobs}; it is deleted with the last job that uses it \
+             (GET /v1/jobs?upload={id} lists them)"
+        ),
     )
 }
 

@@ -146,6 +146,12 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<job::Model> {
         expires_at_ms: row.get(C::ExpiresAtMs as usize)?,
         inputs_expire_at_ms: row.get(C::InputsExpireAtMs as usize)?,
         inputs_deleted_at_ms: row.get(C::InputsDeletedAtMs as usize)?,
+        version: row.get(C::Version as usize)?,
+        tag: row.get(C::Tag as usize)?,
+        rerun_of: row.get(C::RerunOf as usize)?,
+        latest_rerun: row.get(C::LatestRerun as usize)?,
+        rerun_batch: row.get(C::RerunBatch as usize)?,
+        error_code: row.get(C::ErrorCode as usize)?,
     })
 }
 
@@ -194,6 +200,12 @@ mod tests {
             expires_at_ms: filled.then_some(1_700_086_400_002),
             inputs_expire_at_ms: filled.then_some(1_700_000_000_002),
             inputs_deleted_at_ms: filled.then_some(1_700_000_000_006),
+            version: some("v3"),
+            tag: some("production"),
+            rerun_of: filled.then(Uuid::now_v7),
+            latest_rerun: filled.then(Uuid::now_v7),
+            rerun_batch: filled.then(Uuid::now_v7),
+            error_code: some("x"),
         }
     }
 

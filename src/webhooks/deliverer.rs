@@ -263,16 +263,17 @@ impl Deliverer {
             .filter(job_event::Column::Seq.eq(due.event_seq))
             .at_most_one(orm)
             .await?;
-        let kind = job::Entity::find_by_id(due.job_id)
+        let job = job::Entity::find_by_id(due.job_id)
             .select_only()
-            .column(job::Column::Kind)
-            .into_tuple::<String>()
+            .columns([job::Column::Kind, job::Column::Version])
+            .into_tuple::<(String, Option<String>)>()
             .at_most_one(orm)
             .await?;
-        let (Some(event), Some(kind)) = (event, kind) else {
+        let (Some(event), Some((kind, version))) = (event, job) else {
             return Ok((Outcome::Abandoned("the job was deleted".into()), webhook_id));
         };
-        let body = payload::body(&event, &kind, self.settings.public_url.as_deref());
+        let public_url = self.settings.public_url.as_deref();
+        let body = payload::body(&event, &kind, version.as_deref(), public_url);
         Ok((self.post(&target, &webhook_id, body).await, webhook_id))
     }
 

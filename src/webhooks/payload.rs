@@ -13,9 +13,14 @@ pub fn event_id(job_id: Uuid, seq: i64) -> String {
     format!("evt_{}_{seq}", job_id.simple())
 }
 
-/// The JSON body for `event` of a job of kind `kind`. `public_url`, when configured, makes the
-/// links absolute.
-pub fn body(event: &job_event::Model, kind: &str, public_url: Option<&str>) -> String {
+/// The JSON body for `event` of a job of kind `kind` running `version` (`None`: a kind without
+/// versions). `public_url`, when configured, makes the links absolute.
+pub fn body(
+    event: &job_event::Model,
+    kind: &str,
+    version: Option<&str>,
+    public_url: Option<&str>,
+) -> String {
     let data: Value = serde_json::from_str(&event.data).unwrap_or_else(|_| json!({}));
     let event_type = sea_orm::ActiveEnum::to_value(&event.kind);
     let base = public_url.unwrap_or("").trim_end_matches('/');
@@ -28,6 +33,7 @@ pub fn body(event: &job_event::Model, kind: &str, public_url: Option<&str>) -> S
     let mut out = json!({
         "job_id": JobId(event.job_id).to_string(),
         "kind": kind,
+        "version": version,
         "seq": event.seq,
         "status": status,
         "attempt": data.get("attempt").cloned().unwrap_or(Value::Null),
@@ -87,11 +93,14 @@ mod tests {
             tenant: "default".into(),
         };
         let body: Value =
-            serde_json::from_str(&body(&event, "seg", Some("https://f.example/"))).unwrap();
+            serde_json::from_str(&body(&event, "seg", Some("v3"), Some("https://f.example/")))
+                .unwrap();
         assert_eq!(body["type"], "result");
         assert_eq!(body["id"], event_id(job, 4));
         assert_eq!(body["data"]["status"], "running");
         assert_eq!(body["data"]["attempt"], 1);
+        assert_eq!(body["data"]["kind"], "seg");
+        assert_eq!(body["data"]["version"], "v3");
         assert_eq!(
             body["data"]["result"]["url"],
             format!("https://f.example/v1/jobs/{}/results/mask.png", JobId(job))

@@ -122,7 +122,11 @@ async fn prepare(
     claimed: &ClaimedJob,
 ) -> Result<(Arc<dyn super::Handler>, Arc<JobContext>), JobFailure> {
     let attempt = claimed.lease.attempt;
-    let Some(handler) = registry.handlers.get(&claimed.job.kind).cloned() else {
+    let job = &claimed.job;
+    let Some(handler) = registry
+        .handler_for(&job.kind, job.version.as_deref())
+        .cloned()
+    else {
         // Consumers exist only for registered kinds: unreachable unless the config changed
         // under a running queue. Retry elsewhere.
         let detail = "no handler for this kind on this worker";
@@ -144,6 +148,7 @@ async fn prepare(
     let ctx = Arc::new(JobContext {
         job_id: JobId(claimed.job.id),
         kind: claimed.job.kind.clone(),
+        version: claimed.job.version.clone(),
         attempt,
         params: serde_json::from_str(&claimed.job.params).unwrap_or(serde_json::json!({})),
         inputs: claimed.inputs.clone(),

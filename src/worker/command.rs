@@ -124,6 +124,7 @@ impl Handler for CommandHandler {
             .envs(&self.env)
             .env("FERRY_JOB_ID", ctx.job_id.to_string())
             .env("FERRY_KIND", &ctx.kind)
+            .env("FERRY_VERSION", ctx.version.as_deref().unwrap_or(""))
             .env("FERRY_ATTEMPT", ctx.attempt.to_string())
             .env("FERRY_INPUT_DIR", &input_dir)
             .env("FERRY_INPUT_MANIFEST", &manifest_path)

@@ -125,6 +125,8 @@ impl LogCaps {
 pub struct JobContext {
     pub job_id: JobId,
     pub kind: String,
+    /// The version of the kind the job runs (`None`: a kind without versions).
+    pub version: Option<String>,
     pub attempt: i32,
     pub params: serde_json::Value,
     pub inputs: Vec<job_input::Model>,

@@ -17,88 +17,123 @@ pub use handler::{Handler, HandlerError, JobContext};
 
 use crate::{
     config::{HandlerSettings, Settings},
+    domain::serve_key,
     queue::{self, ConsumerSettings, DispatchFn},
-    service::{KindDefaults, Services},
+    service::{KindDefaults, Services, VersionDefaults, workers::WorkerProcess},
     workspace,
 };
 
-/// A handler with its operating settings.
+/// A handler with its operating settings: one version of a kind (or a kind without versions).
 #[derive(Clone)]
 pub struct Registered {
     pub handler: Arc<dyn Handler>,
+    /// The version's own settings, the kind's filling what it leaves out.
     pub settings: HandlerSettings,
+    pub kind: String,
+    pub version: Option<String>,
 }
 
-/// The handlers this deployment serves, by kind.
+/// The handlers this deployment serves, by what they serve (`kind`, or `kind@version`; see
+/// [`serve_key`]).
 #[derive(Clone, Default)]
 pub struct Registry {
     pub handlers: BTreeMap<String, Registered>,
+    /// Each configured kind's default version and starting tags.
+    kinds: BTreeMap<String, (Option<String>, BTreeMap<String, String>)>,
 }
 
 impl Registry {
-    /// Built-ins (unless disabled) plus the configured commands; a configured handler replaces a
-    /// built-in of the same name.
+    /// Built-ins (unless disabled) plus the configured commands, one per version; a configured
+    /// handler replaces a built-in of the same name.
     pub fn from_settings(settings: &Settings) -> Registry {
-        let mut handlers = BTreeMap::new();
+        let mut registry = Registry::default();
         if settings.builtin_handlers {
             let builtin = HandlerSettings {
                 command: Vec::new(),
                 concurrency: 2,
                 ..HandlerSettings::default()
             };
-            handlers.insert(
-                "digest".to_owned(),
-                Registered {
-                    handler: Arc::new(builtin::DigestHandler),
-                    settings: builtin.clone(),
-                },
-            );
-            handlers.insert(
-                "noop".to_owned(),
-                Registered {
-                    handler: Arc::new(builtin::NoopHandler),
-                    settings: HandlerSettings {
-                        concurrency: 8,
-                        ..builtin
-                    },
-                },
-            );
+            registry.register("digest", Arc::new(builtin::DigestHandler), builtin.clone());
+            let noop = HandlerSettings {
+                concurrency: 8,
+                ..builtin
+            };
+            registry.register("noop", Arc::new(builtin::NoopHandler), noop);
         }
         for (kind, handler) in &settings.handlers {
-            handlers.insert(
+            registry.handlers.retain(|_, r| &r.kind != kind);
+            for (version, effective) in handler.runnable() {
+                let key = serve_key(kind, version.as_deref());
+                let command = command::CommandHandler {
+                    program: effective.command.clone(),
+                    env: effective.env.clone(),
+                    working_dir: effective.working_dir.clone(),
+                };
+                registry.handlers.insert(
+                    key,
+                    Registered {
+                        handler: Arc::new(command),
+                        settings: effective,
+                        kind: kind.clone(),
+                        version,
+                    },
+                );
+            }
+            registry.kinds.insert(
                 kind.clone(),
-                Registered {
-                    handler: Arc::new(command::CommandHandler {
-                        program: handler.command.clone(),
-                        env: handler.env.clone(),
-                        working_dir: handler.working_dir.clone(),
-                    }),
-                    settings: handler.clone(),
-                },
+                (handler.default_version.clone(), handler.tags.clone()),
             );
         }
-        Registry { handlers }
+        registry
     }
 
-    /// Adds an in-process Rust handler.
+    /// Adds an in-process Rust handler for a kind without versions.
     pub fn register(&mut self, kind: &str, handler: Arc<dyn Handler>, settings: HandlerSettings) {
-        self.handlers
-            .insert(kind.to_owned(), Registered { handler, settings });
+        self.handlers.insert(
+            kind.to_owned(),
+            Registered {
+                handler,
+                settings,
+                kind: kind.to_owned(),
+                version: None,
+            },
+        );
     }
 
+    /// What the API knows of each kind: its defaults, and its versions' (see [`KindDefaults`]).
     pub fn kind_defaults(&self) -> BTreeMap<String, KindDefaults> {
-        self.handlers
-            .iter()
-            .map(|(kind, r)| {
-                (
-                    kind.clone(),
-                    KindDefaults {
-                        timeout: r.settings.timeout,
-                        max_attempts: r.settings.max_attempts,
-                    },
-                )
-            })
-            .collect()
+        let mut kinds: BTreeMap<String, KindDefaults> = BTreeMap::new();
+        for r in self.handlers.values() {
+            let entry = kinds.entry(r.kind.clone()).or_default();
+            match &r.version {
+                None => {
+                    entry.timeout = r.settings.timeout;
+                    entry.max_attempts = r.settings.max_attempts;
+                }
+                Some(version) => {
+                    entry.versions.insert(
+                        version.clone(),
+                        VersionDefaults {
+                            timeout: r.settings.timeout,
+                            max_attempts: r.settings.max_attempts,
+                            concurrency: r.settings.concurrency,
+                        },
+                    );
+                }
+            }
+        }
+        for (kind, (default_version, tags)) in &self.kinds {
+            if let Some(entry) = kinds.get_mut(kind) {
+                entry.default_version = default_version.clone();
+                entry.tags = tags.clone();
+            }
+        }
+        kinds
+    }
+
+    /// The handler of a job of `kind` resolved to `version`, if this worker serves it.
+    pub fn handler_for(&self, kind: &str, version: Option<&str>) -> Option<&Registered> {
+        self.handlers.get(&serve_key(kind, version))
     }
 }
 
@@ -123,6 +158,17 @@ pub async fn start(
             .with_context(|| format!("cannot create work folders in {}", root.display()))?,
     );
     sweep_work_folders(&services).await;
+    let process = WorkerProcess {
+        id: owner.clone(),
+        hostname: hostname(),
+        pid: i64::from(std::process::id()),
+        serves: registry.handlers.keys().cloned().collect(),
+    };
+    services
+        .register_worker(&process)
+        .await
+        .context("registering this worker process")?;
+    set.spawn(keep_alive(services.clone(), process, shutdown.clone()));
     // Every attempt runs in a task of its own, tracked here rather than left to apalis: on
     // shutdown the process waits for them (bounded by the caller's grace) so that each one
     // stops its handler and hands its job back. Seen otherwise: apalis' worker returned at
@@ -137,7 +183,7 @@ pub async fn start(
             attempts.wait().await;
         });
     }
-    for (kind, registered) in &registry.handlers {
+    for (key, registered) in &registry.handlers {
         let on_dispatch: DispatchFn = {
             let services = services.clone();
             let registry = registry.clone();
@@ -172,7 +218,7 @@ pub async fn start(
             }))
         };
         let consumer = ConsumerSettings {
-            kind: kind.clone(),
+            serves: key.clone(),
             concurrency: registered.settings.concurrency,
             poll_interval: services.settings.queue.poll_interval,
         };
@@ -185,6 +231,24 @@ pub async fn start(
     }
     set.spawn(reconciler(services, shutdown));
     Ok(set)
+}
+
+/// Renews this worker's registration until shutdown, then removes it (see
+/// `service::workers`).
+async fn keep_alive(services: Services, process: WorkerProcess, shutdown: CancellationToken) {
+    let every = services.settings.queue.lease_ttl / 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        if let Err(err) = services.worker_alive(&process).await {
+            tracing::warn!(error = %err, "renewing this worker's registration failed");
+        }
+    }
+    if let Err(err) = services.unregister_worker(&process).await {
+        tracing::warn!(error = %err, "removing this worker's registration failed");
+    }
 }
 
 /// Removes work folders (and kills processes) of attempts that no longer run on this machine.

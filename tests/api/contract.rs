@@ -35,6 +35,7 @@ fn dummy_path(template: &str) -> String {
         .replace("{id}", id)
         .replace("{name}", "masks/report.json")
         .replace("{kind}", "noop")
+        .replace("{tag}", "production")
 }
 
 #[tokio::test]
@@ -191,6 +192,13 @@ async fn every_spec_route_is_routed_by_the_server() {
         (("head", "/v1/tus/{id}"), 404),
         (("patch", "/v1/tus/{id}"), 404),
         (("delete", "/v1/tus/{id}"), 404),
+        (("post", "/v1/jobs/rerun"), 422),
+        (("post", "/v1/jobs/{id}/rerun"), 404),
+        (("get", "/v1/kinds"), 200),
+        (("get", "/v1/kinds/{kind}"), 200),
+        (("put", "/v1/kinds/{kind}/tags/{tag}"), 422),
+        (("delete", "/v1/kinds/{kind}/tags/{tag}"), 404),
+        (("get", "/v1/kinds/{kind}/tag-moves"), 200),
     ]
     .into_iter()
     .collect();
@@ -222,7 +230,8 @@ async fn every_spec_route_is_routed_by_the_server() {
         let reply = app
             .request(method, &path, |r| match (method, template) {
                 ("post", "/v1/uploads" | "/v1/kinds/{kind}/jobs") => r.body("hello"),
-                ("post", "/v1/jobs" | "/v1/webhooks" | "/v1/keys") => r.json(&json!({"url": ""})),
+                ("post", "/v1/jobs" | "/v1/webhooks" | "/v1/keys" | "/v1/jobs/rerun")
+                | ("put", "/v1/kinds/{kind}/tags/{tag}") => r.json(&json!({"url": ""})),
                 ("post", "/v1/tus") => r
                     .header("Tus-Resumable", "1.0.0")
                     .header("Upload-Length", "5"),
@@ -336,14 +345,14 @@ fn the_checks_catch_drift() {
         "sha256": "0".repeat(64),
         "content_type": null,
         "filename": null,
-        "job_id": null,
+        "job_count": 0,
         "created_at": "2026-11-29T10:00:00.000Z",
         "expires_at": null,
     });
     let get_upload = "/v1/uploads/{id}";
     assert!(ok("get", get_upload, 200, &upload));
     let mut missing = upload.clone();
-    missing.as_object_mut().unwrap().remove("job_id");
+    missing.as_object_mut().unwrap().remove("filename");
     assert!(!ok("get", get_upload, 200, &missing));
     let mut wrong = upload.clone();
     wrong["expires_at"] = json!("tomorrow");

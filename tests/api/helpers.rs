@@ -672,9 +672,30 @@ concurrency = {concurrency}
         format!("{}{}", self.base, path)
     }
 
-    /// Objects (and, on a local folder, any partial files) under `sub` of the blob store.
+    /// Objects (and, on a local folder, any partial files) under `sub` of the blob store, or
+    /// the object `sub` itself (`uploads/<id>`): a listing by prefix finds only what is below
+    /// it, which would make a check that an upload's object is gone pass whether it is or not.
     pub async fn blob_files(&self, sub: &str) -> Vec<String> {
         match self.backend {
+            Backend::Sqlite if self.data_dir().join("blobs").join(sub).is_file() => {
+                vec![
+                    self.data_dir()
+                        .join("blobs")
+                        .join(sub)
+                        .display()
+                        .to_string(),
+                ]
+            }
+            Backend::PostgresS3
+                if !sub.is_empty()
+                    && self
+                        .blobs()
+                        .head(&object_store::path::Path::from(sub))
+                        .await
+                        .is_ok() =>
+            {
+                vec![sub.to_owned()]
+            }
             Backend::Sqlite => {
                 fn walk(dir: &Path, out: &mut Vec<String>) {
                     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -1129,6 +1150,10 @@ pub fn not_found_code(template: &str) -> &'static str {
         "delivery_not_found"
     } else if template.starts_with("/v1/keys/") {
         "key_not_found"
+    } else if template.starts_with("/v1/kinds/{kind}/tags/") {
+        "tag_not_found"
+    } else if template.starts_with("/v1/kinds/") {
+        "kind_not_found"
     } else {
         "job_not_found"
     }

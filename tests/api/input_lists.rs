@@ -131,10 +131,13 @@ async fn a_job_naming_2000_uploads_is_created_in_one_request() {
     let job = app.job(id).await;
     assert_eq!(job["inputs"].as_array().map(Vec::len), Some(2000));
     assert_eq!(job["inputs"][1999]["file"], "series/s1999.dcm");
-    // Every upload is the job's now.
-    let taken = create_job(&app, json!({"again": [ids[1234]]}), json!({})).await;
-    assert_problem(taken.status, &taken.body, 409, "upload_in_use");
-    assert_eq!(taken.body["errors"][0]["field"], "inputs.again[0]");
+    // Every upload is held by the job now, and may be the input of another.
+    let held = app.get_upload(&ids[1234]).await;
+    assert_eq!(held.body["job_count"], 1, "{}", held.body);
+    let again = create_job(&app, json!({"again": [ids[1234]]}), json!({})).await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    let held = app.get_upload(&ids[1234]).await;
+    assert_eq!(held.body["job_count"], 2, "{}", held.body);
 }
 
 async fn list_inputs_over_the_limits_or_naming_bad_uploads_are_refused_by_field() {

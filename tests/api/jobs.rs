@@ -288,7 +288,7 @@ async fn invalid_job_requests_get_problems_naming_the_field() {
     assert_eq!(app.count_rows("SELECT COUNT(*) FROM ferry_jobs").await, 0);
     let upload = app.get_upload(id).await;
     assert_eq!(upload.status, 200);
-    assert_eq!(upload.body["job_id"], Value::Null);
+    assert_eq!(upload.body["job_count"], 0);
     let (status, _) = app.post_job(with("timeout", json!(30))).await;
     assert_eq!(status, 202);
 }

@@ -46,6 +46,7 @@ impl Machine {
             KindDefaults {
                 timeout: Duration::from_secs(60),
                 max_attempts: 3,
+                ..KindDefaults::default()
             },
         )]);
         let services = Services::open(settings, kinds)
@@ -62,6 +63,7 @@ impl Machine {
                 kind: "model".into(),
                 ..JobRequest::default()
             })
+            .await
             .expect("valid spec");
         match self
             .services
@@ -559,7 +561,7 @@ async fn interrupted_work_keeps_its_place_in_the_queue() {
     let consumer = tokio::spawn(queue::run_consumer(
         m.services.db.clone(),
         ConsumerSettings {
-            kind: "model".into(),
+            serves: "model".into(),
             concurrency: 1,
             poll_interval: Duration::from_millis(20),
         },

@@ -39,6 +39,11 @@ const SMALL_TABLES: &[&str] = &[
     "seaql_migrations",
     // SQLite's planner statistics: a row per index (`storage::planner_stats`).
     "sqlite_stat1",
+    // Ferry's registry of worker processes (`service::workers`): a row per live process, and
+    // rows of processes gone are deleted within an hour.
+    "ferry_workers",
+    // Where each tag of each kind points: configuration-sized.
+    "ferry_kind_tags",
 ];
 
 /// Drives every feature of the API against `app`, so that the statements behind each of them
@@ -151,6 +156,65 @@ async fn exercise_every_feature(app: &TestApp, receiver: &Receiver) {
         })
         .await;
     assert_eq!(app.delete_job(&ok).await.status, 204);
+
+    // Versions, tags, shared uploads and re-runs.
+    for path in [
+        "/v1/kinds",
+        "/v1/kinds/seg",
+        "/v1/kinds/seg/tag-moves?tag=production",
+    ] {
+        let reply = app.get(path).await;
+        assert_eq!(reply.status, 200, "{path}: {}", reply.body);
+    }
+    for (method, tag) in [
+        ("put", "canary"),
+        ("put", "production"),
+        ("delete", "canary"),
+    ] {
+        let reply = app
+            .request(method, &format!("/v1/kinds/seg/tags/{tag}"), |r| {
+                r.json(&json!({"version": "v2"}))
+            })
+            .await;
+        assert!(reply.status < 300, "{method} {tag}: {}", reply.body);
+    }
+    let seg = app
+        .create_job(
+            &json!({"kind": "seg", "inputs": {"scan": upload["id"]}}),
+            &[],
+        )
+        .await;
+    assert_eq!(seg.status, 202, "{}", seg.body);
+    assert_eq!(app.delete_job(&hooked).await.status, 204);
+    let rerun = app
+        .request("post", &format!("/v1/jobs/{failing}/rerun"), |r| r)
+        .await;
+    assert_eq!(rerun.status, 202, "{}", rerun.body);
+    let batch = app
+        .request("post", "/v1/jobs/rerun", |r| {
+            r.header("idempotency-key", "plans-3").json(&json!({
+                "kind": "model", "version": "none", "error_code": "handler_exit",
+                "include_rerun": true, "created_after": "2020-01-01T00:00:00Z"
+            }))
+        })
+        .await;
+    assert_eq!(batch.status, 202, "{}", batch.body);
+    let batch = batch.body["id"].as_str().unwrap().to_owned();
+    let bulk = app
+        .request("post", "/v1/jobs/rerun", |r| {
+            r.json(&json!({"kind": "model"}))
+        })
+        .await;
+    assert_eq!(bulk.status, 202, "{}", bulk.body);
+    for query in [
+        format!("rerun_of={failing}"),
+        format!("rerun_batch={batch}"),
+        format!("upload={}", upload["id"].as_str().unwrap()),
+        "version=v2&kind=seg".to_owned(),
+    ] {
+        let reply = app.list_jobs(&query).await;
+        assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+    }
 
     // Keys: the first one made (the server was open), then used, listed, read and revoked.
     let admin = app
@@ -538,7 +602,10 @@ async fn every_statement_on_a_growing_table_is_served_by_an_index() {
     // The history holds more queued jobs than a tenant's default bound: a bound above them, so
     // that its count still runs (and is explained) but refuses nothing.
     let mut app = TestApp::spawn_process(TestConfig {
-        extra_toml: "[tenant_defaults]\nmax_queued_jobs = 1000000\n".into(),
+        extra_toml: format!(
+            "{}\n[tenant_defaults]\nmax_queued_jobs = 1000000\n",
+            crate::versions::versioned_kind()
+        ),
         ..TestConfig::default()
     })
     .await;

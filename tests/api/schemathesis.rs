@@ -59,7 +59,13 @@ async fn schemathesis_finds_no_failure_on_a_live_server() {
     // checks that); the run itself uses one with every scope.
     let key = app.create_key(
         "default",
-        &["jobs:read", "jobs:write", "results:read", "admin"],
+        &[
+            "jobs:read",
+            "jobs:write",
+            "results:read",
+            "admin",
+            "kinds:write",
+        ],
     );
     app.wait_keys_required(&app.base).await;
     let report = app.dir.path().join("schemathesis.txt");

@@ -24,7 +24,7 @@ async fn an_upload_is_stored_with_its_size_and_sha256() {
         format!("/v1/uploads/{}", body["id"].as_str().unwrap())
     );
     assert!(body["expires_at"].is_string());
-    assert_eq!(body["job_id"], Value::Null);
+    assert_eq!(body["job_count"], 0);
 
     let again = app.get(location).await;
     assert_eq!(again.status, 200);
@@ -220,19 +220,25 @@ async fn an_upload_can_be_deleted_unless_a_job_uses_it() {
         .post_job(json!({"kind": "noop", "inputs": {"scan": id}}))
         .await;
     assert_eq!(status, 202);
-    // The upload is now attached to the job and no longer expires.
+    // The job holds the upload now: it no longer expires, and cannot be deleted by itself.
     let attached = app.get_upload(id).await;
-    assert_eq!(attached.body["job_id"], job["id"]);
+    assert_eq!(attached.body["job_count"], 1);
     assert_eq!(attached.body["expires_at"], Value::Null);
     app.delete_upload(id)
         .await
         .assert_problem(409, "upload_in_use");
-    // A consumed upload cannot feed a second job.
-    let reply = app
-        .create_job(&json!({"kind": "noop", "inputs": {"scan": id}}), &[])
-        .await;
-    reply.assert_problem(409, "upload_in_use");
-    assert_eq!(reply.field_errors(), ["inputs.scan"]);
+    // It goes with the job.
+    assert_eq!(app.blob_files("uploads").await.len(), 1);
+    let job = job["id"].as_str().unwrap();
+    assert_eq!(app.delete_job(job).await.status, 204);
+    app.get_upload(id)
+        .await
+        .assert_problem(404, "upload_not_found");
+    assert!(app.blob_files("uploads").await.is_empty());
+    assert_eq!(
+        app.count_rows("SELECT COUNT(*) FROM ferry_uploads").await,
+        0
+    );
 }
 
 async fn unused_uploads_expire() {
@@ -298,7 +304,21 @@ async fn uploads_are_listed_newest_first_in_pages_and_by_attachment() {
     let rest: Vec<&Value> = items(&last).iter().map(|u| &u["id"]).collect();
     assert_eq!(rest, [&ids[0]]);
     assert_eq!(last.body["next"], Value::Null);
-    assert_eq!(items(&last)[0]["job_id"], job["id"]);
+    assert_eq!(items(&last)[0]["job_count"], 1);
+    // The jobs that use an upload.
+    let using = app
+        .get(&format!("/v1/jobs?upload={}", ids[0].as_str().unwrap()))
+        .await;
+    assert_eq!(using.status, 200, "{}", using.body);
+    let using: Vec<&Value> = items(&using).iter().map(|j| &j["id"]).collect();
+    assert_eq!(using, [&job["id"]]);
+    let none = app
+        .get(&format!("/v1/jobs?upload={}", ids[1].as_str().unwrap()))
+        .await;
+    assert!(items(&none).is_empty(), "{}", none.body);
+    app.get("/v1/jobs?upload=job_1")
+        .await
+        .assert_problem(400, "invalid_query");
 
     let attached = app.list_uploads("attached=true").await;
     let attached: Vec<&Value> = items(&attached).iter().map(|u| &u["id"]).collect();

@@ -7,10 +7,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use ferry_client::types::{JobIn, JobInInputsValue};
+//! use ferry_client::types::{JobIn, JobInInputsValue, UploadRef};
 //! let client = ferry_client::Client::new("http://127.0.0.1:8080");
 //! let upload = client.create_upload().body(b"scan bytes".to_vec()).send().await?;
-//! let scan = JobInInputsValue::try_from(upload.id.as_str())?;
+//! let scan = JobInInputsValue::from(UploadRef::try_from(upload.id.as_str())?);
 //! let inputs: std::collections::HashMap<_, _> = [("scan".to_string(), scan)].into();
 //! let job = client
 //!     .create_job()

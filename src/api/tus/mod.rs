@@ -273,10 +273,10 @@ pub async fn head(
                 res.insert_header((UPLOAD_EXPIRES, http_date(row.expires_at_ms)));
                 false
             }
-            ResumableStatus::Complete(upload) => {
+            ResumableStatus::Complete(upload, first_job) => {
                 res.insert_header((UPLOAD_OFFSET, upload.size.to_string()));
                 res.insert_header((UPLOAD_LENGTH, upload.size.to_string()));
-                if let Some(job) = upload.job_id {
+                if let Some(job) = first_job {
                     res.insert_header((JOB_LOCATION, format!("/v1/jobs/{}", JobId(job))));
                 }
                 true

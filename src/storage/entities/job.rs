@@ -55,6 +55,19 @@ pub struct Model {
     /// gone (see `inputs_deleted_at_ms`).
     pub inputs_expire_at_ms: Option<i64>,
     pub inputs_deleted_at_ms: Option<i64>,
+    /// The version of its kind it resolved to at creation, and runs (`None`: a kind without
+    /// versions).
+    pub version: Option<String>,
+    /// The tag it was resolved through, if any; a re-run follows it again.
+    pub tag: Option<String>,
+    /// The job this one re-runs.
+    pub rerun_of: Option<Uuid>,
+    /// This job's latest re-run.
+    pub latest_rerun: Option<Uuid>,
+    /// The bulk re-run that made it (its dispatch waits behind other work of its priority).
+    pub rerun_batch: Option<Uuid>,
+    /// The stable code of its error, once failed (bulk re-runs filter on it).
+    pub error_code: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -15,10 +15,12 @@ pub struct Model {
     pub blob_key: String,
     /// The file's name as the client gave it (names it in a list input's folder).
     pub filename: Option<String>,
-    /// The job that consumed this upload; it then lives and dies with the job.
-    pub job_id: Option<Uuid>,
+    /// How many jobs hold it as an input (see `service::holds`): while any does, it stays;
+    /// when the last one lets go, it is deleted.
+    pub job_count: i64,
     pub created_at_ms: i64,
-    /// When an unattached upload is deleted; `None` once attached to a job.
+    /// When it is deleted: an upload no job took expires after `limits.upload_ttl`, one the
+    /// last job let go of at once; `None` while a job holds it.
     pub expires_at_ms: Option<i64>,
 }
 
