@@ -401,7 +401,75 @@ async fn jobs_show_wait_follows_the_job_to_its_end() {
     assert_eq!(shown["result_count"], 2, "{shown}");
 }
 
+/// `ferry tag`, `ferry kinds`, `ferry jobs rerun` and `rerun-all`: a job fails on a broken
+/// version, the tag moves to the fix from the command line, and the failed jobs are re-run on it.
+async fn tags_and_reruns_work_from_the_command_line() {
+    let app = TestApp::spawn_with(crate::helpers::TestConfig {
+        extra_toml: crate::versions::versioned_kind(),
+        ..crate::helpers::TestConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let upload = app.upload(bytes(500, 60)).await["id"].clone();
+    let mut failed = Vec::new();
+    for kind in ["seg", "seg@v1"] {
+        let reply = app
+            .create_job(
+                &serde_json::json!({"kind": kind, "inputs": {"scan": upload}}),
+                &[],
+            )
+            .await;
+        assert_eq!(reply.status, 202, "{}", reply.body);
+        let id = reply.body["id"].as_str().unwrap().to_owned();
+        app.wait_status(&id, "failed", std::time::Duration::from_secs(60))
+            .await;
+        failed.push(id);
+    }
+
+    let moved = json(
+        &ferry(
+            &app,
+            dir.path(),
+            &["tag", "seg", "production", "v2", "--json"],
+        )
+        .await,
+    );
+    assert_eq!(moved["version"], "v2", "{moved}");
+    let text = ok(&ferry(&app, dir.path(), &["kinds"]).await);
+    assert!(text.contains("seg -> v2"), "{text}");
+    let shown = json(&ferry(&app, dir.path(), &["kinds", "seg", "--json"]).await);
+    assert_eq!(shown["kind"]["resolves_to"], "v2", "{shown}");
+    assert_eq!(shown["tag_moves"][0]["to_version"], "v2", "{shown}");
+    let refused = ferry(&app, dir.path(), &["tag", "seg", "production", "v9"]).await;
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("invalid_field"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // The job that followed the tag is re-run on the fix; the one that named v1 is re-run by
+    // the bulk command (the first, re-run already, is left out).
+    let rerun = json(&ferry(&app, dir.path(), &["jobs", "rerun", &failed[0], "--json"]).await);
+    assert_eq!(
+        (rerun["version"].as_str(), rerun["rerun_of"].as_str()),
+        (Some("v2"), Some(failed[0].as_str())),
+        "{rerun}"
+    );
+    let args = ["jobs", "rerun-all", "--kind", "seg", "--to", "v3", "--json"];
+    let batch = json(&ferry(&app, dir.path(), &args).await);
+    assert_eq!(batch["created"], 1, "{batch}");
+    assert_eq!(batch["items"][0]["rerun_of"], failed[1].as_str(), "{batch}");
+    assert_eq!(batch["items"][0]["version"], "v3", "{batch}");
+
+    ok(&ferry(&app, dir.path(), &["tag", "seg", "canary", "v3"]).await);
+    ok(&ferry(&app, dir.path(), &["tag", "seg", "canary", "--delete"]).await);
+    let gone = ferry(&app, dir.path(), &["tag", "seg", "canary", "--delete"]).await;
+    assert!(stderr(&gone).contains("tag_not_found"), "{}", stderr(&gone));
+}
+
 crate::matrix!(
+    tags_and_reruns_work_from_the_command_line,
     jobs_show_wait_follows_the_job_to_its_end,
     submit_waits_and_downloads_results_whose_digests_match_the_inputs,
     a_failing_job_exits_1_with_its_error,

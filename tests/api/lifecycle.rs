@@ -582,3 +582,33 @@ async fn interrupted_work_keeps_its_place_in_the_queue() {
     want.extend(newer);
     assert_eq!(order, want, "deliveries not in creation order");
 }
+
+/// A job's deletion lets go of its upload and commits, and the process dies before deleting
+/// the upload's bytes (the state `service::holds::release` leaves: no job holds it, due at
+/// once): the reconciler's next pass deletes the bytes, then the row; nothing leaks.
+#[tokio::test]
+async fn an_upload_let_go_of_before_a_crash_is_deleted_by_the_reconciler() {
+    let m = Machine::new().await;
+    let view = m.create().await;
+    let input = &view.inputs[0];
+    let key = object_store::path::Path::from(input.blob_key.as_str());
+    assert!(m.services.blobs.head(&key).await.is_ok(), "stored");
+    let orm = &m.services.db.orm;
+    orm.execute_unprepared(&format!(
+        "UPDATE ferry_uploads SET job_count = 0, expires_at_ms = 0 WHERE id = X'{}'",
+        input.upload_id.simple()
+    ))
+    .await
+    .unwrap();
+    let repairs = m.services.reconcile_at(now_ms()).await.unwrap();
+    assert_eq!(repairs.expired_uploads, 1, "{repairs:?}");
+    assert!(
+        m.services.blobs.head(&key).await.is_err(),
+        "bytes left behind"
+    );
+    let rows = ferry::storage::entities::upload::Entity::find()
+        .count(orm)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
