@@ -815,7 +815,14 @@ impl Services {
             .await?;
         }
         let created = JobEvent::Queued;
-        tx.insert_event(id.0, FIRST_EVENT, created.kind(), created.data())
+        let mut data = created.data();
+        // The job's log records the model it was created for (its kind's version, and the tag
+        // it followed), as the job row does.
+        if let Some(version) = &row.version {
+            data["version"] = serde_json::json!(version);
+            data["tag"] = serde_json::json!(row.tag);
+        }
+        tx.insert_event(id.0, FIRST_EVENT, created.kind(), data)
             .await?;
         if let Some(held) = idempotency_key {
             let recorded = tx

@@ -17,7 +17,6 @@ use sea_orm::{
     ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
 };
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{
@@ -194,10 +193,9 @@ impl Services {
             })?;
         }
         let request_json = serde_json::to_string(&request).expect("a request serializes");
-        let key = idempotency_key.map(|key| key.as_str().to_owned());
-        let fingerprint = key
-            .as_ref()
-            .map(|key| fingerprint(&["bulk-rerun", key, &request_json]));
+        let (key, fingerprint) = idempotency_key
+            .map(|key| Idempotency::new(key, &["bulk-rerun", &request_json]))
+            .map_or((None, None), |i| (Some(i.key), Some(i.fingerprint)));
         if let (Some(key), Some(fingerprint)) = (&key, &fingerprint)
             && let Some(replay) = self.batch_by_key(tenant, key, fingerprint).await?
         {
@@ -367,15 +365,6 @@ impl Services {
             replayed: true,
         }))
     }
-}
-
-fn fingerprint(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(h.finalize())
 }
 
 fn inputs_deleted(id: JobId) -> ServiceError {

@@ -135,6 +135,15 @@ async fn tags_move_on_every_replica_and_jobs_keep_the_version_they_were_created_
         of_after.iter().all(|e| e["job_version"] == "v2"),
         "{of_after:?}"
     );
+    // The job's own log records it from its first event.
+    let events = app.get(&format!("/v1/jobs/{}/events", id(&after))).await;
+    let created = &items(&events)[0];
+    assert_eq!(created["kind"], "queued");
+    assert_eq!(
+        (&created["data"]["version"], &created["data"]["tag"]),
+        (&json!("v2"), &json!("production")),
+        "{created}"
+    );
 
     // The fix is the tag's move: a re-run of the failed job follows it to v2.
     let rerun = app
