@@ -113,18 +113,13 @@ impl Services {
         batch: Option<Uuid>,
     ) -> ServiceResult<JobSpec> {
         let job = &old.job;
-        let followed = changes
-            .version
-            .as_deref()
-            .or(job.tag.as_deref())
-            .or(job.version.as_deref());
         let params = match &changes.params {
             Some(params) => params.clone(),
             None => serde_json::from_str(&job.params).unwrap_or_default(),
         };
         let mut spec = self
             .job_spec(JobRequest {
-                kind: serve_key(&job.kind, followed),
+                kind: rerun_kind(job, changes),
                 params,
                 priority: Some(changes.priority.unwrap_or(job.priority)),
                 ..JobRequest::default()
@@ -227,12 +222,7 @@ impl Services {
         let mut specs: HashMap<String, JobSpec> = HashMap::new();
         for row in candidates.iter().take(request.limit as usize) {
             let view = JobView::of(row.clone())?;
-            let followed = changes
-                .version
-                .as_deref()
-                .or(row.tag.as_deref())
-                .or(row.version.as_deref());
-            let reference = serve_key(&row.kind, followed);
+            let reference = rerun_kind(row, &changes);
             let template = match specs.get(&reference) {
                 Some(spec) => spec.clone(),
                 None => {
@@ -365,6 +355,18 @@ impl Services {
             replayed: true,
         }))
     }
+}
+
+/// What a re-run of `job` names as its kind: `changes`' version or tag, else the tag the job
+/// followed, else the version it named (`seg@production`, `seg@v3`; the bare kind without
+/// versions).
+fn rerun_kind(job: &job::Model, changes: &RerunChanges) -> String {
+    let followed = changes
+        .version
+        .as_deref()
+        .or(job.tag.as_deref())
+        .or(job.version.as_deref());
+    serve_key(&job.kind, followed)
 }
 
 fn inputs_deleted(id: JobId) -> ServiceError {

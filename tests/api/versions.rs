@@ -159,6 +159,15 @@ async fn tags_move_on_every_replica_and_jobs_keep_the_version_they_were_created_
     let reruns = app.get(&format!("/v1/jobs?rerun_of={}", id(&before))).await;
     let listed: Vec<&Value> = items(&reruns).iter().map(|j| &j["id"]).collect();
     assert_eq!(listed, [&rerun["id"]]);
+    // A job that named a version is re-run on that version, whatever the tags say.
+    let again = app
+        .request("post", &format!("/v1/jobs/{}/rerun", id(&named)), |r| r)
+        .await;
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(
+        (again.body["version"].as_str(), again.body["tag"].as_str()),
+        (Some("v3"), None)
+    );
     // Another version, and other params, on request.
     let on_v3 = app
         .request("post", &format!("/v1/jobs/{}/rerun", id(&before)), |r| {
