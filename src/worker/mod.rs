@@ -38,8 +38,9 @@ pub struct Registered {
 #[derive(Clone, Default)]
 pub struct Registry {
     pub handlers: BTreeMap<String, Registered>,
-    /// Each configured kind's default version and starting tags.
-    kinds: BTreeMap<String, (Option<String>, BTreeMap<String, String>)>,
+    /// Each configured kind's own settings (its versions' defaults, default version and
+    /// starting tags).
+    kinds: BTreeMap<String, HandlerSettings>,
 }
 
 impl Registry {
@@ -79,10 +80,7 @@ impl Registry {
                     },
                 );
             }
-            registry.kinds.insert(
-                kind.clone(),
-                (handler.default_version.clone(), handler.tags.clone()),
-            );
+            registry.kinds.insert(kind.clone(), handler.clone());
         }
         registry
     }
@@ -122,10 +120,13 @@ impl Registry {
                 }
             }
         }
-        for (kind, (default_version, tags)) in &self.kinds {
+        for (kind, configured) in &self.kinds {
             if let Some(entry) = kinds.get_mut(kind) {
-                entry.default_version = default_version.clone();
-                entry.tags = tags.clone();
+                // A kind with versions shows its own settings: its versions' defaults.
+                entry.timeout = configured.timeout;
+                entry.max_attempts = configured.max_attempts;
+                entry.default_version = configured.default_version.clone();
+                entry.tags = configured.tags.clone();
             }
         }
         kinds

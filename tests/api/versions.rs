@@ -215,6 +215,16 @@ async fn tags_move_on_every_replica_and_jobs_keep_the_version_they_were_created_
         .expect("seg listed")
         .clone();
     assert_eq!(seg["resolves_to"], "v1");
+    // The kind's own settings are its versions' defaults; v3 has a timeout of its own.
+    assert_eq!(
+        (&seg["timeout_seconds"], &seg["max_attempts"]),
+        (&json!(60.0), &json!(1))
+    );
+    let v3 = &seg["versions"][2];
+    assert_eq!(
+        (&v3["name"], &v3["timeout_seconds"]),
+        (&json!("v3"), &json!(30.0))
+    );
     let workers = kinds.body["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 1, "{}", kinds.body);
     let worker_id = workers[0]["id"].clone();
