@@ -20,20 +20,8 @@ use crate::{
     tenancy::Caller,
 };
 
-/// The version a bare kind resolves to now, if any (none for a kind without versions).
-async fn resolves_to(services: &Services, view: &KindView) -> Option<String> {
-    if view.defaults.versions.is_empty() {
-        return None;
-    }
-    services
-        .resolve_kind(&view.kind)
-        .await
-        .ok()
-        .and_then(|r| r.version)
-}
-
-async fn kind_out(services: &Services, view: &KindView, live: &[worker::Model]) -> KindOut {
-    KindOut::of(view, resolves_to(services, view).await, live)
+fn kind_out(view: &KindView, live: &[worker::Model]) -> KindOut {
+    KindOut::of(view, view.resolves_to(), live)
 }
 
 pub async fn list(
@@ -43,7 +31,7 @@ pub async fn list(
     let live = services.live_workers().await?;
     let mut items = Vec::new();
     for view in services.list_kinds().await? {
-        items.push(kind_out(&services, &view, &live).await);
+        items.push(kind_out(&view, &live));
     }
     Ok(HttpResponse::Ok().json(KindList {
         items,
@@ -58,7 +46,7 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let view = services.get_kind(&kind).await?;
     let live = services.live_workers().await?;
-    Ok(HttpResponse::Ok().json(kind_out(&services, &view, &live).await))
+    Ok(HttpResponse::Ok().json(kind_out(&view, &live)))
 }
 
 /// Points a tag at a version (making the tag if need be). Jobs created after it, on every

@@ -78,6 +78,29 @@ pub struct KindView {
     pub tags: BTreeMap<String, kind_tag::Model>,
 }
 
+impl KindView {
+    /// What a job naming the bare kind runs now, from the tags already read (as
+    /// [`Services::resolve_kind`] resolves it): its `production` tag's version if this server
+    /// declares it, else `default_version`, else its only version; `None` for a kind without
+    /// versions.
+    pub fn resolves_to(&self) -> Option<String> {
+        let versions = &self.defaults.versions;
+        let production = self
+            .tags
+            .get(PRODUCTION)
+            .map(|t| &t.version)
+            .filter(|v| versions.contains_key(*v));
+        production
+            .or(self.defaults.default_version.as_ref())
+            .cloned()
+            .or_else(|| {
+                (versions.len() == 1)
+                    .then(|| versions.keys().next().cloned())
+                    .flatten()
+            })
+    }
+}
+
 impl Services {
     pub(crate) fn kind_not_found(&self, kind: &str) -> ServiceError {
         let known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
