@@ -11,7 +11,7 @@
 //! not hold up what clients submit meanwhile; they count against the tenant's queue limit like
 //! any job, and a batch stops where the queue is full (the rest are `remaining`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::{
     ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
@@ -132,12 +132,20 @@ impl Services {
 
     /// `old`'s inputs as a new job takes them: the same uploads, under the same names.
     async fn inputs_of(&self, old: &JobView) -> ServiceResult<Vec<PlannedInput>> {
-        let id = JobId(old.job.id);
-        if old.job.inputs_deleted_at_ms.is_some() {
-            return Err(inputs_deleted(id));
-        }
-        let ids: Vec<Uuid> = old.inputs.iter().map(|i| i.upload_id).collect();
-        let mut rows: HashMap<Uuid, upload::Model> = HashMap::with_capacity(ids.len());
+        let rows = self
+            .uploads_by_id(old.inputs.iter().map(|i| i.upload_id))
+            .await?;
+        planned_inputs(old, &rows)
+    }
+
+    /// The uploads `ids` that exist, looked up 500 at a time (each once, however many jobs
+    /// name it: a bulk re-run's jobs often share their inputs).
+    async fn uploads_by_id(
+        &self,
+        ids: impl Iterator<Item = Uuid>,
+    ) -> ServiceResult<HashMap<Uuid, upload::Model>> {
+        let ids: Vec<Uuid> = ids.collect::<HashSet<_>>().into_iter().collect();
+        let mut rows = HashMap::with_capacity(ids.len());
         for batch in ids.chunks(500) {
             let found = upload::Entity::find()
                 .filter(upload::Column::Id.is_in(batch.iter().copied()))
@@ -145,19 +153,7 @@ impl Services {
                 .await?;
             rows.extend(found.into_iter().map(|row| (row.id, row)));
         }
-        old.inputs
-            .iter()
-            .map(|input| {
-                let row = rows
-                    .remove(&input.upload_id)
-                    .ok_or_else(|| inputs_deleted(id))?;
-                Ok(PlannedInput {
-                    path: input.name.clone(),
-                    list: input.input.clone().zip(input.position),
-                    upload: InputUpload::Recorded(row),
-                })
-            })
-            .collect()
+        Ok(rows)
     }
 
     /// Re-runs the jobs `request` matches (see the module notes).
@@ -218,15 +214,27 @@ impl Services {
         // Each re-run's spec and inputs are read before the transaction (a SQLite writer reads
         // nothing through the pool); tags are read once per reference, so the batch is
         // consistent even if a tag moves meanwhile.
+        let views = candidates
+            .iter()
+            .take(request.limit as usize)
+            .map(|row| JobView::of(row.clone()))
+            .collect::<ServiceResult<Vec<_>>>()?;
+        let uploads = self
+            .uploads_by_id(
+                views
+                    .iter()
+                    .flat_map(|v| v.inputs.iter().map(|i| i.upload_id)),
+            )
+            .await?;
         let mut planned = Vec::new();
         let mut specs: HashMap<String, JobSpec> = HashMap::new();
-        for row in candidates.iter().take(request.limit as usize) {
-            let view = JobView::of(row.clone())?;
+        for view in &views {
+            let row = &view.job;
             let reference = rerun_kind(row, &changes);
             let template = match specs.get(&reference) {
                 Some(spec) => spec.clone(),
                 None => {
-                    let spec = self.rerun_spec(&view, &changes, Some(batch_id.0)).await?;
+                    let spec = self.rerun_spec(view, &changes, Some(batch_id.0)).await?;
                     specs.insert(reference, spec.clone());
                     spec
                 }
@@ -237,7 +245,7 @@ impl Services {
                 rerun_of: Some(row.id),
                 ..template
             };
-            planned.push((spec, self.inputs_of(&view).await?));
+            planned.push((spec, planned_inputs(view, &uploads)?));
         }
 
         let mut tx = self.db.begin().await?;
@@ -367,6 +375,32 @@ fn rerun_kind(job: &job::Model, changes: &RerunChanges) -> String {
         .or(job.tag.as_deref())
         .or(job.version.as_deref());
     serve_key(&job.kind, followed)
+}
+
+/// `old`'s inputs as a new job takes them: the same uploads (from `uploads`), under the same
+/// names.
+fn planned_inputs(
+    old: &JobView,
+    uploads: &HashMap<Uuid, upload::Model>,
+) -> ServiceResult<Vec<PlannedInput>> {
+    let id = JobId(old.job.id);
+    if old.job.inputs_deleted_at_ms.is_some() {
+        return Err(inputs_deleted(id));
+    }
+    old.inputs
+        .iter()
+        .map(|input| {
+            let row = uploads
+                .get(&input.upload_id)
+                .cloned()
+                .ok_or_else(|| inputs_deleted(id))?;
+            Ok(PlannedInput {
+                path: input.name.clone(),
+                list: input.input.clone().zip(input.position),
+                upload: InputUpload::Recorded(row),
+            })
+        })
+        .collect()
 }
 
 fn inputs_deleted(id: JobId) -> ServiceError {
