@@ -120,6 +120,27 @@ impl Application {
             let handle = server.handle();
             println!("ferry: listening on http://{addr}");
             (Some(addr.port()), Some((server, handle)))
+        } else if let Some(address) = &settings.metrics_listen {
+            // A worker machine's own counts (its attempts, results, retries) are only here.
+            let listener = TcpListener::bind(address)
+                .with_context(|| format!("cannot listen on {address} for metrics"))?;
+            let addr = listener.local_addr()?;
+            let metrics_services = services.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .wrap(middleware::from_fn(api::auth::authorize))
+                    .wrap(middleware::from_fn(api::problem::negotiate_problem_type))
+                    .configure(api::configure_metrics(metrics_services.clone()))
+                    .default_service(web::to(api::problem::not_found))
+            })
+            .disable_signals()
+            .shutdown_timeout(HTTP_SHUTDOWN_GRACE_SECS)
+            .workers(1)
+            .listen(listener)?
+            .run();
+            let handle = server.handle();
+            println!("ferry: metrics on http://{addr}/metrics");
+            (Some(addr.port()), Some((server, handle)))
         } else {
             (None, None)
         };

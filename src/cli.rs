@@ -54,6 +54,10 @@ pub enum Command {
     Worker {
         #[command(flatten)]
         common: CommonArgs,
+        /// Serve `GET /metrics` (and `/healthz`) for Prometheus on this address, e.g.
+        /// 0.0.0.0:9464 (`metrics_listen`).
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Create or upgrade the database schema, then exit.
     Migrate {
@@ -95,7 +99,7 @@ impl Command {
     pub fn common(&self) -> Option<&CommonArgs> {
         match self {
             Command::Serve { common, .. }
-            | Command::Worker { common }
+            | Command::Worker { common, .. }
             | Command::Migrate { common }
             | Command::Keys { common, .. } => Some(common),
             Command::Client(_) => None,

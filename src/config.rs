@@ -26,6 +26,9 @@ const CLIENT_ENV: &[&str] = &["CONFIG", "SERVER", "API_KEY", "CLIENT_CONFIG"];
 pub struct Settings {
     /// Address the API listens on.
     pub listen: String,
+    /// Where a `ferry worker` serves `GET /metrics` (and `/healthz`) for Prometheus; none
+    /// unless set. `ferry serve` serves them on `listen`.
+    pub metrics_listen: Option<String>,
     /// Folder for the SQLite file, local blobs and handler work folders.
     pub data_dir: PathBuf,
     /// `sqlite://…`; default `<data_dir>/ferry.db`.
@@ -419,6 +422,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            metrics_listen: None,
             data_dir: PathBuf::from("./ferry-data"),
             database_url: None,
             blob_store: None,
@@ -556,6 +560,8 @@ struct CommandLine {
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     database_url: Option<String>,
@@ -585,6 +591,9 @@ impl CommandLine {
             log_format: cli.log_format,
             ..CommandLine::default()
         };
+        if let Command::Worker { metrics_listen, .. } = &cli.command {
+            flags.metrics_listen = metrics_listen.clone();
+        }
         if let Command::Serve {
             listen,
             no_workers,

@@ -19,6 +19,7 @@ pub mod domain;
 pub mod error_code;
 pub mod ids;
 pub mod keys_cli;
+pub mod metrics;
 pub mod queue;
 pub mod service;
 pub mod storage;

@@ -64,16 +64,22 @@ pub enum Scope {
     /// Move kinds' tags (deploy a model version): every tenant's jobs follow them, so an
     /// operator's key, not a tenant's, should hold it.
     KindsWrite,
+    /// Read `GET /metrics`: counts of every tenant's jobs, so an operator's (Prometheus') key.
+    MetricsRead,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 5] = [
+    pub const ALL: [Scope; 6] = [
         Scope::JobsRead,
         Scope::JobsWrite,
         Scope::ResultsRead,
         Scope::Admin,
         Scope::KindsWrite,
+        Scope::MetricsRead,
     ];
+    /// Scopes about every tenant, which only an operator grants (on the command line), never a
+    /// tenant's admin over the API.
+    pub const OPERATOR: [Scope; 2] = [Scope::KindsWrite, Scope::MetricsRead];
     /// What `ferry keys create` gives when no scope is named: everything but `admin` and
     /// `kinds:write`.
     pub const DEFAULT: [Scope; 3] = [Scope::JobsRead, Scope::JobsWrite, Scope::ResultsRead];
@@ -85,6 +91,7 @@ impl Scope {
             Scope::ResultsRead => "results:read",
             Scope::Admin => "admin",
             Scope::KindsWrite => "kinds:write",
+            Scope::MetricsRead => "metrics:read",
         }
     }
 
@@ -203,10 +210,10 @@ mod tests {
         assert_eq!(Scopes::from_column("jobs:read future:scope"), {
             [Scope::JobsRead].into_iter().collect::<Scopes>()
         });
-        assert_eq!(Scopes::all().iter().count(), 5);
+        assert_eq!(Scopes::all().iter().count(), 6);
         assert_eq!(
             Scopes::all().column(),
-            "jobs:read jobs:write results:read admin kinds:write"
+            "jobs:read jobs:write results:read admin kinds:write metrics:read"
         );
         assert!(Scopes::from_column("").is_empty());
     }

@@ -31,8 +31,9 @@ fn parse_key_id(text: &str) -> Result<KeyId, ApiError> {
 
 /// The scopes a request names, checked (absent: the default set; empty stays empty, which
 /// creation refuses).
-/// `kinds:write` is refused: it moves every tenant's tags, so only an operator grants it, on the
-/// command line (`ferry keys create --scope kinds:write`), never a tenant's admin over the API.
+/// Operator scopes are refused ([`Scope::OPERATOR`]): `kinds:write` moves every tenant's tags and
+/// `metrics:read` counts every tenant's jobs, so only an operator grants them, on the command
+/// line (`ferry keys create --scope …`), never a tenant's admin over the API.
 fn scopes_of(names: Option<&[String]>) -> Result<Scopes, ServiceError> {
     let scopes = match names {
         None => Scopes::default_set(),
@@ -40,11 +41,18 @@ fn scopes_of(names: Option<&[String]>) -> Result<Scopes, ServiceError> {
             Scopes::parse_all(names).map_err(|msg| ServiceError::invalid("scopes", msg))?
         }
     };
-    if scopes.contains(Scope::KindsWrite) {
+    if let Some(scope) = Scope::OPERATOR.into_iter().find(|s| scopes.contains(*s)) {
+        let what = match scope {
+            Scope::KindsWrite => "moves every tenant's tags",
+            _ => "reads every tenant's counts",
+        };
+        let name = scope.as_str();
         return Err(ServiceError::invalid(
             "scopes",
-            "kinds:write moves every tenant's tags: an operator grants it with `ferry keys \
-             create --scope kinds:write`, not the API",
+            format!(
+                "{name} {what}: an operator grants it with `ferry keys create --scope {name}`, \
+                 not the API"
+            ),
         ));
     }
     Ok(scopes)

@@ -6,12 +6,14 @@ pub mod audit;
 pub mod auth;
 pub mod conditional;
 pub mod cors;
+pub mod dashboard;
 pub mod digest_header;
 pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod keys;
 pub mod kinds;
+pub mod metrics;
 pub mod paging;
 pub mod problem;
 pub mod reruns;
@@ -35,10 +37,20 @@ pub use auth::Access;
 /// and the scope [`auth::authorize`] asks for are read from here. Every `get` has its `head`
 /// (see [`readable`]).
 pub const ROUTES: &[(&str, &str, Access)] = &[
+    // The dashboard's page and assets: they hold no data (the page asks the API with the
+    // user's key).
+    ("get", "/", Access::Open),
+    ("head", "/", Access::Open),
+    ("get", "/dashboard/app.js", Access::Open),
+    ("head", "/dashboard/app.js", Access::Open),
+    ("get", "/dashboard/app.css", Access::Open),
+    ("head", "/dashboard/app.css", Access::Open),
     ("get", "/healthz", Access::Open),
     ("head", "/healthz", Access::Open),
     ("get", "/readyz", Access::Probe),
     ("head", "/readyz", Access::Probe),
+    ("get", "/metrics", Access::Needs(Scope::MetricsRead)),
+    ("head", "/metrics", Access::Needs(Scope::MetricsRead)),
     ("post", "/v1/uploads", Access::Needs(Scope::JobsWrite)),
     ("get", "/v1/uploads", Access::Needs(Scope::JobsRead)),
     ("head", "/v1/uploads", Access::Needs(Scope::JobsRead)),
@@ -218,6 +230,18 @@ where
         .route(web::head().to(handler))
 }
 
+/// Registers `/metrics` and `/healthz` only: what a `ferry worker` serves on `metrics_listen`.
+pub fn configure_metrics(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(services));
+        let resource = |path: &str| {
+            web::resource(path.to_owned()).default_service(web::to(problem::method_not_allowed))
+        };
+        cfg.service(readable(resource("/healthz"), health::live))
+            .service(readable(resource("/metrics"), metrics::scrape));
+    }
+}
+
 /// Registers every route; `openapi.yaml` describes exactly these (see [`ROUTES`]). `stopping`
 /// is cancelled when the server stops: open event streams end then.
 pub fn configure(
@@ -232,8 +256,12 @@ pub fn configure(
         let resource = |path: &str| {
             web::resource(path.to_owned()).default_service(web::to(problem::method_not_allowed))
         };
-        cfg.service(readable(resource("/healthz"), health::live))
+        cfg.service(readable(resource("/"), dashboard::index))
+            .service(readable(resource("/dashboard/app.js"), dashboard::script))
+            .service(readable(resource("/dashboard/app.css"), dashboard::style))
+            .service(readable(resource("/healthz"), health::live))
             .service(readable(resource("/readyz"), health::ready))
+            .service(readable(resource("/metrics"), metrics::scrape))
             .service(
                 readable(resource("/v1/uploads"), uploads::list)
                     .route(web::post().to(uploads::create)),

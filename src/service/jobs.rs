@@ -27,6 +27,7 @@ use crate::{
     domain::{JobStatus, cut_text, validate_input_name},
     error_code::ErrorCode,
     ids::{JobId, UploadId},
+    metrics::JobMove,
     queue::{self, QueueState},
     storage::entities::{
         idempotency_key, job, job_event, job_input, job_log, result, upload, webhook_attempt,
@@ -824,6 +825,10 @@ impl Services {
         }
         tx.insert_event(id.0, FIRST_EVENT, created.kind(), data)
             .await?;
+        tx.count(JobMove::Created {
+            kind: row.kind.clone(),
+            version: row.version.clone(),
+        });
         if let Some(held) = idempotency_key {
             let recorded = tx
                 .execute(

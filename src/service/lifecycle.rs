@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{EventKind, JobFailure, JobStatus, serve_key},
+    metrics::JobMove,
     queue::{self, Dispatch, QueueState},
     storage::{StorageError, Tx, entities::job},
     time::to_rfc3339,
@@ -499,14 +500,38 @@ pub async fn apply(
     // One statement changes the job, numbers its event and says the attempt and the number:
     // every round trip inside a write transaction holds SQLite's one writer.
     let mut update = update.into_query();
+    // And what the metrics count the move by.
     update.returning(Query::returning().exprs([
         // BIGINT so one decoder fits both SQLite and PostgreSQL (INT4 there).
         Expr::col(job::Column::Attempt).cast_as("BIGINT"),
         Expr::col(job::Column::EventSeq),
+        Expr::col(job::Column::Kind),
+        Expr::col(job::Column::Version),
+        Expr::col(job::Column::CreatedAtMs),
     ]));
-    let Some((new_attempt, seq)) = tx.fetch_i64_pair(&update).await? else {
+    let row: Option<(i64, i64, String, Option<String>, i64)> =
+        tx.fetch_optional_row(&update).await?;
+    let Some((new_attempt, seq, kind, version, created_at_ms)) = row else {
         return Ok(None);
     };
+    match &transition {
+        Transition::Claim { .. } if new_attempt == 1 => tx.count(JobMove::Started {
+            kind,
+            waited_ms: now_ms - created_at_ms,
+        }),
+        Transition::Retry { .. } => tx.count(JobMove::RetryScheduled { kind }),
+        Transition::Publish(result) => tx.count(JobMove::ResultPublished {
+            kind,
+            bytes: u64::try_from(result.size).unwrap_or(0),
+            is_final: result.is_final,
+        }),
+        _ if to.is_finished() && from != [to] => tx.count(JobMove::Finished {
+            kind,
+            version,
+            outcome: to.as_str(),
+        }),
+        _ => {}
+    }
     // Renewing a lease changes nothing a client sees; every other move does.
     if !matches!(transition, Transition::Renew { .. }) {
         tx.job_changed(job_id);

@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod keys;
 pub mod kinds;
 pub mod lifecycle;
+pub mod observe;
 pub mod orphans;
 pub mod pacing;
 pub mod quota;
@@ -89,6 +90,8 @@ pub struct Services {
     pub reconciler_passes: Arc<std::sync::atomic::AtomicU64>,
     /// What live workers serve, as this process last read it (see [`workers`]).
     pub served_cache: workers::ServedCache,
+    /// This process's metrics (see [`crate::metrics`] and [`observe`]).
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Services {
@@ -117,6 +120,7 @@ impl Services {
         Ok(Services {
             keys: keys::KeyRing::new(db.clone(), open_allowed),
             audit: audit::AuditLog::start(db.clone()),
+            metrics: db.metrics().clone(),
             rates: rate::RateLimiter::default(),
             db,
             blobs,
@@ -229,6 +233,7 @@ impl ServiceError {
 
 impl From<StorageError> for ServiceError {
     fn from(err: StorageError) -> Self {
+        crate::metrics::storage_error(crate::metrics::Store::Database);
         if err.is_unavailable() {
             tracing::warn!(error = %err, "database unavailable");
             return Self::new(
@@ -270,6 +275,7 @@ impl From<crate::blobs::BlobError> for ServiceError {
                 ),
             },
             other => {
+                crate::metrics::storage_error(crate::metrics::Store::Blobs);
                 tracing::error!(error = %other, "blob store operation failed");
                 (
                     ErrorCode::BlobStoreUnavailable,

@@ -125,7 +125,34 @@ impl Services {
             }
         }
         self.start_orphan_sweep_if_due();
+        self.count_repairs(&repairs);
         Ok(repairs)
+    }
+
+    /// Adds a pass's repairs to the metrics, each under a fixed name.
+    fn count_repairs(&self, r: &Repairs) {
+        let m = &self.metrics;
+        m.leases_expired(r.expired_leases as u64);
+        for (repair, count) in [
+            ("expired_leases", r.expired_leases as u64),
+            ("dispatched", r.dispatched as u64),
+            ("expired_uploads", r.expired_uploads as u64),
+            (
+                "expired_resumable_uploads",
+                r.expired_resumable_uploads as u64,
+            ),
+            (
+                "finished_resumable_uploads",
+                r.finished_resumable_uploads as u64,
+            ),
+            ("expired_jobs", r.expired_jobs as u64),
+            ("expired_inputs", r.expired_inputs as u64),
+            ("purged_deliveries", r.purged_deliveries),
+            ("forgotten_workers", r.forgotten_workers),
+            ("failed_steps", r.failed as u64),
+        ] {
+            m.repaired(repair, count);
+        }
     }
 
     /// Deletes the rows of worker processes gone for a while (see [`super::workers`]).

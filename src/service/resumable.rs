@@ -468,12 +468,20 @@ impl Services {
             let _ = pieces.send(Piece::End).await;
         }
         drop(pieces);
-        answered.await.unwrap_or_else(|_| {
+        let appended = answered.await.unwrap_or_else(|_| {
             Err(ServiceError::new(
                 ErrorCode::InternalError,
                 "the write of this request stopped unexpectedly; HEAD the upload and resume",
             ))
-        })
+        });
+        if let Ok(done) = &appended {
+            self.metrics
+                .upload_bytes(done.offset.saturating_sub(append.offset));
+            if done.completed.is_some() {
+                self.metrics.upload_ended("stored");
+            }
+        }
+        appended
     }
 
     /// Takes the writing hold on `row`, or says why not: another request holds it (`423`), or

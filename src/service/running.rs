@@ -180,6 +180,6 @@ async fn count(
     if only_dispatched {
         query.and_where(job::Column::DispatchId.is_not_null());
     }
-    let (n, _) = tx.fetch_i64_pair(&query).await?.unwrap_or_default();
+    let (n, _): (i64, i64) = tx.fetch_optional_row(&query).await?.unwrap_or_default();
     Ok(n.max(0) as u64)
 }

@@ -150,8 +150,28 @@ impl Services {
 
     /// Streams a body into the blob store and checks it (declared length, digest, not empty);
     /// returns its row, not yet recorded: the caller records it (`create_upload`, or the
-    /// transaction that creates a job from it) or discards the bytes.
+    /// transaction that creates a job from it) or discards the bytes. Counted in the metrics.
     pub(crate) async fn store_upload<S, E>(
+        &self,
+        tenant: &Tenant,
+        body: S,
+        meta: UploadMeta,
+    ) -> ServiceResult<upload::Model>
+    where
+        S: Stream<Item = Result<Bytes, E>>,
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let began = std::time::Instant::now();
+        let stored = self.receive_upload(tenant, body, meta).await;
+        match &stored {
+            Ok(row) => self.metrics.upload_stored(row.size as u64, began.elapsed()),
+            Err(e) if e.code.status() < 500 => self.metrics.upload_ended("refused"),
+            Err(_) => self.metrics.upload_ended("failed"),
+        }
+        stored
+    }
+
+    async fn receive_upload<S, E>(
         &self,
         tenant: &Tenant,
         body: S,

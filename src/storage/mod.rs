@@ -42,7 +42,10 @@ const MIGRATION_LOCK: i64 = 0x6665_7272_795f_6d67; // "ferry_mg"
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 use uuid::Uuid;
 
-use crate::time::now_ms;
+use crate::{
+    metrics::{JobMove, Metrics},
+    time::now_ms,
+};
 use changes::{JobChanges, QueueWakeups};
 use entities::job;
 use inline_reads::InlineReads;
@@ -124,6 +127,8 @@ pub struct Db {
     queue_wakeups: QueueWakeups,
     /// SQLite: job rows read on the calling thread (see [`inline_reads`]).
     inline_reads: Option<Arc<InlineReads>>,
+    /// This process's metrics: a transaction counts the job moves it made when it commits.
+    metrics: Metrics,
 }
 
 impl Db {
@@ -197,6 +202,7 @@ impl Db {
                 inline_reads: Some(Arc::new(InlineReads::new(
                     options.get_filename().to_owned(),
                 ))),
+                metrics: Metrics::new(),
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -227,6 +233,7 @@ impl Db {
                 changes: JobChanges::announced(),
                 queue_wakeups: QueueWakeups::default(),
                 inline_reads: None,
+                metrics: Metrics::new(),
             });
         }
         anyhow::bail!(
@@ -369,7 +376,14 @@ impl Db {
             changes: self.changes.clone(),
             dispatched_queues: Vec::new(),
             queue_wakeups: self.queue_wakeups.clone(),
+            metrics: self.metrics.clone(),
+            moves: Vec::new(),
         })
+    }
+
+    /// This process's metrics (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -382,6 +396,9 @@ pub struct Tx {
     changes: JobChanges,
     dispatched_queues: Vec<String>,
     queue_wakeups: QueueWakeups,
+    metrics: Metrics,
+    /// Job moves to count once this transaction commits.
+    moves: Vec<JobMove>,
 }
 
 pub enum TxInner {
@@ -406,6 +423,11 @@ impl Tx {
         }
     }
 
+    /// Records a job move to count in the metrics if, and only if, this transaction commits.
+    pub fn count(&mut self, job_move: JobMove) {
+        self.moves.push(job_move);
+    }
+
     /// Runs an INSERT/UPDATE/DELETE; returns the number of rows it touched.
     pub async fn execute<S: SqlxBinder>(&mut self, stmt: &S) -> Result<u64, StorageError> {
         match &mut self.inner {
@@ -426,12 +448,16 @@ impl Tx {
         }
     }
 
-    /// Runs a statement that yields at most one row of two integer columns (an `UPDATE …
+    /// Runs a statement that yields at most one row of `T`, a tuple of columns (an `UPDATE …
     /// RETURNING`, or a SELECT); `None` when no row matches.
-    pub async fn fetch_i64_pair<S: SqlxBinder>(
-        &mut self,
-        stmt: &S,
-    ) -> Result<Option<(i64, i64)>, StorageError> {
+    pub async fn fetch_optional_row<S, T>(&mut self, stmt: &S) -> Result<Option<T>, StorageError>
+    where
+        S: SqlxBinder,
+        T: Send
+            + Unpin
+            + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
+            + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
         match &mut self.inner {
             TxInner::Sqlite(tx) => {
                 let (sql, values) = stmt.build_sqlx(SqliteQueryBuilder);
@@ -514,6 +540,9 @@ impl Tx {
                 }
                 tx.commit().await?;
             }
+        }
+        for job_move in &self.moves {
+            self.metrics.count(job_move);
         }
         Ok(())
     }

@@ -446,7 +446,13 @@ impl Deliverer {
                 "webhook receiver answered 410 Gone: endpoint disabled"
             );
         }
-        tx.commit().await
+        tx.commit().await?;
+        self.db.metrics().webhook_attempt(match state {
+            SUCCEEDED => "delivered",
+            PENDING => "failed",
+            _ => "gave_up",
+        });
+        Ok(())
     }
 }
 

@@ -17,8 +17,9 @@ use super::{
     handler::{HandlerError, JobContext, Pending, guess_content_type, output_error},
 };
 use crate::{
-    domain::JobFailure,
+    domain::{JobFailure, JobStatus},
     ids::JobId,
+    metrics::AttemptOutcome,
     queue::Dispatch,
     service::{
         Services,
@@ -78,6 +79,7 @@ async fn run_claimed(
     claimed: ClaimedJob,
 ) {
     let attempt = claimed.lease.attempt;
+    let began = Instant::now();
     let outcome = match prepare(&services, &registry, &folders, &claimed).await {
         Err(failure) => Some(Outcome::Failed(failure)),
         Ok((handler, ctx)) => {
@@ -94,11 +96,27 @@ async fn run_claimed(
         tracing::warn!("lease lost; attempt abandoned without an outcome");
         return;
     };
+    let requeued = if matches!(outcome, Outcome::Requeue) {
+        AttemptOutcome::Interrupted
+    } else {
+        AttemptOutcome::Retried
+    };
     match services
         .finish_attempt(&claimed.lease, &claimed.job, outcome)
         .await
     {
-        Ok(Some(status)) => tracing::info!(status = status.as_str(), "attempt settled"),
+        Ok(Some(status)) => {
+            tracing::info!(status = status.as_str(), "attempt settled");
+            let ended = match status {
+                JobStatus::Succeeded => AttemptOutcome::Succeeded,
+                JobStatus::Failed => AttemptOutcome::Failed,
+                JobStatus::Canceled => AttemptOutcome::Canceled,
+                JobStatus::Queued | JobStatus::Running => requeued,
+            };
+            services
+                .metrics
+                .attempt_ended(&claimed.job.kind, ended, began.elapsed());
+        }
         Ok(None) => tracing::warn!("attempt outcome dropped: the lease was lost"),
         // The lease will expire and the reconciler settles the attempt.
         Err(err) => tracing::error!(error = %err, "recording the attempt's outcome failed"),

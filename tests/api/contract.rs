@@ -154,8 +154,12 @@ async fn every_spec_route_is_routed_by_the_server() {
 
     // What each documented route answers for ids that do not exist.
     let expected: BTreeMap<(&str, &str), u16> = [
+        (("get", "/"), 200),
+        (("get", "/dashboard/app.js"), 200),
+        (("get", "/dashboard/app.css"), 200),
         (("get", "/healthz"), 200),
         (("get", "/readyz"), 200),
+        (("get", "/metrics"), 200),
         (("post", "/v1/uploads"), 201),
         (("get", "/v1/uploads"), 200),
         (("get", "/v1/uploads/{id}"), 404),

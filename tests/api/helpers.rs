@@ -550,17 +550,37 @@ concurrency = {concurrency}
 
     /// Starts a separate `ferry worker` process on the same database and blobs.
     pub fn spawn_worker(&mut self) -> u32 {
+        self.spawn_worker_with(&[]).0
+    }
+
+    /// A `ferry worker` with `extra` arguments; its pid, and the address it serves metrics on
+    /// when `extra` asks it to (`--metrics-listen 127.0.0.1:0`), read from its first lines.
+    pub fn spawn_worker_with(&mut self, extra: &[&str]) -> (u32, Option<String>) {
+        let mut args = vec!["worker"];
+        args.extend_from_slice(extra);
         let mut child = self
-            .command(&["worker"], "worker")
+            .command(&args, "worker")
             .spawn()
             .expect("start ferry worker");
         let stdout = child.stdout.take().expect("stdout");
-        std::thread::spawn(
-            move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {},
-        );
+        let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
+        if extra.contains(&"--metrics-listen") {
+            for line in lines.by_ref().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("ferry: metrics on ") {
+                    metrics = Some(url.trim_end_matches("/metrics").to_owned());
+                    break;
+                }
+            }
+            assert!(
+                metrics.is_some(),
+                "the worker never said where its metrics are"
+            );
+        }
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
         let pid = child.id();
         self.workers.push(child);
-        pid
+        (pid, metrics)
     }
 
     /// Takes the test's server process back, to signal it by hand.

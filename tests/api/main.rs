@@ -23,6 +23,7 @@ mod job_requests;
 mod jobs;
 mod lifecycle;
 mod long_poll;
+mod metrics;
 mod query_plans;
 mod queue_order;
 mod quotas;

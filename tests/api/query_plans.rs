@@ -79,6 +79,9 @@ async fn exercise_every_feature(app: &TestApp, receiver: &Receiver) {
         .await;
     assert_eq!(hooked.status, 202, "{}", hooked.body);
     let hooked = hooked.body["id"].as_str().unwrap().to_owned();
+    // A scrape reads the queue's gauges from the jobs (grouped by kind, and by worker).
+    let metrics = app.request("get", "/metrics", |r| r).await;
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
     let failing = app
         .submit("model", bytes(10, 3), json!({"mode": "fail"}))
         .await;
@@ -332,6 +335,16 @@ const ACCEPTED: &[(&str, &str)] = &[
          planner walks the worker's tasks; with a worker's hour of finished tasks (200,000, \
          analyzed) it looks the tasks up by primary key instead (checked by hand: README, \
          'A deep queue')",
+    ),
+    (
+        "COUNT(\"id\") AS \"n\", MIN(\"created_at_ms\") AS \"oldest\"",
+        "a /metrics scrape counts the queued jobs by kind and version: the queue's depth is \
+         that class itself. Once per scrape (every 15–60 s in Prometheus), on a read connection",
+    ),
+    (
+        "\"ferry_jobs\".\"lease_owner\", COUNT(\"id\")",
+        "a /metrics scrape counts the running jobs by worker, which the workers' concurrency \
+         bounds",
     ),
     (
         "a.status NOT IN ('Pending', 'Queued', 'Running')",

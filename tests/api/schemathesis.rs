@@ -65,6 +65,7 @@ async fn schemathesis_finds_no_failure_on_a_live_server() {
             "results:read",
             "admin",
             "kinds:write",
+            "metrics:read",
         ],
     );
     app.wait_keys_required(&app.base).await;

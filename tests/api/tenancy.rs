@@ -275,6 +275,10 @@ async fn another_tenants_ids_are_not_found_anywhere() {
             ("put" | "delete", "/v1/kinds/{kind}/tags/{tag}") => {
                 reply.assert_problem(403, "insufficient_scope");
             }
+            // So are the metrics (`metrics:read`): they count every tenant's jobs.
+            ("get" | "head", "/metrics") => {
+                assert_eq!(reply.status, 403, "{what}: {}", reply.body);
+            }
             // A bulk re-run of B's failed jobs: none, and none of A's.
             ("post", "/v1/jobs/rerun") => {
                 assert_eq!(reply.status, 202, "{what}: {}", reply.body);
