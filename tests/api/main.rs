@@ -8,6 +8,7 @@ mod cli;
 mod cli_client;
 mod client;
 mod contract;
+mod dashboard;
 mod errors;
 mod event_source;
 mod event_stream;
