@@ -110,6 +110,8 @@ impl Application {
                     // Outside the key check: a browser's preflight carries no key.
                     .wrap(api::cors::middleware(&api_services.settings.cors))
                     .wrap(middleware::Logger::new("%r %s %b %Dms").log_target("ferry::http"))
+                    // Outermost: the span covers everything the request does.
+                    .wrap(middleware::from_fn(api::trace::request_span))
                     .configure(api::configure(api_services.clone(), stopping.clone()))
                     .default_service(web::to(api::problem::not_found))
             })

@@ -51,6 +51,8 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub webhooks: WebhookSettings,
     pub events: EventSettings,
+    /// OpenTelemetry traces (see [`crate::telemetry`]).
+    pub traces: TraceSettings,
     pub auth: AuthSettings,
     pub cors: CorsSettings,
     /// Every tenant's limits, unless `tenants.<name>` says otherwise.
@@ -297,6 +299,31 @@ pub struct QueueSettings {
     pub orphan_sweep_interval: Duration,
 }
 
+/// OpenTelemetry traces: off unless an OTLP endpoint is given, here or in the standard
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` variables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TraceSettings {
+    /// Where spans go, over OTLP/HTTP (protobuf): a collector's base URL such as
+    /// `http://otel-collector:4318` (`/v1/traces` is added).
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of every span.
+    pub service_name: String,
+    /// How often finished spans are sent (the OpenTelemetry batch processor's delay).
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Duration,
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "ferry".into(),
+            export_interval: Duration::from_secs(5),
+        }
+    }
+}
+
 /// Server-sent event streams (`GET /v1/jobs/{id}/events`, `GET /v1/events`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -435,6 +462,7 @@ impl Default for Settings {
             queue: QueueSettings::default(),
             webhooks: WebhookSettings::default(),
             events: EventSettings::default(),
+            traces: TraceSettings::default(),
             auth: AuthSettings::default(),
             cors: CorsSettings::default(),
             tenant_defaults: TenantLimits::default(),

@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let log_format = settings.log_format;
-    ferry::telemetry::init(log_format);
+    let telemetry = ferry::telemetry::init(log_format, &settings.traces);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -30,7 +30,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ferry::app::run(cli.command, settings)) {
+    let outcome = runtime.block_on(ferry::app::run(cli.command, settings));
+    // Outside the runtime: the exporter's client blocks.
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             // In JSON mode every stderr line stays a JSON object, this last one included.

@@ -21,6 +21,7 @@ mod m20261207_000001_resumable_uploads;
 mod m20261207_000002_input_lists;
 mod m20261208_000001_shared_uploads;
 mod m20261208_000002_versions_reruns;
+mod m20261215_000001_job_traceparent;
 
 pub struct Migrator;
 
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000002_input_lists::Migration),
             Box::new(m20261208_000001_shared_uploads::Migration),
             Box::new(m20261208_000002_versions_reruns::Migration),
+            Box::new(m20261215_000001_job_traceparent::Migration),
         ]
     }
 }

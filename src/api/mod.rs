@@ -19,6 +19,7 @@ pub mod problem;
 pub mod reruns;
 pub mod results;
 pub mod sse;
+pub mod trace;
 pub mod tus;
 pub mod uploads;
 pub mod webhooks;

@@ -367,7 +367,13 @@ impl Services {
 
     /// Streams a handler's file (opened and checked by the caller) into the blob store and
     /// records it as a result of the job, replacing an earlier result of the same name (e.g.
-    /// from a previous attempt).
+    /// from a previous attempt). A span of its own (inside the attempt's) in traces.
+    #[tracing::instrument(
+        name = "publish result",
+        level = "info",
+        skip_all,
+        fields(otel.name = %format!("publish {name}"), result = %name, is_final)
+    )]
     pub async fn publish_result(
         &self,
         lease: &Lease,

@@ -34,6 +34,7 @@ use crate::{
         webhook_delivery, webhook_endpoint,
     },
     storage::{Tx, TxInner, tenancy},
+    telemetry,
     tenancy::Tenant,
     time::now_ms,
 };
@@ -746,6 +747,10 @@ impl Services {
                 }
             })
             .collect();
+        if telemetry::traces_on() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            tracing::Span::current().set_attribute(telemetry::JOB_ID, id.to_string());
+        }
         let row = job::Model {
             id: id.0,
             tenant: tenant.as_str().to_owned(),
@@ -756,6 +761,8 @@ impl Services {
             latest_rerun: None,
             rerun_batch: spec.rerun_batch,
             error_code: None,
+            // Its attempts continue the trace of the request that created it.
+            traceparent: telemetry::current_traceparent(),
             status: JobStatus::Queued,
             params: serde_json::Value::Object(spec.params).to_string(),
             priority: spec.priority,

@@ -116,7 +116,11 @@ impl Services {
             settings.limits.upload_part_bytes,
             &settings.blob_options,
         )?;
-        let open_allowed = settings.auth.insecure_no_auth || loopback_only(&settings.listen);
+        // A worker's metrics address counts too: without keys, nothing is served beyond
+        // loopback unless told.
+        let open_allowed = settings.auth.insecure_no_auth
+            || (loopback_only(&settings.listen)
+                && settings.metrics_listen.as_deref().is_none_or(loopback_only));
         Ok(Services {
             keys: keys::KeyRing::new(db.clone(), open_allowed),
             audit: audit::AuditLog::start(db.clone()),

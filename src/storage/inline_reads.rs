@@ -152,6 +152,7 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<job::Model> {
         latest_rerun: row.get(C::LatestRerun as usize)?,
         rerun_batch: row.get(C::RerunBatch as usize)?,
         error_code: row.get(C::ErrorCode as usize)?,
+        traceparent: row.get(C::Traceparent as usize)?,
     })
 }
 
@@ -206,6 +207,7 @@ mod tests {
             latest_rerun: filled.then(Uuid::now_v7),
             rerun_batch: filled.then(Uuid::now_v7),
             error_code: some("x"),
+            traceparent: some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
         }
     }
 

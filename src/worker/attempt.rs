@@ -10,6 +10,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{
     Registry,
@@ -25,6 +26,7 @@ use crate::{
         Services,
         attempts::{ClaimedJob, LeaseState, LogBudget, Outcome},
     },
+    telemetry,
     workspace::{AttemptDir, Owner},
 };
 
@@ -63,8 +65,23 @@ pub(crate) async fn run_dispatch(
     let span = tracing::info_span!(
         "job",
         job_id = %JobId(claimed.job.id),
-        attempt = claimed.lease.attempt
+        attempt = claimed.lease.attempt,
+        otel.name = tracing::field::Empty,
+        otel.kind = tracing::field::Empty,
     );
+    // Filled only for traces: log lines show the job and attempt alone.
+    if telemetry::traces_on() {
+        span.record("otel.name", format!("attempt {}", claimed.job.kind));
+        span.record("otel.kind", "consumer");
+        // A span of the trace of the request that created the job, wherever and whenever it
+        // runs.
+        if let Some(parent) = &claimed.job.traceparent {
+            telemetry::continue_trace(&span, parent, None);
+        }
+        span.set_attribute(telemetry::JOB_ID, JobId(claimed.job.id).to_string());
+        span.set_attribute("ferry.kind", claimed.job.kind.clone());
+        span.set_attribute("ferry.attempt", i64::from(claimed.lease.attempt));
+    }
     run_claimed(services, registry, folders, shutdown, claimed)
         .instrument(span)
         .await
@@ -196,10 +213,14 @@ async fn supervise(
     timeout: Duration,
     shutdown: &CancellationToken,
 ) -> (Option<StopReason>, Joined) {
-    let mut task = tokio::spawn({
-        let ctx = ctx.clone();
-        async move { handler.run(&ctx).await }
-    });
+    // In the attempt's span: what the handler publishes is part of the attempt (logs, traces).
+    let mut task = tokio::spawn(
+        {
+            let ctx = ctx.clone();
+            async move { handler.run(&ctx).await }
+        }
+        .in_current_span(),
+    );
     let deadline = Instant::now() + timeout;
     let lease_ttl = services.settings.queue.lease_ttl;
     let mut last_renew = Instant::now();

@@ -38,6 +38,7 @@ mod shared_inputs;
 mod spec;
 mod tenancy;
 mod tools;
+mod traces;
 mod tus;
 mod upgrades;
 mod uploads;

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, dev::ServerHandle, web};
 use serde_json::Value;
 
 /// How the receiver answers.
@@ -116,37 +116,44 @@ async fn receive(
     )
 }
 
-impl Receiver {
-    /// A receiver answering 200 until told otherwise.
-    pub fn start() -> Receiver {
-        let state = Arc::new(Mutex::new(State::default()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let shared = state.clone();
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async move {
-                let data = web::Data::new(shared);
-                let server = HttpServer::new(move || {
-                    App::new()
-                        .app_data(data.clone())
-                        .default_service(web::to(receive))
-                })
+/// Runs an HTTP server on 127.0.0.1, port 0, with the routes `configure` sets, on a thread and
+/// runtime of its own (so a test blocking its own runtime does not stall it); its port, its
+/// handle (stopping it ends the thread) and the thread.
+pub fn serve_on_own_thread(
+    configure: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+) -> (u16, ServerHandle, std::thread::JoinHandle<()>) {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let server = HttpServer::new(move || App::new().configure(configure.clone()))
                 .workers(1)
                 .disable_signals()
                 .shutdown_timeout(1)
                 .bind(("127.0.0.1", 0))
                 .expect("bind");
-                let port = server.addrs()[0].port();
-                let server = server.run();
-                ready_tx.send((port, server.handle())).unwrap();
-                let _ = server.await;
-            });
+            let port = server.addrs()[0].port();
+            let server = server.run();
+            ready_tx.send((port, server.handle())).unwrap();
+            let _ = server.await;
         });
-        let (port, handle) = ready_rx.recv().expect("receiver started");
+    });
+    let (port, handle) = ready_rx.recv().expect("server started");
+    (port, handle, thread)
+}
+
+impl Receiver {
+    /// A receiver answering 200 until told otherwise.
+    pub fn start() -> Receiver {
+        let state = Arc::new(Mutex::new(State::default()));
+        let data = web::Data::new(state.clone());
+        let (port, handle, thread) = serve_on_own_thread(move |cfg| {
+            cfg.app_data(data.clone()).default_service(web::to(receive));
+        });
         Receiver {
             url: format!("http://127.0.0.1:{port}/hook"),
             state,

@@ -68,6 +68,9 @@ pub struct Model {
     pub rerun_batch: Option<Uuid>,
     /// The stable code of its error, once failed (bulk re-runs filter on it).
     pub error_code: Option<String>,
+    /// The W3C `traceparent` of the request that created it, when traces are exported: its
+    /// attempts are spans of that trace.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
