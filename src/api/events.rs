@@ -242,17 +242,24 @@ pub async fn feed(
     let q = query.into_inner();
     let limit = page_limit(q.limit)?;
     let filter = feed_filter(&services, &q)?;
-    let after = match &q.after {
-        None => FeedCursor::START,
-        Some(text) => FeedCursor::parse(text).ok_or_else(|| {
+    // `None`: now. A client that wants what happens from now on (a dashboard opening) need not
+    // page through the whole history first.
+    let after = match q.after.as_deref() {
+        None => Some(FeedCursor::START),
+        Some("now") => None,
+        Some(text) => Some(FeedCursor::parse(text).ok_or_else(|| {
             invalid_query(
                 "after",
-                "after must be a cursor the feed returned (`next`, or an event's id)".into(),
+                "after must be `now` or a cursor the feed returned (`next`, or an event's id)"
+                    .into(),
             )
-        })?,
+        })?),
     };
     let resume = last_event_id(&req, "an event id of the feed", FeedCursor::parse)?;
-    let after = resume.unwrap_or(after);
+    let after = match resume.or(after) {
+        Some(cursor) => cursor,
+        None => services.feed_end(&caller.tenant).await?,
+    };
     if !wants_event_stream(&req) {
         let page = services
             .event_feed(&caller.tenant, &filter, after, limit)

@@ -248,6 +248,28 @@ impl Services {
         })
     }
 
+    /// The feed's end now (`after=now`): the cursor after the last event every reader can see,
+    /// so that reading from it returns only what is committed from now on — and on PostgreSQL
+    /// the few events of transactions still pending at the horizon, which a reader from the
+    /// start would not have seen yet either. Nothing committed after it is skipped.
+    pub async fn feed_end(&self, tenant: &Tenant) -> ServiceResult<FeedCursor> {
+        let horizon = self.feed_horizon().await?;
+        // The tenant's last event: its index (tenant, tx, id) walked backwards, one entry.
+        let last = tenancy::find::<job_event::Entity>(tenant)
+            .select_only()
+            .columns([job_event::Column::Tx, job_event::Column::Id])
+            .filter(job_event::Column::Tx.lt(horizon))
+            .order_by_desc(job_event::Column::Tx)
+            .order_by_desc(job_event::Column::Id)
+            .limit(1)
+            .into_tuple::<(i64, i64)>()
+            .all(&self.db.orm)
+            .await?;
+        Ok(last
+            .first()
+            .map_or(FeedCursor::START, |&(tx, id)| FeedCursor { tx, id }))
+    }
+
     /// The feed's horizon: events with a `tx` below it are final (see the module notes). On
     /// SQLite, whose writers commit one at a time in id order, every committed event is.
     async fn feed_horizon(&self) -> ServiceResult<i64> {

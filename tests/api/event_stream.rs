@@ -349,6 +349,52 @@ async fn finished_jobs(app: &TestApp) -> Vec<(String, &'static str)> {
     jobs
 }
 
+/// `after=now` is the feed's end: the position a reader of the whole feed reaches, and from it
+/// only what happens afterwards — as a page and as a stream.
+async fn the_feed_from_now_starts_at_its_end() {
+    let app = TestApp::spawn().await;
+    let before = finished_jobs(&app).await;
+    let history = expected_feed(&app, &before).await;
+    let (_, end) = read_feed(&app, "limit=100", None, history.len()).await;
+    // On PostgreSQL a transaction of the server still open can hold the end back for a moment.
+    let start = std::time::Instant::now();
+    let now = loop {
+        let now = app.get("/v1/events?after=now").await;
+        assert_eq!(now.status, 200, "{}", now.body);
+        assert!(
+            items(&now).is_empty(),
+            "nothing after now yet: {}",
+            now.body
+        );
+        if now.body["next"] == end.as_str() || start.elapsed() > WITHIN {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        now.body["next"],
+        end.as_str(),
+        "now is where the whole feed ends"
+    );
+    let mut stream = app.open_events("/v1/events?after=now", &[]).await.stream();
+
+    let job = app.submit("digest", bytes(100, 40), json!({})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    app.wait_status(&id, "succeeded", WITHIN).await;
+    let expected = expected_feed(&app, &[(id.clone(), "digest")]).await;
+    let (got, _) = read_feed(&app, "", Some(&end), expected.len()).await;
+    assert_is_the_feed(&got, &expected);
+    let streamed = stream.events_until(|f| f.event() == "succeeded").await;
+    assert!(
+        streamed.iter().all(|f| f.json()["job_id"] == id.as_str()),
+        "the stream from now shows only the new job: {streamed:?}"
+    );
+    assert_eq!(streamed.len(), expected.len());
+
+    let bad = app.get("/v1/events?after=later").await;
+    bad.assert_problem(400, "invalid_query");
+}
+
 async fn the_feed_pages_through_every_event_once_with_filters() {
     let app = TestApp::spawn().await;
     let jobs = finished_jobs(&app).await;
@@ -497,6 +543,7 @@ async fn the_feed_stream_resumes_with_last_event_id() {
 
 crate::matrix!(
     the_feed_pages_through_every_event_once_with_filters,
+    the_feed_from_now_starts_at_its_end,
     the_feed_stream_resumes_with_last_event_id,
 );
 

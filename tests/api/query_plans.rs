@@ -79,6 +79,9 @@ async fn exercise_every_feature(app: &TestApp, receiver: &Receiver) {
         .await;
     assert_eq!(hooked.status, 202, "{}", hooked.body);
     let hooked = hooked.body["id"].as_str().unwrap().to_owned();
+    // The feed's end (`after=now`, what the dashboard asks first).
+    let now = app.request("get", "/v1/events?after=now", |r| r).await;
+    assert_eq!(now.status, 200, "{}", now.body);
     // A scrape reads the queue's gauges from the jobs (grouped by kind, and by worker).
     let metrics = app.request("get", "/metrics", |r| r).await;
     assert_eq!(metrics.status, 200, "{}", metrics.body);

@@ -322,17 +322,16 @@ function followStream(path, { signal, onEvent, onState, onEnd, onId }) {
 }
 
 /**
- * Where the server-wide feed ends now. The feed starts at its oldest event when `after` is
- * absent and has no "from now" cursor, so we page to its end (JSON, 1000 a page) from the last
- * cursor we saw. Past 20 pages we stop and let the stream replay the rest: a dashboard only
- * uses events to know which rows to re-read, so old ones are merely wasted work.
+ * Where the server-wide feed ends now: `after=now` answers an empty page whose `next` is the
+ * feed's end, so the table follows what happens from here on without reading the history.
+ * After the first time, the stream resumes from the last event id it saw (nothing missed while
+ * the page was elsewhere).
  */
 let feedCursor = null;
 async function feedTip(signal) {
-  for (let i = 0; i < 20; i += 1) {
-    const page = await getJson(`/v1/events${qs({ after: feedCursor, limit: 1000 })}`, { signal });
+  if (!feedCursor) {
+    const page = await getJson(`/v1/events${qs({ after: 'now', limit: 1 })}`, { signal });
     feedCursor = page.next;
-    if (page.items.length < 1000) break;
   }
   return feedCursor;
 }
