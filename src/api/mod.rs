@@ -42,10 +42,8 @@ pub const ROUTES: &[(&str, &str, Access)] = &[
     // user's key).
     ("get", "/", Access::Open),
     ("head", "/", Access::Open),
-    ("get", "/dashboard/app.js", Access::Open),
-    ("head", "/dashboard/app.js", Access::Open),
-    ("get", "/dashboard/app.css", Access::Open),
-    ("head", "/dashboard/app.css", Access::Open),
+    ("get", "/dashboard/{file}", Access::Open),
+    ("head", "/dashboard/{file}", Access::Open),
     ("get", "/healthz", Access::Open),
     ("head", "/healthz", Access::Open),
     ("get", "/readyz", Access::Probe),
@@ -258,8 +256,7 @@ pub fn configure(
             web::resource(path.to_owned()).default_service(web::to(problem::method_not_allowed))
         };
         cfg.service(readable(resource("/"), dashboard::index))
-            .service(readable(resource("/dashboard/app.js"), dashboard::script))
-            .service(readable(resource("/dashboard/app.css"), dashboard::style))
+            .service(readable(resource("/dashboard/{file}"), dashboard::file))
             .service(readable(resource("/healthz"), health::live))
             .service(readable(resource("/readyz"), health::ready))
             .service(readable(resource("/metrics"), metrics::scrape))

@@ -36,6 +36,7 @@ fn dummy_path(template: &str) -> String {
         .replace("{name}", "masks/report.json")
         .replace("{kind}", "noop")
         .replace("{tag}", "production")
+        .replace("{file}", "app.js")
 }
 
 #[tokio::test]
@@ -155,8 +156,7 @@ async fn every_spec_route_is_routed_by_the_server() {
     // What each documented route answers for ids that do not exist.
     let expected: BTreeMap<(&str, &str), u16> = [
         (("get", "/"), 200),
-        (("get", "/dashboard/app.js"), 200),
-        (("get", "/dashboard/app.css"), 200),
+        (("get", "/dashboard/{file}"), 200),
         (("get", "/healthz"), 200),
         (("get", "/readyz"), 200),
         (("get", "/metrics"), 200),
@@ -376,4 +376,62 @@ fn the_checks_catch_drift() {
     assert!(s.validate(error, &job_error).is_ok());
     assert!(s.validate(error, &json!({"code": "timeout"})).is_err());
     assert!(s.validate(error, &json!("timeout")).is_err());
+}
+
+/// The dashboard's files: the spec's list is the server's, every file of the assets folder is
+/// served, and every module a served module imports is served too (a module left out would
+/// only show as a broken page).
+#[tokio::test]
+async fn the_dashboard_serves_exactly_its_files() {
+    let served: BTreeSet<&str> = ferry::api::dashboard::ASSETS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect();
+    let param = &spec().doc["paths"]["/dashboard/{file}"]["parameters"][0];
+    let in_spec: BTreeSet<&str> = param["schema"]["enum"]
+        .as_array()
+        .expect("an enum of files")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(in_spec, served, "openapi.yaml's /dashboard/{{file}} enum");
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/dashboard/assets");
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&folder)
+        .expect("assets folder")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != "index.html")
+        .collect();
+    assert_eq!(
+        on_disk.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        served,
+        "every file in {folder:?} is served"
+    );
+    let imports = regex::Regex::new(r#"from\s+'\./([^']+)'"#).unwrap();
+    for (name, text) in ferry::api::dashboard::ASSETS {
+        for import in imports.captures_iter(text) {
+            assert!(
+                served.contains(&import[1]),
+                "{name} imports {}, which is not served",
+                &import[1]
+            );
+        }
+    }
+
+    let app = TestApp::spawn().await;
+    for (name, content_type) in [
+        ("app.js", "text/javascript; charset=utf-8"),
+        ("app.css", "text/css; charset=utf-8"),
+    ] {
+        let reply = app.get(&format!("/dashboard/{name}")).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-type"), Some(content_type));
+    }
+    let page = app.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        String::from_utf8_lossy(&page.bytes).contains("/dashboard/app.js"),
+        "the page loads the entry module"
+    );
+    let missing = app.get("/dashboard/nope.js").await;
+    missing.assert_problem(404, "route_not_found");
 }

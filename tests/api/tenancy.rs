@@ -82,6 +82,7 @@ fn fill(template: &str, ids: &Ids) -> String {
         .replace("{name}", &ids.result)
         .replace("{kind}", "digest")
         .replace("{tag}", "production")
+        .replace("{file}", "app.css")
 }
 
 /// Ids of one tenant's objects.
