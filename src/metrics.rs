@@ -551,4 +551,24 @@ mod tests {
         );
         assert!(text.contains("ferry_workers_live 1"), "{text}");
     }
+
+    #[test]
+    fn storage_errors_are_counted_in_every_registry() {
+        let blobs = |m: &Metrics| -> u64 {
+            m.render()
+                .lines()
+                .find_map(|l| l.strip_prefix(r#"ferry_storage_errors_total{store="blobs"} "#))
+                .map_or(0, |v| v.parse().expect("a count"))
+        };
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let before = blobs(&a);
+        storage_error(Store::Blobs);
+        // Process-wide (other tests may count too): at least this one, seen by both.
+        let after = blobs(&a);
+        assert!(after > before);
+        assert!(
+            blobs(&b) >= after,
+            "the other registry sees the same counter"
+        );
+    }
 }
