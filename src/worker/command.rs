@@ -26,6 +26,7 @@ use tokio_util::codec::{Decoder, FramedRead};
 use super::handler::{Handler, HandlerError, JobContext};
 use crate::{
     domain::{CUT_MARK, MAX_FAILURE_DETAIL_BYTES},
+    telemetry,
     workspace::procs,
 };
 
@@ -136,6 +137,12 @@ impl Handler for CommandHandler {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // With traces on, the model's own code can continue the attempt's trace: OpenTelemetry's
+        // carrier for a process is `TRACEPARENT` in its environment (this runs in the attempt's
+        // span, so the model's spans become the attempt's children).
+        if let Some(traceparent) = telemetry::current_traceparent() {
+            cmd.env("TRACEPARENT", traceparent);
+        }
         // If this worker process dies (even by SIGKILL), the kernel kills the command too, so a
         // crashed worker leaves no model running unsupervised. This covers the direct child
         // only; what it started is killed by the next worker to start on this machine, or by a

@@ -160,7 +160,7 @@ async fn a_trace_follows_a_job_from_the_request_to_the_attempt_on_another_proces
     let created = app
         .create_job_from_file(
             "model",
-            "params_json=%7B%22steps%22%3A1%7D",
+            "params_json=%7B%22steps%22%3A1%2C%22echo_env%22%3Atrue%7D",
             bytes(2000, 1),
             &[("traceparent", traceparent.as_str())],
         )
@@ -193,8 +193,22 @@ async fn a_trace_follows_a_job_from_the_request_to_the_attempt_on_another_proces
     assert_eq!(attempt.attributes["ferry.attempt"], "1");
     assert_eq!(attempt.attributes["ferry.kind"], "model");
 
+    // The model itself got the attempt's context, to continue the trace in its own code.
+    let env = app.download_result(&id, "env.json", &[]).await;
+    assert_eq!(env.status, 200);
+    let env: serde_json::Value = serde_json::from_slice(&env.bytes).expect("env.json");
+    assert_eq!(
+        env["env"]["TRACEPARENT"],
+        format!("00-{TRACE}-{}-01", attempt.span_id).as_str(),
+        "{env}"
+    );
+
     // Its results, published inside it.
-    for result in ["publish preview.txt", "publish masks/mask.json"] {
+    for result in [
+        "publish preview.txt",
+        "publish env.json",
+        "publish masks/mask.json",
+    ] {
         let publish = receiver.span(result, |s| s.trace_id == TRACE).await;
         assert_eq!(publish.parent_span_id, attempt.span_id, "{publish:?}");
     }

@@ -13,7 +13,8 @@ FERRY_PARAMS chooses what it does:
                     file (or, for a list input, each file) with its SHA-256, and what each list
                     folder holds; then exit 0.
 With params.steps, "ok" also reports progress that many times, params.step_seconds apart (0.3 s),
-after reading its inputs. With params.echo_env, "ok" also writes env.json: its FERRY_* variables and working directory.
+after reading its inputs. With params.echo_env, "ok" also writes env.json: its FERRY_* variables
+(and TRACEPARENT, when traces are on) and working directory.
 """
 import hashlib, json, os, pathlib, signal, sys, time
 
@@ -71,7 +72,7 @@ gate = params.get("gate")
 while gate and not os.path.exists(gate):
     time.sleep(0.05)
 if params.get("echo_env"):
-    env = {k: v for k, v in os.environ.items() if k.startswith("FERRY_")}
+    env = {k: v for k, v in os.environ.items() if k.startswith("FERRY_") or k == "TRACEPARENT"}
     (outputs / "env.json").write_text(json.dumps({"env": env, "cwd": os.getcwd()}))
 if params.get("big_output_mb"):
     # A large leftover output, published after the process exits.
