@@ -508,14 +508,17 @@ pub async fn apply(
         Expr::col(job::Column::Kind),
         Expr::col(job::Column::Version),
         Expr::col(job::Column::CreatedAtMs),
+        Expr::col(job::Column::StartedAtMs),
     ]));
-    let row: Option<(i64, i64, String, Option<String>, i64)> =
+    let row: Option<(i64, i64, String, Option<String>, i64, Option<i64>)> =
         tx.fetch_optional_row(&update).await?;
-    let Some((new_attempt, seq, kind, version, created_at_ms)) = row else {
+    let Some((new_attempt, seq, kind, version, created_at_ms, started_at_ms)) = row else {
         return Ok(None);
     };
     match &transition {
-        Transition::Claim { .. } if new_attempt == 1 => tx.count(JobMove::Started {
+        // The job's first start: a claim sets `started_at_ms` only if it was unset. (Not
+        // "attempt 1": an attempt a stopping worker handed back is attempt 1 again.)
+        Transition::Claim { .. } if started_at_ms == Some(now_ms) => tx.count(JobMove::Started {
             kind,
             waited_ms: now_ms - created_at_ms,
         }),
