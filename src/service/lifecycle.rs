@@ -322,6 +322,10 @@ pub struct Applied {
     pub attempt: Option<i32>,
 }
 
+/// What a transition's `UPDATE … RETURNING` says: the attempt and event numbers, then what the
+/// metrics count the move by (kind, version, created and first started, ms).
+type Moved = (i64, i64, String, Option<String>, i64, Option<i64>);
+
 /// Performs `transition` on job `job_id` for `holder`, in `tx`, at time `now_ms`: one
 /// conditional update, then the event and (for a requeue or redispatch) the queue entry.
 /// `None` when it is refused — the job is not in a source status, the holder's guard does not
@@ -510,8 +514,7 @@ pub async fn apply(
         Expr::col(job::Column::CreatedAtMs),
         Expr::col(job::Column::StartedAtMs),
     ]));
-    let row: Option<(i64, i64, String, Option<String>, i64, Option<i64>)> =
-        tx.fetch_optional_row(&update).await?;
+    let row: Option<Moved> = tx.fetch_optional_row(&update).await?;
     let Some((new_attempt, seq, kind, version, created_at_ms, started_at_ms)) = row else {
         return Ok(None);
     };
