@@ -21,7 +21,7 @@ use std::sync::{Arc, LazyLock};
 
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 
 /// A version label for jobs of an unversioned kind.
@@ -235,8 +235,9 @@ impl Metrics {
             uploads_completed: counter_vec(
                 r,
                 "ferry_uploads_completed_total",
-                "Streamed uploads that ended, by how (stored; refused: the client's mistake, \
-                 cut off, or a limit; failed: a store error).",
+                "Uploads that ended, by how: stored (a streamed upload stored, or a resumable \
+                 one's last byte in); refused (a streamed upload refused: the client's mistake, \
+                 cut off, or a limit); failed (a streamed upload's store error).",
                 &["outcome"],
             ),
             upload_duration: histogram(
@@ -305,10 +306,7 @@ impl Metrics {
             ),
             registry,
         };
-        inner
-            .registry
-            .register(Box::new(STORAGE_ERRORS.clone()))
-            .expect("registered once");
+        registered(&inner.registry, Ok(STORAGE_ERRORS.clone()));
         Metrics(Arc::new(inner))
     }
 
@@ -331,7 +329,7 @@ impl Metrics {
         }
     }
 
-    pub fn job_created(&self, kind: &str, version: Option<&str>) {
+    fn job_created(&self, kind: &str, version: Option<&str>) {
         self.0
             .jobs_created
             .with_label_values(&[kind, version.unwrap_or(NO_VERSION)])
@@ -339,7 +337,7 @@ impl Metrics {
     }
 
     /// A job reached `outcome` (`succeeded`, `failed` or `canceled`).
-    pub fn job_finished(&self, kind: &str, version: Option<&str>, outcome: &str) {
+    fn job_finished(&self, kind: &str, version: Option<&str>, outcome: &str) {
         self.0
             .jobs_finished
             .with_label_values(&[kind, version.unwrap_or(NO_VERSION), outcome])
@@ -347,7 +345,7 @@ impl Metrics {
     }
 
     /// A job's first attempt started `waited_ms` after the job was created.
-    pub fn job_started(&self, kind: &str, waited_ms: i64) {
+    fn job_started(&self, kind: &str, waited_ms: i64) {
         self.0
             .queue_wait
             .with_label_values(&[kind])
@@ -363,7 +361,7 @@ impl Metrics {
             .observe(ran.as_secs_f64());
     }
 
-    pub fn retry_scheduled(&self, kind: &str) {
+    fn retry_scheduled(&self, kind: &str) {
         self.0.retries.with_label_values(&[kind]).inc();
     }
 
@@ -396,7 +394,7 @@ impl Metrics {
         self.0.uploads_capacity.set(capacity as i64);
     }
 
-    pub fn result_published(&self, kind: &str, bytes: u64, intermediate: bool) {
+    fn result_published(&self, kind: &str, bytes: u64, intermediate: bool) {
         self.0.result_bytes.with_label_values(&[kind]).inc_by(bytes);
         let stage = if intermediate {
             "intermediate"
@@ -460,48 +458,44 @@ impl Metrics {
 // Constructors: a metric whose name or labels are invalid is a bug in this file, found by the
 // first test that builds `Metrics` (the unit test below), hence `expect`.
 
+/// `made`, registered in `r`.
+fn registered<C: Collector + Clone + 'static>(r: &Registry, made: prometheus::Result<C>) -> C {
+    let metric = made.expect("valid metric");
+    r.register(Box::new(metric.clone()))
+        .expect("registered once");
+    metric
+}
+
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("registered once");
-    c
+    registered(r, IntCounter::new(name, help))
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("registered once");
-    c
+    registered(r, IntCounterVec::new(Opts::new(name, help), labels))
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("registered once");
-    g
+    registered(r, IntGauge::new(name, help))
 }
 
 fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("registered once");
-    g
+    registered(r, IntGaugeVec::new(Opts::new(name, help), labels))
 }
 
 fn float_gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("registered once");
-    g
+    registered(r, GaugeVec::new(Opts::new(name, help), labels))
+}
+
+fn durations(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec())
 }
 
 fn histogram(r: &Registry, name: &str, help: &str) -> Histogram {
-    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-    let h = Histogram::with_opts(opts).expect("valid metric");
-    r.register(Box::new(h.clone())).expect("registered once");
-    h
+    registered(r, Histogram::with_opts(durations(name, help)))
 }
 
 fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
-    let h = HistogramVec::new(opts, labels).expect("valid metric");
-    r.register(Box::new(h.clone())).expect("registered once");
-    h
+    registered(r, HistogramVec::new(durations(name, help), labels))
 }
 
 #[cfg(test)]

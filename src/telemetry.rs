@@ -8,7 +8,7 @@
 //! OpenTelemetry SDK. One span per API request (`api::trace`), continuing a W3C `traceparent`
 //! the client sent; one per attempt (`worker::attempt`), whose parent is the request that
 //! created the job — its `traceparent` is kept with the job ([`current_traceparent`],
-//! [`context_of`]) — so one trace shows upload → queue → handler → results, across processes
+//! [`continue_trace`]) — so one trace shows upload → queue → handler → results, across processes
 //! and restarts. Spans carry the job id as the attribute `ferry.job_id`.
 
 use std::{
@@ -17,7 +17,7 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use opentelemetry::{Context, global, trace::TracerProvider as _};
+use opentelemetry::{global, trace::TracerProvider as _};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::{
     Resource,
@@ -46,7 +46,7 @@ pub enum LogFormat {
 static TRACING: AtomicBool = AtomicBool::new(false);
 
 /// The span attribute that names a job.
-pub const JOB_ID: &str = "ferry.job_id";
+const JOB_ID: &str = "ferry.job_id";
 
 /// Whether this process exports traces.
 pub fn traces_on() -> bool {
@@ -163,18 +163,21 @@ pub fn current_traceparent() -> Option<String> {
     carrier.remove("traceparent")
 }
 
-/// The trace context a `traceparent` (and `tracestate`) value names (an empty context for a
-/// malformed one: the span then starts a trace of its own).
-pub fn context_of(traceparent: &str, tracestate: Option<&str>) -> Context {
-    let mut carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
-    if let Some(state) = tracestate {
-        carrier.insert("tracestate".to_owned(), state.to_owned());
+/// Names the job `span` is about (the attribute `ferry.job_id`), when traces are exported.
+pub fn mark_job(span: &tracing::Span, job_id: impl std::fmt::Display) {
+    if traces_on() {
+        span.set_attribute(JOB_ID, job_id.to_string());
     }
-    global::get_text_map_propagator(|p| p.extract(&carrier))
 }
 
 /// Makes `span` a child of the trace `traceparent` names.
 pub fn continue_trace(span: &tracing::Span, traceparent: &str, tracestate: Option<&str>) {
+    let mut carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    if let Some(state) = tracestate {
+        carrier.insert("tracestate".to_owned(), state.to_owned());
+    }
+    // A malformed value gives an empty context: the span then starts a trace of its own.
+    let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
     // Refused only for a span that already started a trace of its own: not ours.
-    let _ = span.set_parent(context_of(traceparent, tracestate));
+    let _ = span.set_parent(parent);
 }

@@ -229,13 +229,15 @@ where
         .route(web::head().to(handler))
 }
 
+/// A route's resource: a method it does not serve is a `405` problem.
+fn resource(path: &str) -> Resource {
+    web::resource(path.to_owned()).default_service(web::to(problem::method_not_allowed))
+}
+
 /// Registers `/metrics` and `/healthz` only: what a `ferry worker` serves on `metrics_listen`.
 pub fn configure_metrics(services: Services) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(services));
-        let resource = |path: &str| {
-            web::resource(path.to_owned()).default_service(web::to(problem::method_not_allowed))
-        };
         cfg.service(readable(resource("/healthz"), health::live))
             .service(readable(resource("/metrics"), metrics::scrape));
     }
@@ -252,9 +254,6 @@ pub fn configure(
             .app_data(web::Data::new(stopping))
             .app_data(web::QueryConfig::default().error_handler(problem::query_error))
             .app_data(web::PathConfig::default().error_handler(problem::path_error));
-        let resource = |path: &str| {
-            web::resource(path.to_owned()).default_service(web::to(problem::method_not_allowed))
-        };
         cfg.service(readable(resource("/"), dashboard::index))
             .service(readable(resource("/dashboard/{file}"), dashboard::file))
             .service(readable(resource("/healthz"), health::live))

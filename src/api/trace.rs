@@ -10,7 +10,6 @@ use actix_web::{
     middleware::Next,
 };
 use tracing::{Instrument, field::Empty};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::telemetry;
 
@@ -48,7 +47,7 @@ pub async fn request_span(
     if route.starts_with("/v1/jobs/{id}")
         && let Some(id) = req.path().split('/').nth(3)
     {
-        span.set_attribute(telemetry::JOB_ID, id.to_owned());
+        telemetry::mark_job(&span, id);
     }
     let res = next.call(req).instrument(span.clone()).await;
     let status = match &res {

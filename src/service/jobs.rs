@@ -747,10 +747,7 @@ impl Services {
                 }
             })
             .collect();
-        if telemetry::traces_on() {
-            use tracing_opentelemetry::OpenTelemetrySpanExt;
-            tracing::Span::current().set_attribute(telemetry::JOB_ID, id.to_string());
-        }
+        telemetry::mark_job(&tracing::Span::current(), id);
         let row = job::Model {
             id: id.0,
             tenant: tenant.as_str().to_owned(),

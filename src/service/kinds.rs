@@ -91,14 +91,19 @@ impl KindView {
             .map(|t| &t.version)
             .filter(|v| versions.contains_key(*v));
         production
-            .or(self.defaults.default_version.as_ref())
             .cloned()
-            .or_else(|| {
-                (versions.len() == 1)
-                    .then(|| versions.keys().next().cloned())
-                    .flatten()
-            })
+            .or_else(|| untagged_version(&self.defaults))
     }
+}
+
+/// What a bare kind runs without a `production` tag: its `default_version`, else its only
+/// version (`None` for a kind without versions, or with several and no default).
+fn untagged_version(defaults: &KindDefaults) -> Option<String> {
+    defaults.default_version.clone().or_else(|| {
+        (defaults.versions.len() == 1)
+            .then(|| defaults.versions.keys().next().cloned())
+            .flatten()
+    })
 }
 
 impl Services {
@@ -164,12 +169,8 @@ impl Services {
         if let Some(version) = self.tag_target(kind, PRODUCTION).await? {
             return Ok(resolved(Some(version), Some(PRODUCTION.to_owned())));
         }
-        if let Some(version) = &defaults.default_version {
-            return Ok(resolved(Some(version.clone()), None));
-        }
-        if defaults.versions.len() == 1 {
-            let only = defaults.versions.keys().next().cloned();
-            return Ok(resolved(only, None));
+        if let Some(version) = untagged_version(defaults) {
+            return Ok(resolved(Some(version), None));
         }
         Err(unknown_version(format!(
             "kind {kind:?} has several versions ({}) and no {PRODUCTION} tag or \

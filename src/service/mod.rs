@@ -90,8 +90,6 @@ pub struct Services {
     pub reconciler_passes: Arc<std::sync::atomic::AtomicU64>,
     /// What live workers serve, as this process last read it (see [`workers`]).
     pub served_cache: workers::ServedCache,
-    /// This process's metrics (see [`crate::metrics`] and [`observe`]).
-    pub metrics: crate::metrics::Metrics,
 }
 
 impl Services {
@@ -124,7 +122,6 @@ impl Services {
         Ok(Services {
             keys: keys::KeyRing::new(db.clone(), open_allowed),
             audit: audit::AuditLog::start(db.clone()),
-            metrics: db.metrics().clone(),
             rates: rate::RateLimiter::default(),
             db,
             blobs,

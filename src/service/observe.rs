@@ -21,17 +21,18 @@ impl Services {
     /// Sets the queue's gauges from the database and renders every metric.
     pub async fn render_metrics(&self) -> ServiceResult<String> {
         let snapshot = self.queue_snapshot().await?;
-        self.metrics.set_queue(&snapshot);
+        self.db.metrics().set_queue(&snapshot);
         let capacity = self.settings.limits.max_concurrent_uploads;
         let free = self.upload_slots.available_permits();
-        self.metrics
+        self.db
+            .metrics()
             .upload_slots(capacity.saturating_sub(free), capacity);
-        Ok(self.metrics.render())
+        Ok(self.db.metrics().render())
     }
 
     /// Queued jobs per kind and version, running jobs per worker, live workers. Two grouped
     /// reads on the jobs' status index, and the live workers' rows.
-    pub async fn queue_snapshot(&self) -> ServiceResult<QueueSnapshot> {
+    async fn queue_snapshot(&self) -> ServiceResult<QueueSnapshot> {
         let now = now_ms();
         let queued: Vec<(String, Option<String>, i64, Option<i64>)> = job::Entity::find()
             .select_only()

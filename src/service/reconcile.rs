@@ -131,7 +131,7 @@ impl Services {
 
     /// Adds a pass's repairs to the metrics, each under a fixed name.
     fn count_repairs(&self, r: &Repairs) {
-        let m = &self.metrics;
+        let m = self.db.metrics();
         m.leases_expired(r.expired_leases as u64);
         for (repair, count) in [
             ("expired_leases", r.expired_leases as u64),

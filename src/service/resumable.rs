@@ -475,10 +475,11 @@ impl Services {
             ))
         });
         if let Ok(done) = &appended {
-            self.metrics
+            self.db
+                .metrics()
                 .upload_bytes(done.offset.saturating_sub(append.offset));
             if done.completed.is_some() {
-                self.metrics.upload_ended("stored");
+                self.db.metrics().upload_ended("stored");
             }
         }
         appended

@@ -164,9 +164,12 @@ impl Services {
         let began = std::time::Instant::now();
         let stored = self.receive_upload(tenant, body, meta).await;
         match &stored {
-            Ok(row) => self.metrics.upload_stored(row.size as u64, began.elapsed()),
-            Err(e) if e.code.status() < 500 => self.metrics.upload_ended("refused"),
-            Err(_) => self.metrics.upload_ended("failed"),
+            Ok(row) => self
+                .db
+                .metrics()
+                .upload_stored(row.size as u64, began.elapsed()),
+            Err(e) if e.code.status() < 500 => self.db.metrics().upload_ended("refused"),
+            Err(_) => self.db.metrics().upload_ended("failed"),
         }
         stored
     }

@@ -78,7 +78,7 @@ pub(crate) async fn run_dispatch(
         if let Some(parent) = &claimed.job.traceparent {
             telemetry::continue_trace(&span, parent, None);
         }
-        span.set_attribute(telemetry::JOB_ID, JobId(claimed.job.id).to_string());
+        telemetry::mark_job(&span, JobId(claimed.job.id));
         span.set_attribute("ferry.kind", claimed.job.kind.clone());
         span.set_attribute("ferry.attempt", i64::from(claimed.lease.attempt));
     }
@@ -131,7 +131,8 @@ async fn run_claimed(
                 JobStatus::Queued | JobStatus::Running => requeued,
             };
             services
-                .metrics
+                .db
+                .metrics()
                 .attempt_ended(&claimed.job.kind, ended, began.elapsed());
         }
         Ok(None) => tracing::warn!("attempt outcome dropped: the lease was lost"),
