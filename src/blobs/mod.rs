@@ -4,14 +4,17 @@
 //! streams of chunks.
 //!
 //! The local store fsyncs each file and its folder before a write returns (object_store's
-//! `with_fsync`), which is what lets the API answer 2xx only for durable bytes; on object storage
-//! a multipart upload is only visible once completed, which the store makes durable.
+//! `with_fsync`; streamed writes go through [`local_upload`], which also starts the disk's
+//! writeback while the bytes still arrive), which is what lets the API answer 2xx only for
+//! durable bytes; on object storage a multipart upload is only visible once completed, which
+//! the store makes durable.
 //!
 //! `s3://bucket/prefix` (and `gs://`, `az://`, … through object_store's URL parser) are
 //! configured the way their SDKs are: `AWS_*` / `GOOGLE_*` / `AZURE_*` environment variables
 //! (`AWS_ENDPOINT_URL` for S3-compatible servers), overridden by `blob_options` in `ferry.toml`.
 
 mod hashing;
+mod local_upload;
 pub mod resumable;
 
 use std::{collections::BTreeMap, ops::Range, path::PathBuf, sync::Arc, time::Duration};
@@ -26,6 +29,8 @@ use object_store::{
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
+
+use local_upload::LocalUpload;
 
 /// Every object path Ferry writes, in one place.
 pub mod keys {
@@ -158,6 +163,9 @@ impl Stored {
 pub struct Blobs {
     store: Arc<dyn ObjectStore>,
     part_bytes: usize,
+    /// The local folder's store, when that is the store: multipart writes into it go through
+    /// [`local_upload`], which overlaps the disk's work with the upload's.
+    local: Option<Arc<LocalFileSystem>>,
     /// Where resumable uploads keep their bytes until they complete.
     resumable: resumable::Target,
 }
@@ -203,6 +211,7 @@ impl Blobs {
         Ok(Blobs {
             store,
             part_bytes,
+            local: None,
             resumable,
         })
     }
@@ -307,7 +316,10 @@ impl Blobs {
 
         // A body larger than a part is hashed on a thread of its own from here on.
         let mut hashing = hashing::BackgroundSha256::start(hasher);
-        let upload = self.store.put_multipart(key).await?;
+        let upload: Box<dyn object_store::MultipartUpload> = match &self.local {
+            Some(local) => Box::new(LocalUpload::create(local.path_to_filesystem(key)?).await?),
+            None => self.store.put_multipart(key).await?,
+        };
         let mut writer = AbortOnDrop(Some(WriteMultipart::new_with_chunk_size(
             upload,
             self.part_bytes,
@@ -483,9 +495,11 @@ fn open_local(dir: PathBuf, part_bytes: usize) -> anyhow::Result<Blobs> {
         .with_context(|| format!("cannot open blob folder {}", dir.display()))?
         .with_fsync(true)
         .with_automatic_cleanup(true);
+    let store = Arc::new(store);
     Ok(Blobs {
-        store: Arc::new(store),
+        store: store.clone(),
         part_bytes,
+        local: Some(store),
         resumable: resumable::Target::Local { root: dir },
     })
 }
