@@ -332,6 +332,12 @@ pub struct EventSettings {
     /// load balancers do not close it as idle.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
+    /// PostgreSQL: how long a job row read for a status poll may answer later polls from this
+    /// process's memory. Every change to a job drops its row at once, in every process (see
+    /// `storage::row_cache`); this bounds what a listener that died without a word could miss.
+    /// `0s`: every poll reads the database.
+    #[serde(with = "humantime_serde")]
+    pub poll_cache_max_age: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -561,6 +567,7 @@ impl Default for EventSettings {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_secs(15),
+            poll_cache_max_age: Duration::from_secs(1),
         }
     }
 }

@@ -22,6 +22,7 @@ mod m20261207_000002_input_lists;
 mod m20261208_000001_shared_uploads;
 mod m20261208_000002_versions_reruns;
 mod m20261215_000001_job_traceparent;
+mod m20261216_000001_job_change_trigger;
 
 pub struct Migrator;
 
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000001_shared_uploads::Migration),
             Box::new(m20261208_000002_versions_reruns::Migration),
             Box::new(m20261215_000001_job_traceparent::Migration),
+            Box::new(m20261216_000001_job_change_trigger::Migration),
         ]
     }
 }

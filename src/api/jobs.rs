@@ -377,7 +377,7 @@ pub async fn get(
     let mut changes = wait.map(|_| services.db.changes().subscribe());
     let deadline = Instant::now() + Duration::from_secs(wait.unwrap_or(0));
     loop {
-        let view = services.get_job(&caller.tenant, id).await?;
+        let view = services.poll_job(&caller.tenant, id).await?;
         let body = serde_json::to_vec(&JobOut::from(&view))
             .map_err(|e| ApiError::from(ServiceError::internal("serializing a job", e)))?;
         let etag = etag_of(&body);

@@ -874,6 +874,15 @@ impl Services {
         Ok(view)
     }
 
+    /// [`Services::get_job`] for a status poll, which may be answered from memory (see
+    /// [`Db::poll_tenant_job`](crate::storage::Db::poll_tenant_job)).
+    pub async fn poll_job(&self, tenant: &Tenant, id: JobId) -> ServiceResult<JobView> {
+        let job = self.db.poll_tenant_job(tenant, id.0).await?;
+        let mut view = JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)?;
+        self.mark_unserved(std::slice::from_mut(&mut view)).await?;
+        Ok(view)
+    }
+
     /// Jobs as the API shows them: everything is on the job row (see [`inputs_column`]).
     fn views(jobs: Vec<job::Model>) -> ServiceResult<Vec<JobView>> {
         jobs.into_iter().map(JobView::of).collect()

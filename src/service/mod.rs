@@ -106,7 +106,7 @@ impl Services {
     ) -> anyhow::Result<Services> {
         let db = Db::connect(&settings.database_url()).await?;
         db.migrate().await?;
-        db.listen_for_changes()
+        db.listen_for_changes(settings.events.poll_cache_max_age)
             .await
             .context("listening for job changes")?;
         let blobs = Blobs::open(

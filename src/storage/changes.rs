@@ -9,6 +9,10 @@
 //!
 //! Wake-ups are hints, never the truth: a waiter re-reads the job after every wake-up and at its
 //! deadline, so a lost notification (listener reconnecting, broadcast lag) only delays an answer.
+//! On PostgreSQL they also keep this process's [`JobRowCache`] honest: a notification drops the
+//! job's row before any waiter wakes (so the waiter's re-read reaches the database), a commit of
+//! this process drops it at once (a client reads its own writes), and while the listener is
+//! down nothing is cached.
 //! On SQLite a separate `ferry worker` process on the same file cannot reach this process, so
 //! waiters there also re-read their job every [`SQLITE_BACKSTOP`].
 //!
@@ -16,11 +20,16 @@
 //! enqueued a dispatch wakes the consumer of its queue at once instead of at its next poll.
 //! (On PostgreSQL apalis' own `NOTIFY` does that, across processes.)
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use sqlx::{PgPool, postgres::PgListener};
 use tokio::{sync::broadcast, time::Instant};
 use uuid::Uuid;
+
+use super::row_cache::JobRowCache;
 
 /// The PostgreSQL channel job changes are announced on; the payload is the job's UUID.
 pub const CHANNEL: &str = "ferry_job_changed";
@@ -37,6 +46,9 @@ pub struct JobChanges {
     sender: broadcast::Sender<Uuid>,
     /// How often a waiter re-reads its job even without a wake-up; `None`: only at its deadline.
     backstop: Option<Duration>,
+    /// PostgreSQL: job rows kept for status polls while every change is heard; set by
+    /// [`JobChanges::listen`].
+    rows: Arc<OnceLock<JobRowCache>>,
 }
 
 impl JobChanges {
@@ -45,6 +57,7 @@ impl JobChanges {
         Self {
             sender: broadcast::channel(BUFFER).0,
             backstop: None,
+            rows: Arc::default(),
         }
     }
 
@@ -68,8 +81,23 @@ pub struct Subscription {
 impl JobChanges {
     /// Tells this process's waiters that `job_id` changed (after the change committed).
     pub fn announce(&self, job_id: Uuid) {
+        // Before the waiters wake: their re-read must not find the old row.
+        self.committed_here(job_id);
         // No receiver is not an error: nobody waits.
         let _ = self.sender.send(job_id);
+    }
+
+    /// On PostgreSQL, a change to `job_id` this process committed: its row is read afresh from
+    /// now on. (Waiters hear of it through the notification, which every process gets.)
+    pub fn committed_here(&self, job_id: Uuid) {
+        if let Some(rows) = self.rows.get() {
+            rows.changed(job_id);
+        }
+    }
+
+    /// Job rows kept for status polls, on PostgreSQL once [`JobChanges::listen`] ran.
+    pub fn rows(&self) -> Option<&JobRowCache> {
+        self.rows.get()
     }
 
     pub fn subscribe(&self) -> Subscription {
@@ -80,33 +108,62 @@ impl JobChanges {
     }
 
     /// Relays PostgreSQL notifications of job changes (from every process sharing the database)
-    /// to this process's waiters, on one connection of `pool`, until the pool closes. Returns
-    /// once the listener is subscribed, so changes committed afterwards are heard.
-    pub async fn listen(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
+    /// to this process's waiters and row cache (rows kept up to `cache_max_age`; zero keeps
+    /// none), on one connection of `pool`, until the pool closes. Returns once the listener is
+    /// subscribed, so changes committed afterwards are heard.
+    pub async fn listen(&self, pool: &PgPool, cache_max_age: Duration) -> Result<(), sqlx::Error> {
+        let mut listener = subscribe(pool).await?;
+        let rows = self.rows.get_or_init(|| JobRowCache::new(cache_max_age));
+        rows.listening();
         let changes = self.clone();
         let pool = pool.clone();
         tokio::spawn(async move {
             loop {
-                match listener.recv().await {
-                    Ok(note) => {
+                // `try_recv`, not `recv`: `recv` reconnects silently, and the row cache must
+                // know when notifications may have been missed.
+                let lost = match listener.try_recv().await {
+                    Ok(Some(note)) => {
                         if let Ok(id) = note.payload().parse::<Uuid>() {
                             changes.announce(id);
                         }
+                        continue;
                     }
-                    Err(_) if pool.is_closed() => return,
-                    Err(e) => {
-                        // `recv` reconnects by itself next time; what was sent meanwhile is
-                        // lost, which only delays waiters until their deadline.
-                        tracing::warn!(error = %e, "job change listener lost its connection");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+                    Ok(None) => "the connection closed".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                let Some(rows) = changes.rows.get() else {
+                    return;
+                };
+                rows.deaf();
+                if pool.is_closed() {
+                    return;
                 }
+                // What was sent meanwhile is lost: waiters answer at their deadline, and the
+                // row cache stays empty until the listener is subscribed again.
+                tracing::warn!(error = %lost, "job change listener lost its connection");
+                listener = loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if pool.is_closed() {
+                        return;
+                    }
+                    match subscribe(&pool).await {
+                        Ok(listener) => break listener,
+                        Err(e) => tracing::warn!(error = %e, "job change listener reconnecting"),
+                    }
+                };
+                rows.listening();
+                tracing::info!("job change listener reconnected");
             }
         });
         Ok(())
     }
+}
+
+/// A connection of `pool` listening on [`CHANNEL`].
+async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
 }
 
 impl Subscription {

@@ -157,13 +157,14 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<job::Model> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel};
 
     use super::*;
     use crate::storage::{Db, lookup::AtMostOne};
 
-    fn job(id: Uuid, filled: bool) -> job::Model {
+    /// A job row with every column set (`filled`) or every optional one empty.
+    pub(crate) fn job(id: Uuid, filled: bool) -> job::Model {
         let some = |text: &str| filled.then(|| text.to_owned());
         job::Model {
             id,

@@ -19,6 +19,7 @@ pub mod inline_reads;
 pub mod lookup;
 pub mod outbox;
 pub mod planner_stats;
+pub mod row_cache;
 pub mod tenancy;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
@@ -336,6 +337,32 @@ impl Db {
             .filter(|job| job.tenant == tenant.as_str()))
     }
 
+    /// [`Db::find_tenant_job`] for a status poll: on PostgreSQL answered from this process's
+    /// [`row_cache`] when it holds the row (see there for why that is never staler than a change
+    /// notification takes to arrive), read and kept otherwise. Only for answers: nothing is
+    /// decided on a row read this way.
+    pub async fn poll_tenant_job(
+        &self,
+        tenant: &crate::tenancy::Tenant,
+        id: Uuid,
+    ) -> Result<Option<job::Model>, StorageError> {
+        let Some(rows) = self.changes.rows() else {
+            return self.find_tenant_job(tenant, id).await;
+        };
+        let row = match rows.get(id) {
+            Some(row) => Some(row),
+            None => {
+                let since = rows.epoch();
+                let row = self.find_job(id).await?;
+                if let Some(row) = &row {
+                    rows.put(row.clone(), since);
+                }
+                row
+            }
+        };
+        Ok(row.filter(|job| job.tenant == tenant.as_str()))
+    }
+
     pub fn queue_pool(&self) -> &Pool {
         &self.queue_pool
     }
@@ -356,10 +383,11 @@ impl Db {
     }
 
     /// On PostgreSQL, starts relaying other processes' job changes to this process's waiters
-    /// (one listening connection). On SQLite, nothing to do: changes are in-process.
-    pub async fn listen_for_changes(&self) -> Result<(), StorageError> {
+    /// and its cache of job rows for status polls, which keeps rows up to `cache_max_age` (one
+    /// listening connection). On SQLite, nothing to do: changes are in-process.
+    pub async fn listen_for_changes(&self, cache_max_age: Duration) -> Result<(), StorageError> {
         if let Pool::Postgres(pool) = &self.pool {
-            self.changes.listen(pool).await?;
+            self.changes.listen(pool, cache_max_age).await?;
         }
         Ok(())
     }
@@ -539,6 +567,9 @@ impl Tx {
                         .await?;
                 }
                 tx.commit().await?;
+                for job_id in &self.changed_jobs {
+                    self.changes.committed_here(*job_id);
+                }
             }
         }
         for job_move in &self.moves {

@@ -143,6 +143,9 @@ pub struct TestConfig {
     pub webhooks: String,
     /// `events.heartbeat`: how long an event stream stays silent before a heartbeat.
     pub heartbeat: &'static str,
+    /// `events.poll_cache_max_age`: how long PostgreSQL's status polls may be answered from
+    /// memory (the server's default when `None`).
+    pub poll_cache_max_age: Option<&'static str>,
     /// More tables at the end of the configuration (`[tenants.x]`, …).
     pub extra_toml: String,
     /// More lines in `[limits]`.
@@ -173,6 +176,7 @@ impl Default for TestConfig {
             webhooks: TEST_WEBHOOKS.to_owned(),
             progress_event_interval: None,
             heartbeat: "15s",
+            poll_cache_max_age: None,
             extra_toml: String::new(),
             extra_limits: "",
         }
@@ -332,6 +336,7 @@ kill_grace = "1s"
 {webhooks}
 [events]
 heartbeat = "{heartbeat}"
+{poll_cache_max_age}
 
 [handlers.model]
 command = ["python3", "{model}"]
@@ -357,6 +362,10 @@ concurrency = {concurrency}
                 .map(|every| format!("progress_event_interval = \"{every}\""))
                 .unwrap_or_default(),
             heartbeat = cfg.heartbeat,
+            poll_cache_max_age = cfg
+                .poll_cache_max_age
+                .map(|age| format!("poll_cache_max_age = \"{age}\""))
+                .unwrap_or_default(),
             extra_toml = cfg.extra_toml,
             extra_limits = cfg.extra_limits,
         );

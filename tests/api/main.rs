@@ -25,6 +25,7 @@ mod jobs;
 mod lifecycle;
 mod long_poll;
 mod metrics;
+mod poll_cache;
 mod query_plans;
 mod queue_order;
 mod quotas;
