@@ -18,7 +18,7 @@ matrix!(
 const WITHIN: Duration = Duration::from_secs(60);
 
 /// `seg`, a kind with three versions of `tests/handlers/versioned.py`: v1 is broken, v2 and v3
-/// work; `production` starts at v1.
+/// work (v3 with a command of its own); `production` starts at v1.
 pub fn versioned_kind() -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/handlers/versioned.py");
     format!(
@@ -32,6 +32,7 @@ timeout = "60s"
 env = {{ MODEL_BROKEN = "1" }}
 [handlers.seg.versions.v2]
 [handlers.seg.versions.v3]
+command = ["python3", "{script}", "v3's own command"]
 timeout = "30s"
 [handlers.seg.tags]
 production = "v1"
@@ -118,6 +119,12 @@ async fn tags_move_on_every_replica_and_jobs_keep_the_version_they_were_created_
         let written = version_json(&app, &id(job)).await;
         assert_eq!(written["version"], version, "{written}");
         assert_eq!(written["inputs"]["scan"], sha256_hex(&data));
+        let args: &[&str] = if version == "v3" {
+            &["v3's own command"]
+        } else {
+            &[]
+        };
+        assert_eq!(written["args"], json!(args), "{version}'s command");
         let results = app.results(&id(job)).await;
         assert!(
             results.iter().all(|r| r["version"] == version),

@@ -4,7 +4,8 @@
 Its version is FERRY_VERSION (set by Ferry for a kind with versions); what it does comes from
 the environment each version's configuration gives it:
   MODEL_BROKEN=1  print to stderr and exit 3, as a model with a bug would;
-  otherwise       write version.json: {"version": FERRY_VERSION, "inputs": {file: sha256}}.
+  otherwise       write version.json: {"version": FERRY_VERSION, "inputs": {file: sha256},
+                  "args": its command's arguments} (a version may have a command of its own).
 params.gate: wait for this file to exist before writing.
 """
 import hashlib, json, os, pathlib, sys, time
@@ -23,4 +24,4 @@ gate = params.get("gate")
 while gate and not os.path.exists(gate):
     time.sleep(0.05)
 out = pathlib.Path(os.environ["FERRY_OUTPUT_DIR"]) / "version.json"
-out.write_text(json.dumps({"version": version, "inputs": digests}))
+out.write_text(json.dumps({"version": version, "inputs": digests, "args": sys.argv[1:]}))
