@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Ferry benchmark: disk baseline, streamed uploads, server memory, no-op job throughput, webhook
-deliveries, long-poll wake-ups.
+deliveries, long-poll wake-ups, status polls, and issue 10's goals against what the same run
+measured.
 
     python3 scripts/bench.py --bin target/release/ferry [--upload-gib G] [--jobs N] [--clients C]
                              [--webhook-jobs N] [--long-polls M] [--skip-uploads] [--skip-jobs]
                              [--skip-webhooks] [--skip-long-poll] [--skip-polls]
-                             [--poll-seconds S] [--poll-rounds R]
+                             [--poll-seconds S] [--poll-rounds R] [--backlog N] [--peers]
                              [--paced-jobs N] [--pace R] [--postgres URL --s3-endpoint URL]
+                             [--chart PATH.png]
 
 (scripts/bench.sh builds the release binary and runs this.) Standard library only, Python 3.11+,
-Linux. Per configuration, each measurement gets a fresh `ferry serve`:
+Linux; only --chart needs more: matplotlib (`python3 -m pip install -r
+scripts/bench-requirements.txt`; without it the run says so and draws no chart). Per
+configuration, each measurement gets a fresh `ferry serve`:
 
 1. the limits an upload works within: disk write speed (`dd if=/dev/zero bs=1M count=1024
    conv=fsync` in the temporary folder, $TMPDIR or /tmp, before and after the uploads, as a VM's
@@ -44,6 +48,17 @@ Linux. Per configuration, each measurement gets a fresh `ferry serve`:
 11. with --peers: BullMQ, Celery + Redis and procrastinate, no-op jobs as in 4, in the same run
    (scripts/bench_peers.py; scripts/install-peers.sh installs them).
 
+The report ends with one Markdown table, "Goals (issue 10), measured in this run"
+(scripts/bench_goals.py), a row per goal of the issue: status polls (req/s and p99, plain and with
+If-None-Match) next to nginx; no-op job throughput against BullMQ with AOF `everysec` (and
+`always`); dispatch p50 and p99 at --pace against the best peer; one upload against 80 % of the
+lowest limit its bytes go through, min(dd, SHA-256, loopback) (without dd on S3, as in 2); four at
+once against 90 % of dd. Each row shows the target, Ferry's figure per configuration, the figure
+it is compared with from this run, the ratio, and whether the target is met. The sections hand
+their figures to it (nothing is parsed back from the printed rows); a section skipped or not
+reached reads "skipped (…)" or "not measured". --chart PATH.png draws the no-op job throughput of
+Ferry and of each peer, and their submit → start p50 and p99 at --pace (scripts/bench_chart.py).
+
 The embedded configuration (SQLite + local folder) always; the scale-out one (PostgreSQL + S3)
 too when given, like the test suite, a PostgreSQL server URL (--postgres or TEST_PG_URL) and an
 S3 endpoint (--s3-endpoint or TEST_S3_ENDPOINT). It starts no service. Each server under test
@@ -67,6 +82,7 @@ import dataclasses
 import hashlib
 import http.client
 import http.server
+import importlib.util
 import json
 import os
 import platform
@@ -87,6 +103,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from typing import Any, Callable, Iterator
 
+import bench_goals
 import bench_peers
 import bench_polls
 
@@ -127,7 +144,8 @@ def machine_facts(tmp: str, ferry_bin: str) -> Rows:
         ("nproc", str(len(os.sched_getaffinity(0)))),
         ("CPU model", proc("/proc/cpuinfo", "model name")),
         ("memory", f"{int(proc('/proc/meminfo', 'MemTotal:').split()[0]) / MIB:.1f} GiB"),
-        ("kernel, python", f"{platform.system()} {platform.release()}, {platform.python_version()}"),
+        ("kernel, python",
+         f"{platform.system()} {platform.release()}, {platform.python_version()}"),
         ("temp folder", f"{tmp} on {df[0]} ({df[1]}), {int(df[4]) // MIB} GiB free"
                         if len(df) > 6 else tmp),
         ("ferry", f"{output([ferry_bin, '--version'])} ({ferry_bin})"),
@@ -225,7 +243,8 @@ class Server:
         if not found.wait(60) or not self.port:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)  # for its exit code
-            raise BenchError(f"server {self.name} reported no address (exit code {self.proc.poll()})")
+            raise BenchError(f"server {self.name} reported no address "
+                             f"(exit code {self.proc.poll()})")
         with contextlib.closing(Client(self)) as client:
             client.get("/readyz")
         log(f"server {self.name}: pid {self.pid}, http://{self.host}:{self.port}")
@@ -341,7 +360,8 @@ class ScaleOut:
 
     def delete_bucket(self, bucket: str) -> None:
         """Its objects, a listing (up to 1000) at a time, then the bucket itself."""
-        while keys := ET.fromstring(self.s3("GET", f"/{bucket}?list-type=2")).findall("{*}Contents/{*}Key"):
+        listing = f"/{bucket}?list-type=2"
+        while keys := ET.fromstring(self.s3("GET", listing)).findall("{*}Contents/{*}Key"):
             for key in keys:
                 self.s3("DELETE", f"/{bucket}/{urllib.parse.quote(key.text or '')}")
         self.s3("DELETE", f"/{bucket}")
@@ -349,6 +369,11 @@ class ScaleOut:
 
 def label(cfg: ScaleOut | None) -> str:
     return "PostgreSQL + S3" if cfg else "SQLite + local disk"
+
+
+def config_name(cfg: ScaleOut | None) -> str:
+    """The configuration's name in the goals table and the chart."""
+    return bench_goals.CONFIGS[cfg is not None]
 
 
 @contextlib.contextmanager
@@ -381,7 +406,8 @@ def measure_dd(tmp: str) -> dict[str, float]:
     with contextlib.suppress(OSError):
         os.unlink(path)
     # e.g. "1073741824 bytes (1.1 GB, 1.0 GiB) copied, 2.34 s, 459 MB/s"
-    if res.returncode != 0 or not (m := re.search(r"^(\d+) bytes .* copied, ([0-9.]+) s", res.stderr, re.M)):
+    m = re.search(r"^(\d+) bytes .* copied, ([0-9.]+) s", res.stderr, re.M)
+    if res.returncode != 0 or not m:
         raise BenchError(f"dd failed ({res.returncode}): {res.stderr.strip()}")
     return {"seconds": float(m.group(2)), "mb_s": int(m.group(1)) / float(m.group(2)) / MB}
 
@@ -472,7 +498,8 @@ def concurrent_uploads(server: Server, path: str, size: int, sha256: str) -> dic
     cpu0 = cpu_seconds(server.pid)
     run_threads(one, [()] * CONCURRENT_UPLOADS)
     if errors:
-        raise BenchError(f"{len(errors)} of {CONCURRENT_UPLOADS} uploads failed; first: {errors[0]!r}")
+        raise BenchError(f"{len(errors)} of {CONCURRENT_UPLOADS} uploads failed; "
+                         f"first: {errors[0]!r}")
     st, wall = vm_status(server.pid), max(t[1] for t in times) - min(t[0] for t in times)
     return {"wall": wall, "mb_s": CONCURRENT_UPLOADS * size / wall / MB, "idle_rss": idle,
             "each": sorted(t1 - t0 for t0, t1 in times), "cpu": cpu_seconds(server.pid) - cpu0,
@@ -480,7 +507,7 @@ def concurrent_uploads(server: Server, path: str, size: int, sha256: str) -> dic
 
 
 def upload_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, payload: str, sha256: str,
-                   size: int) -> tuple[str, Rows]:
+                   size: int) -> tuple[str, Rows, bench_goals.UploadFigures]:
     dd1 = measure_dd(tmp)
     with serving(cfg, ferry_bin, tmp, "upload-1") as s:
         log(f"upload: 1 x {size / GIB:.2f} GiB")
@@ -494,7 +521,8 @@ def upload_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, payload: str,
     dd = (dd1["mb_s"] + dd2["mb_s"]) / 2
     sha, loop = measure_sha256(payload), measure_loopback(payload)
     # What one upload cannot beat: it is received, hashed and (embedded) written to disk.
-    limit = min([sha, loop] if cfg else [dd, sha, loop])
+    figures = bench_goals.UploadFigures(dd, sha, loop, not cfg, one["mb_s"], four["mb_s"])
+    limit = figures.limit()
 
     def of_dd(mb_s: float) -> str:  # only in the embedded configuration do the bytes go to disk
         return "" if cfg else f", {mb_s / dd * 100:.0f}% of dd"
@@ -518,7 +546,7 @@ def upload_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, payload: str,
         ("  RSS after the uploads", f"{four['rss_after'] / MIB:8.1f} MiB"),
         ("upload verification", f"size and sha256 reported by the API match the payload "
                                 f"({1 + CONCURRENT_UPLOADS} uploads)"),
-    ]
+    ], figures
 
 
 def wait_for_jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
@@ -539,10 +567,12 @@ def wait_for_jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
     with contextlib.closing(client):
         while True:
             for _ in range(20):
-                if pointer == len(ids) or client.get(f"/v1/jobs/{ids[pointer]}")["status"] not in FINAL:
+                if (pointer == len(ids)
+                        or client.get(f"/v1/jobs/{ids[pointer]}")["status"] not in FINAL):
                     break
                 pointer, last_progress = pointer + 1, time.monotonic()
-            if not any(client.get(f"/v1/jobs?status={s}&limit=1")["items"] for s in ("queued", "running")):
+            if not any(client.get(f"/v1/jobs?status={s}&limit=1")["items"]
+                       for s in ("queued", "running")):
                 if bad := listing("failed") + listing("canceled"):
                     raise BenchError(f"{len(bad)} job(s) failed or were canceled, e.g. "
                                      f"{json.dumps(bad[0])[:1500]}")
@@ -559,8 +589,7 @@ def wait_for_jobs(server: Server, ids: list[str]) -> list[dict[str, Any]]:
 
 def pcts(values: list[float]) -> str:
     """Nearest-rank percentiles."""
-    v = sorted(values)
-    return "  ".join(f"{name} {v[max(1, -(-len(v) * q // 100)) - 1]:7.1f}"
+    return "  ".join(f"{name} {bench_peers.nearest_rank(values, q):7.1f}"
                      for name, q in (("p50", 50), ("p90", 90), ("p99", 99), ("max", 100)))
 
 
@@ -596,7 +625,8 @@ def submit_jobs(server: Server, n_jobs: int, n_clients: int, rate: float = 0,
                 time.sleep(max(0.0, start[0] + i / rate - time.monotonic()))
             t0 = time.monotonic()
             try:
-                status, data = client.call("POST", f"/v1/kinds/{kind}/jobs", f"{kind} {i}\n".encode(),
+                status, data = client.call("POST", f"/v1/kinds/{kind}/jobs",
+                                           f"{kind} {i}\n".encode(),
                                            {"Content-Type": "application/octet-stream"})
             except (http.client.HTTPException, OSError) as e:
                 status, data = 0, repr(e).encode()
@@ -621,7 +651,7 @@ def submit_jobs(server: Server, n_jobs: int, n_clients: int, rate: float = 0,
 
 
 def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
-                 n_clients: int, rate: float = 0) -> tuple[str, Rows]:
+                 n_clients: int, rate: float = 0) -> tuple[str, Rows, bench_goals.JobFigures]:
     with serving(cfg, ferry_bin, tmp, "jobs") as server:
         cpu0 = cpu_seconds(server.pid)
         sub = submit_jobs(server, n_jobs, n_clients, rate)
@@ -630,6 +660,9 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
     created, started, finished = ([datetime.fromisoformat(j[f"{k}_at"]).timestamp() for j in jobs]
                                   for k in ("created", "started", "finished"))
     first, span = min(created), max(finished) - min(created)
+    dispatch = [(s - c) * 1000 for s, c in zip(started, created)]
+    figures = bench_goals.JobFigures(len(jobs) / span, bench_peers.nearest_rank(dispatch, 50),
+                                     bench_peers.nearest_rank(dispatch, 99))
     attempts = collections.Counter(j.get("attempt") for j in jobs)
     pace = f", paced at {rate:g} jobs/s" if rate else ""
     title = (f"No-op jobs — {label(cfg)}: {n_jobs} x POST /v1/kinds/noop/jobs, "
@@ -641,16 +674,17 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
         ("client submit rate", f"{len(sub.ids) / sub.seconds:8.1f} jobs/s   "
                                f"({sub.seconds:.2f} s to submit all)"),
         ("client POST round trip ms", pcts(sub.round_trip_ms)),
-        ("throughput (server clock)", f"{len(jobs) / span:8.1f} jobs/s   (first created_at → last "
-                                      f"finished_at: {span:.2f} s; created over "
+        ("throughput (server clock)", f"{figures.throughput:8.1f} jobs/s   (first created_at → "
+                                      f"last finished_at: {span:.2f} s; created over "
                                       f"{max(created) - first:.2f} s)"),
-        ("dispatch ms (started-created)", pcts([(s - c) * 1000 for s, c in zip(started, created)])),
+        ("dispatch ms (started-created)", pcts(dispatch)),
         ("run ms (finished-started)", pcts([(f - s) * 1000 for f, s in zip(finished, started)])),
-        ("end-to-end ms (finished-created)", pcts([(f - c) * 1000 for f, c in zip(finished, created)])),
+        ("end-to-end ms (finished-created)",
+         pcts([(f - c) * 1000 for f, c in zip(finished, created)])),
         ("attempts", ", ".join(f"attempt {k}: {v}" for k, v in sorted(attempts.items()))),
         *([("first submit failure", sub.failures[0][:200])] if sub.failures else []),
         ("server CPU", f"{server_cpu:8.1f} s   (submitting and polling)"),
-    ]
+    ], figures
 
 
 # A kind whose one worker slot is taken by a job that sleeps, so the backlog stays queued.
@@ -1051,11 +1085,14 @@ def longpoll_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str,
 
 
 def polls_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, seconds: int,
-                  rounds: int) -> tuple[str, Rows]:
+                  rounds: int) -> tuple[str, Rows, bench_goals.PollFigures | str]:
+    """wrk against a finished job's status and a static nginx; the figures are those of the
+    server without keys."""
     title = f"Status polls — {label(cfg)}: wrk, {bench_polls.WRK_THREADS} threads, " \
             f"{bench_polls.WRK_CONNECTIONS} connections, {seconds} s per run, median of {rounds}"
     if missing := bench_polls.missing_tools():
-        return title, [("skipped", f"not installed: {', '.join(missing)}")]
+        why = f"not installed: {', '.join(missing)}"
+        return title, [("skipped", why)], f"skipped ({why})"
     with serving(cfg, ferry_bin, tmp, "polls") as server:
         with contextlib.closing(Client(server)) as client:
             job = submit_one(client, "noop")
@@ -1064,26 +1101,31 @@ def polls_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, seconds: int,
         if status != 200 or not headers.get("ETag"):
             raise BenchError(f"GET /v1/jobs/{job} answered {status} without an ETag")
         url = f"http://{server.host}:{server.port}/v1/jobs/{job}"
+        plain = "Ferry GET /v1/jobs/{id} → 200 (open: no key exists)"
+        conditional = "Ferry, If-None-Match → 304 (open)"
+        nginx = f"nginx, static file of {len(body)} bytes"
         try:
             with bench_polls.static_nginx(tmp, body) as static_url:
-                rows = bench_polls.measure({
-                    "Ferry GET /v1/jobs/{id} → 200 (open: no key exists)": (url, {}),
-                    "Ferry, If-None-Match → 304 (open)": (url, {"If-None-Match": headers["ETag"]}),
-                    f"nginx, static file of {len(body)} bytes": (static_url, {}),
+                runs = bench_polls.measure({
+                    plain: (url, {}),
+                    conditional: (url, {"If-None-Match": headers["ETag"]}),
+                    nginx: (static_url, {}),
                 }, seconds, rounds)
             # Then with an API key, as a server that requires keys is polled: each request's key
             # is checked (against the process's one-second cache of what the database said).
             key = create_key(ferry_bin, server)
             auth = {"Authorization": f"Bearer {key}"}
             time.sleep(1.5)  # the server notices keys exist within a second
-            rows += bench_polls.measure({
+            runs |= bench_polls.measure({
                 "Ferry GET /v1/jobs/{id} → 200 (with a key)": (url, auth),
                 "Ferry, If-None-Match → 304 (with a key)": (
                     url, {**auth, "If-None-Match": headers["ETag"]}),
             }, seconds, rounds)
         except (RuntimeError, subprocess.SubprocessError) as e:
             raise BenchError(f"status polls: {e}") from None
-    return title, rows
+    figures = bench_goals.PollFigures(*(bench_polls.medians(runs[name])
+                                        for name in (plain, conditional, nginx)))
+    return title, bench_polls.rows(runs), figures
 
 
 def create_key(ferry_bin: str, server: Server) -> str:
@@ -1097,23 +1139,25 @@ def create_key(ferry_bin: str, server: Server) -> str:
     return res.stdout.strip()
 
 
-def peers_section(tmp: str, args: argparse.Namespace) -> tuple[str, Rows]:
+def peers_section(tmp: str, args: argparse.Namespace
+                  ) -> tuple[str, Rows, list[bench_peers.Row]]:
     """The peers' no-op jobs, measured as Ferry's in 4 (same job counts, clients and pace), in
     this run: see scripts/bench_peers.py for how."""
-    rows = bench_peers.measure_peers(tmp, args.jobs, args.clients, args.paced_jobs or 500,
-                                     args.pace, args.postgres)
+    peers = bench_peers.measure_peers(tmp, args.jobs, args.clients, args.paced_jobs or 500,
+                                      args.pace, args.postgres)
     title = (f"Peer job queues, same run: {args.jobs} no-op jobs from {args.clients} clients "
              f"(their own client APIs, no HTTP), then {args.paced_jobs or 500} at "
              f"{args.pace:g} jobs/s")
-    return title, [(name, "   ".join(f"{c}: {cells[c]}" for c in bench_peers.COLUMNS))
-                   for name, cells in rows] + [
-        (f"{name} setup", cells["setup"]) for name, cells in rows if cells["setup"]]
+    return title, [(p.name, "   ".join(f"{c}: {p.cells[c]}" for c in bench_peers.COLUMNS))
+                   for p in peers] + [
+        (f"{p.name} setup", p.cells["setup"]) for p in peers if p.cells["setup"]], peers
 
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="the ferry binary (a release build)")
-    ap.add_argument("--upload-gib", type=float, default=1.0, help="size of each upload in GiB (default 1)")
+    ap.add_argument("--upload-gib", type=float, default=1.0,
+                    help="size of each upload in GiB (default 1)")
     ap.add_argument("--jobs", type=int, default=1000, help="number of no-op jobs (default 1000)")
     ap.add_argument("--clients", type=int, default=8, help="threads submitting jobs (default 8)")
     ap.add_argument("--skip-uploads", action="store_true", help="skip dd and the uploads")
@@ -1141,8 +1185,13 @@ def parse_args() -> argparse.Namespace:
                     help="scale-out: PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432 "
                          "(default: $TEST_PG_URL)")
     ap.add_argument("--s3-endpoint", metavar="URL", default=os.environ.get("TEST_S3_ENDPOINT"),
-                    help="scale-out: S3 endpoint, e.g. http://127.0.0.1:9000 (default: $TEST_S3_ENDPOINT)")
-    ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder (server logs)")
+                    help="scale-out: S3 endpoint, e.g. http://127.0.0.1:9000 "
+                         "(default: $TEST_S3_ENDPOINT)")
+    ap.add_argument("--keep-tmp", action="store_true",
+                    help="keep the temporary folder (server logs)")
+    ap.add_argument("--chart", metavar="PATH.png",
+                    help="also draw throughput and dispatch latency, Ferry next to the peers, "
+                         "as a PNG (needs matplotlib: scripts/bench-requirements.txt)")
     args = ap.parse_args()
     if min(args.jobs, args.clients, args.webhook_jobs, args.long_polls, args.poll_seconds,
            args.poll_rounds) < 1 or args.upload_gib <= 0 or args.pace <= 0 or args.paced_jobs < 0:
@@ -1154,7 +1203,97 @@ def parse_args() -> argparse.Namespace:
     if not os.access(args.bin, os.X_OK):
         ap.error(f"{args.bin} is not an executable")
     args.bin = os.path.abspath(args.bin)
+    if args.chart and importlib.util.find_spec("matplotlib") is None:
+        log("matplotlib is not installed: this run will draw no chart "
+            "(python3 -m pip install -r scripts/bench-requirements.txt)")
     return args
+
+
+def planned(args: argparse.Namespace) -> dict[str, bench_goals.Measured]:
+    """The configurations to measure (the scale-out one given --postgres), by name, before they
+    are: no figures yet, and for what the options skip, why."""
+    def why(skip: bool, option: str) -> str:
+        return f"skipped ({option})" if skip else bench_goals.NOT_MEASURED
+
+    def measured() -> bench_goals.Measured:
+        return bench_goals.Measured(
+            uploads=why(args.skip_uploads, "--skip-uploads"),
+            jobs=why(args.skip_jobs, "--skip-jobs"),
+            paced=why(args.skip_jobs or not args.paced_jobs,
+                      "--skip-jobs" if args.skip_jobs else "--paced-jobs 0"),
+            polls=why(args.skip_polls, "--skip-polls"))
+
+    sqlite, scale_out = bench_goals.CONFIGS
+    return {sqlite: measured(), **({scale_out: measured()} if args.postgres else {})}
+
+
+def peers_planned(args: argparse.Namespace) -> str:
+    """Why the peers have no figures yet."""
+    if not args.peers:
+        return "not measured (--peers)"
+    return "skipped (--skip-jobs)" if args.skip_jobs else bench_goals.NOT_MEASURED
+
+
+def measure_all(args: argparse.Namespace, tmp: str, configs: list[ScaleOut | None],
+                sections: list[tuple[str, Rows]], results: bench_goals.Results) -> None:
+    """Every section the options ask for, in order: its title and rows go to `sections`, its
+    figures (those the goals table and the chart read) to `results`, as they are measured."""
+    def add(section: tuple[str, Rows, Any]) -> Any:
+        """Keeps a section's title and rows; returns its figures."""
+        sections.append(section[:2])
+        return section[2]
+
+    if not args.skip_uploads:
+        size = int(args.upload_gib * GIB)
+        payload, sha256 = make_payload(tmp, size)
+    for cfg in configs:
+        figures = results.configs[config_name(cfg)]
+        if not args.skip_uploads:
+            figures.uploads = add(upload_section(cfg, args.bin, tmp, payload, sha256, size))
+        if not args.skip_jobs:
+            figures.jobs = add(jobs_section(cfg, args.bin, tmp, args.jobs, args.clients))
+            if args.paced_jobs:
+                figures.paced = add(jobs_section(cfg, args.bin, tmp, args.paced_jobs,
+                                                 args.clients, args.pace))
+        if args.backlog:
+            sections.append(backlog_section(cfg, args.bin, tmp, args.backlog, args.clients,
+                                            args.paced_jobs or 200, args.pace))
+        if not args.skip_webhooks:
+            sections.append(webhook_sequential(cfg, args.bin, tmp, SEQUENTIAL_WEBHOOK_JOBS))
+            for measure in (webhook_live, webhook_backlog):
+                sections.append(measure(cfg, args.bin, tmp, args.webhook_jobs, args.clients))
+        if not args.skip_long_poll:
+            sections.append(longpoll_section(cfg, args.bin, tmp, args.long_polls))
+        if not args.skip_polls:
+            figures.polls = add(polls_section(cfg, args.bin, tmp, args.poll_seconds,
+                                              args.poll_rounds))
+    if args.peers and not args.skip_jobs:
+        results.peers = add(peers_section(tmp, args))
+
+
+def print_report(heading: str, sections: list[tuple[str, Rows]],
+                 results: bench_goals.Results, error: str) -> None:
+    print(f"\n{heading}")
+    for title, rows in sections:
+        width = max(len(k) for k, _ in rows)
+        print(f"\n{title}\n" + "-" * max(len(title), width + 40))
+        print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+    print(f"\nGoals (issue 10), measured in this run\n\n{bench_goals.goals_table(results)}")
+    print(f"\nINCOMPLETE: {error}\n" if error else "")
+
+
+def write_chart(results: bench_goals.Results, path: str, title: str) -> None:
+    """The PNG of --chart; without matplotlib, says so on stderr and draws nothing."""
+    try:
+        import bench_chart  # imports matplotlib
+    except ImportError as e:
+        log(f"no chart: {e} (python3 -m pip install -r scripts/bench-requirements.txt)")
+        return
+    if not bench_chart.measured_any(results):
+        log("no chart: the run measured no job throughput or dispatch latency")
+        return
+    bench_chart.write_chart(results, path, title)
+    log(f"chart: {path}")
 
 
 def main() -> int:
@@ -1164,37 +1303,14 @@ def main() -> int:
     tmp = tempfile.mkdtemp(prefix="ferry-bench-")  # in $TMPDIR or /tmp
     configs: list[ScaleOut | None] = [None]
     sections: list[tuple[str, Rows]] = []
+    results = bench_goals.Results(args.pace, args.upload_gib, planned(args), peers_planned(args))
     error = "interrupted (or a bug: see the traceback)"
     try:
         if args.postgres:
             configs.append(ScaleOut(args.postgres, args.s3_endpoint))
         facts = machine_facts(tmp, args.bin) + [r for c in configs if c for r in c.facts]
         sections.append(("Machine", facts))
-        if not args.skip_uploads:
-            size = int(args.upload_gib * GIB)
-            payload, sha256 = make_payload(tmp, size)
-        for cfg in configs:
-            if not args.skip_uploads:
-                sections.append(upload_section(cfg, args.bin, tmp, payload, sha256, size))
-            if not args.skip_jobs:
-                sections.append(jobs_section(cfg, args.bin, tmp, args.jobs, args.clients))
-                if args.paced_jobs:
-                    sections.append(jobs_section(cfg, args.bin, tmp, args.paced_jobs,
-                                                 args.clients, args.pace))
-            if args.backlog:
-                sections.append(backlog_section(cfg, args.bin, tmp, args.backlog, args.clients,
-                                                args.paced_jobs or 200, args.pace))
-            if not args.skip_webhooks:
-                sections.append(webhook_sequential(cfg, args.bin, tmp, SEQUENTIAL_WEBHOOK_JOBS))
-                for measure in (webhook_live, webhook_backlog):
-                    sections.append(measure(cfg, args.bin, tmp, args.webhook_jobs, args.clients))
-            if not args.skip_long_poll:
-                sections.append(longpoll_section(cfg, args.bin, tmp, args.long_polls))
-            if not args.skip_polls:
-                sections.append(polls_section(cfg, args.bin, tmp, args.poll_seconds,
-                                              args.poll_rounds))
-        if args.peers and not args.skip_jobs:
-            sections.append(peers_section(tmp, args))
+        measure_all(args, tmp, configs, sections, results)
         error = ""
     except (BenchError, OSError) as e:  # OSError: e.g. no psql, or the disk is full
         error = str(e)
@@ -1204,13 +1320,11 @@ def main() -> int:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-        print(f"\nFerry benchmark — {' and '.join(map(label, configs))} — "
-              f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-        for title, rows in sections:
-            width = max(len(k) for k, _ in rows)
-            print(f"\n{title}\n" + "-" * max(len(title), width + 40))
-            print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
-        print(f"\nINCOMPLETE: {error}\n" if error else "")
+        heading = (f"Ferry benchmark — {' and '.join(map(label, configs))} — "
+                   f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        print_report(heading, sections, results, error)
+        if args.chart:
+            write_chart(results, args.chart, heading)
     return 1 if error else 0
 
 

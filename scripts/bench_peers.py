@@ -7,10 +7,11 @@ Ferry's no-op jobs, for a side-by-side table.
                                    [--postgres URL] [--keep-tmp]
 
 Standard library only, Python 3.11+, Linux; bench.py can import it: `measure_peers(...)` returns
-the rows, `format_table(rows)` prints them. The peers themselves run from what
-scripts/install-peers.sh put in ${PEERS_DIR:-/var/tmp/ferry-bench-peers}: Celery and procrastinate
-with its venv's python, BullMQ with its node_modules; their sides of the benchmark (worker, task,
-producer) are in scripts/peers/.
+the rows (each peer's cells and the figures behind them), `format_table(rows)` prints them. The
+peers themselves run from what scripts/install-peers.sh put in
+${PEERS_DIR:-/var/tmp/ferry-bench-peers}: Celery and procrastinate with its venv's python, BullMQ
+with its node_modules; their sides of the benchmark (worker, task, producer) are in
+scripts/peers/.
 
 Each measurement gets a fresh deployment: its own store and its worker, started before the jobs
 are submitted, as in a deployment, and shown ready by a warm-up job. The store is a redis-server
@@ -66,7 +67,6 @@ STALL_TIMEOUT = 60  # seconds without a job completing before a run counts the r
 READY_TIMEOUT = 60  # seconds for a new worker to run its warm-up job
 WARM_UP_INDEX = -1  # the warm-up job's index; measured jobs are 0..N-1
 COLUMNS = ("submitted jobs/s", "throughput jobs/s", "dispatch p50/p90/p99 ms")
-Row = tuple[str, dict[str, str]]  # peer → {COLUMNS…: figure, "setup": how it was deployed}
 Times = dict[int, float]  # job index → wall-clock seconds
 
 # Worker settings, from each peer's docs for I/O-light jobs on a 2-core machine:
@@ -77,6 +77,23 @@ Times = dict[int, float]  # job index → wall-clock seconds
 BULLMQ_CONCURRENCY = 50
 CELERY_PROCESSES = len(os.sched_getaffinity(0))
 PROCRASTINATE_CONCURRENCY = 30
+
+
+@dataclasses.dataclass
+class Row:
+    """A peer's line of the table: its cells (the keys of COLUMNS, and "setup": how it was
+    deployed) and the figures behind them, for bench.py's goals table and chart (None: not
+    measured, or the run lost jobs)."""
+    name: str
+    cells: dict[str, str]
+    throughput: float | None = None  # jobs/s, first submit → last job completed
+    dispatch_p50: float | None = None  # ms, submit → handler start at the paced rate
+    dispatch_p99: float | None = None
+
+
+def bullmq_name(fsync: str) -> str:
+    """BullMQ's row name with Redis' `appendfsync` setting `fsync` (bench.py looks rows up)."""
+    return f"BullMQ + Redis AOF {fsync}"
 
 
 def log(msg: str) -> None:
@@ -262,7 +279,7 @@ def bullmq_peer(fsync: str) -> Peer:
                 f"one Node process, `queue.add`; completed jobs kept (BullMQ's default); "
                 f"{redis_version()}, AOF appendfsync {fsync}")
 
-    return Peer(f"BullMQ + Redis AOF {fsync}", missing, setup, deploy)
+    return Peer(bullmq_name(fsync), missing, setup, deploy)
 
 
 def celery_peer(fsync: str) -> Peer:
@@ -481,10 +498,15 @@ def measure(peer: Peer, tmp: str, n_jobs: int, n_clients: int, rate: float = 0) 
                sum(len(starts[i]) > 1 for i in submits if i in starts), completions)
 
 
+def nearest_rank(values: list[float], q: int) -> float:
+    """The q-th percentile (nearest rank)."""
+    v = sorted(values)
+    return v[max(1, -(-len(v) * q // 100)) - 1]
+
+
 def percentiles(values: list[float]) -> str:
     """p50 / p90 / p99, nearest rank."""
-    v = sorted(values)
-    return " / ".join(f"{v[max(1, -(-len(v) * q // 100)) - 1]:.1f}" for q in (50, 90, 99))
+    return " / ".join(f"{nearest_rank(values, q):.1f}" for q in (50, 90, 99))
 
 
 def lost(run: Run) -> str:
@@ -495,54 +517,67 @@ def lost(run: Run) -> str:
             f"completed for {STALL_TIMEOUT} s)")
 
 
-def throughput_cells(run: Run) -> dict[str, str]:
+def throughput(run: Run) -> float | None:
+    """Jobs/s, first submit → last job completed; None if the run lost jobs."""
+    if lost(run):
+        return None
+    return len(run.completions) / (max(run.completions.values()) - min(run.submits.values()))
+
+
+def throughput_cells(run: Run, jobs_s: float | None) -> dict[str, str]:
     refused = f" ({len(run.errors)} refused: {run.errors[0][:80]})" if run.errors else ""
     twice = f" ({run.ran_twice} ran twice)" if run.ran_twice else ""
-    span = max(run.completions.values(), default=0) - min(run.submits.values())
     return {COLUMNS[0]: f"{len(run.submits) / run.client_seconds:.0f}{refused}",
-            COLUMNS[1]: lost(run) or f"{len(run.completions) / span:.0f}{twice}"}
+            COLUMNS[1]: lost(run) or f"{jobs_s:.0f}{twice}"}
 
 
-def dispatch_cell(run: Run, rate: float) -> str:
-    if missing := lost(run):
-        return missing
-    ms = [(run.starts[i] - t) * 1000 for i, t in run.submits.items()]
-    return f"{percentiles(ms)} at {rate:g}/s"
+def dispatch_ms(run: Run) -> list[float]:
+    """Submit → handler start of every job, ms."""
+    return [(run.starts[i] - t) * 1000 for i, t in run.submits.items()]
 
 
 def measure_peer(peer: Peer, tmp: str, n_jobs: int, n_clients: int, paced_jobs: int,
-                 pace: float) -> dict[str, str]:
+                 pace: float) -> Row:
     if reason := peer.missing():
         raise PeerError(reason)
-    cells = {"setup": peer.setup()}
-    cells |= throughput_cells(measure(peer, tmp, n_jobs, n_clients))
-    cells[COLUMNS[2]] = (dispatch_cell(measure(peer, tmp, paced_jobs, n_clients, pace), pace)
-                         if paced_jobs else "not measured (--paced-jobs 0)")
-    return cells
+    row = Row(peer.name, {"setup": peer.setup()})
+    run = measure(peer, tmp, n_jobs, n_clients)
+    row.throughput = throughput(run)
+    row.cells |= throughput_cells(run, row.throughput)
+    if not paced_jobs:
+        row.cells[COLUMNS[2]] = "not measured (--paced-jobs 0)"
+        return row
+    paced = measure(peer, tmp, paced_jobs, n_clients, pace)
+    if missing := lost(paced):
+        row.cells[COLUMNS[2]] = missing
+        return row
+    ms = dispatch_ms(paced)
+    row.dispatch_p50, row.dispatch_p99 = nearest_rank(ms, 50), nearest_rank(ms, 99)
+    row.cells[COLUMNS[2]] = f"{percentiles(ms)} at {pace:g}/s"
+    return row
 
 
 def measure_peers(tmp: str, n_jobs: int, n_clients: int, paced_jobs: int, pace: float,
                   postgres_url: str | None) -> list[Row]:
-    """Every peer, measured in folders under `tmp`: one row each, (peer, {column: figure}) with
-    the keys of COLUMNS and "setup"; a peer that could not be measured has "not measured: why"
-    in its first column. `format_table` prints them."""
+    """Every peer, measured in folders under `tmp`: one row each; a peer that could not be
+    measured has "not measured: why" in its first column. `format_table` prints them."""
     rows: list[Row] = []
     for peer in peers(postgres_url):
         try:
-            rows.append((peer.name, measure_peer(peer, tmp, n_jobs, n_clients, paced_jobs, pace)))
+            rows.append(measure_peer(peer, tmp, n_jobs, n_clients, paced_jobs, pace))
         except (PeerError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
             reason = " ".join(str(e).split())[:300]  # one line, for a table cell
             log(f"{peer.name}: not measured: {reason}")
-            rows.append((peer.name, {COLUMNS[0]: f"not measured: {reason}",
-                                     **{c: "—" for c in COLUMNS[1:]}, "setup": ""}))
+            rows.append(Row(peer.name, {COLUMNS[0]: f"not measured: {reason}",
+                                        **{c: "—" for c in COLUMNS[1:]}, "setup": ""}))
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
     """A Markdown table of the figures, then each peer's setup."""
     lines = ["| peer | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(cells[c] for c in COLUMNS) + " |" for name, cells in rows]
-    if setups := [f"- {name}: {cells['setup']}" for name, cells in rows if cells["setup"]]:
+    lines += [f"| {r.name} | " + " | ".join(r.cells[c] for c in COLUMNS) + " |" for r in rows]
+    if setups := [f"- {r.name}: {r.cells['setup']}" for r in rows if r.cells["setup"]]:
         lines += ["", "Setup:", *setups]
     return "\n".join(lines)
 

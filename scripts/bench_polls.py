@@ -5,6 +5,7 @@ nginx serving a file of the same size on the same machine: the ceiling of an HTT
 Needs `wrk` and `nginx` on PATH (Debian: `apt-get install wrk nginx-light`); without them the
 section says so and is skipped. wrk runs on the same cores as the server, as a client would in
 these measurements; every figure is the median of `rounds` runs, interleaved between the targets.
+`measure` returns the runs; `medians` gives a target's figures, `rows` the report's lines.
 """
 
 import contextlib
@@ -96,8 +97,16 @@ def wrk(url: str, seconds: int, headers: dict[str, str]) -> dict[str, float]:
             "bad": float(bad.group(1)) if bad else 0.0}
 
 
-def median_row(runs: list[dict[str, float]]) -> str:
-    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+Runs = list[dict[str, float]]  # one target's wrk runs, as `wrk` returns them
+
+
+def medians(runs: Runs) -> dict[str, float]:
+    """The median of each figure over the runs: req/s (`rps`), `p50`, `p99` (ms), `bad`."""
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def median_row(runs: Runs) -> str:
+    med = medians(runs)
     spread = f"{min(r['rps'] for r in runs):,.0f}–{max(r['rps'] for r in runs):,.0f}"
     bad = f", {med['bad']:.0f} errors" if med["bad"] else ""
     return (f"{med['rps']:>9,.0f} req/s  (runs {spread})  p50 {med['p50']:.2f} ms  "
@@ -105,10 +114,16 @@ def median_row(runs: list[dict[str, float]]) -> str:
 
 
 def measure(targets: dict[str, tuple[str, dict[str, str]]], seconds: int,
-            rounds: int) -> list[tuple[str, str]]:
-    """Interleaved rounds over the targets (name → (url, headers)); a row of medians each."""
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+            rounds: int) -> dict[str, Runs]:
+    """Interleaved rounds over the targets (name → (url, headers)): each target's runs, for
+    `medians` (figures) and `rows` (the report)."""
+    runs: dict[str, Runs] = {name: [] for name in targets}
     for _ in range(rounds):
         for name, (url, headers) in targets.items():
             runs[name].append(wrk(url, seconds, headers))
+    return runs
+
+
+def rows(runs: dict[str, Runs]) -> list[tuple[str, str]]:
+    """A row of medians per target."""
     return [(name, median_row(results)) for name, results in runs.items()]
