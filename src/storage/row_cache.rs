@@ -9,9 +9,10 @@
 //! a client reads its own writes. Three rules keep it from ever serving a stale row longer than
 //! a notification takes:
 //!
-//! - a read may store what it read only if no change was heard since it began (an epoch taken
-//!   before the read): a row read just before a change and stored just after it would otherwise
-//!   stay;
+//! - a read may store what it read only if no change to its job was heard since it began (an
+//!   epoch taken before the read): a row read just before a change and stored just after it
+//!   would otherwise stay. Which jobs changed is remembered for the last [`CAPACITY`] changes;
+//!   a read older than what was forgotten stores nothing;
 //! - while the listening connection is down, nothing is served or stored (notifications sent
 //!   meanwhile are lost), and everything is dropped when it goes down;
 //! - a row older than `max_age` is read again, whatever was heard: the bound if a connection
@@ -31,7 +32,8 @@ use uuid::Uuid;
 
 use super::entities::job;
 
-/// Rows kept at most (a few KiB each): memory stays bounded however many jobs are polled.
+/// Rows kept at most (a few KiB each), and changes remembered: memory stays bounded however
+/// many jobs are polled or change.
 const CAPACITY: usize = 10_000;
 
 /// Taken before a read; storing its row succeeds only if nothing changed since.
@@ -48,6 +50,12 @@ pub struct JobRowCache {
 struct State {
     /// Counts changes heard (and losses of the listener); see [`Epoch`].
     epoch: u64,
+    /// The epoch of each job's last change heard, for the last [`CAPACITY`] changes, in order.
+    changed: HashMap<Uuid, u64>,
+    changes: VecDeque<(Uuid, u64)>,
+    /// Reads that began before this epoch store nothing: a change they missed may have been
+    /// forgotten (or the listener was down).
+    floor: u64,
     /// Whether every change is being heard (the listener is subscribed).
     listening: bool,
     rows: HashMap<Uuid, (job::Model, Instant)>,
@@ -78,10 +86,12 @@ impl JobRowCache {
         Epoch(self.lock().epoch)
     }
 
-    /// Stores `row`, read after `since` was taken, unless a change was heard meanwhile.
+    /// Stores `row`, read after `since` was taken, unless a change to its job was heard
+    /// meanwhile.
     pub fn put(&self, row: job::Model, since: Epoch) {
         let mut state = self.lock();
-        if !state.listening || state.epoch != since.0 || self.max_age.is_zero() {
+        let changed_since = state.changed.get(&row.id).is_some_and(|&at| at > since.0);
+        if !state.listening || since.0 < state.floor || changed_since || self.max_age.is_zero() {
             return;
         }
         let id = row.id;
@@ -101,27 +111,38 @@ impl JobRowCache {
         }
     }
 
-    /// Job `id` changed: drop its row, and refuse rows read before now.
+    /// Job `id` changed: drop its row, and refuse its rows read before now.
     pub fn changed(&self, id: Uuid) {
         let mut state = self.lock();
         state.epoch += 1;
+        let epoch = state.epoch;
         state.rows.remove(&id);
+        state.changed.insert(id, epoch);
+        state.changes.push_back((id, epoch));
+        while state.changes.len() > CAPACITY {
+            let Some((forgotten, at)) = state.changes.pop_front() else {
+                break;
+            };
+            // Not if it changed again since: that later change is still remembered.
+            if state.changed.get(&forgotten) == Some(&at) {
+                state.changed.remove(&forgotten);
+                state.floor = state.floor.max(at);
+            }
+        }
     }
 
     /// The listener is subscribed: from now on every change is heard.
     pub fn listening(&self) {
         let mut state = self.lock();
-        state.epoch += 1;
+        state.forget_everything();
         state.listening = true;
     }
 
     /// The listener lost its connection: changes may go unheard until it is back.
     pub fn deaf(&self) {
         let mut state = self.lock();
-        state.epoch += 1;
+        state.forget_everything();
         state.listening = false;
-        state.rows.clear();
-        state.order.clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -130,6 +151,18 @@ impl JobRowCache {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl State {
+    /// Drops every row, and refuses every read begun before now.
+    fn forget_everything(&mut self) {
+        self.epoch += 1;
+        self.floor = self.epoch;
+        self.rows.clear();
+        self.order.clear();
+        self.changed.clear();
+        self.changes.clear();
     }
 }
 
@@ -165,11 +198,24 @@ mod tests {
         cache.changed(id); // heard while the read was on its way
         cache.put(row(id), before);
         assert!(cache.get(id).is_none());
-        // Any change counts: which job a notification names is not trusted to be the only one.
+        // Another job's change does not keep this one's row out.
         let before = cache.epoch();
         cache.changed(other);
         cache.put(row(id), before);
-        assert!(cache.get(id).is_none());
+        assert_eq!(cache.get(id), Some(row(id)));
+        // A read older than the changes remembered stores nothing: the one it missed may be
+        // among those forgotten.
+        let long_ago = cache.epoch();
+        for _ in 0..=CAPACITY {
+            cache.changed(Uuid::now_v7());
+        }
+        cache.put(row(other), long_ago);
+        assert!(cache.get(other).is_none());
+        let now = cache.epoch();
+        cache.put(row(other), now);
+        assert!(cache.get(other).is_some());
+        assert!(cache.lock().changes.len() <= CAPACITY);
+        assert!(cache.lock().changed.len() <= CAPACITY);
     }
 
     #[test]
