@@ -72,7 +72,7 @@ pub async fn file(name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let Some((name, body)) = ASSETS.iter().find(|(n, _)| *n == name.as_str()) else {
         return Err(ApiError::new(
             ErrorCode::RouteNotFound,
-            format!("the dashboard has no file {name:?}"),
+            format!("the dashboard has no file {:?}", name.as_str()),
         ));
     };
     let content_type = if name.ends_with(".css") {

@@ -869,15 +869,18 @@ impl Services {
     /// `tenant`'s job `id`; another tenant's is not found, like one that never existed.
     pub async fn get_job(&self, tenant: &Tenant, id: JobId) -> ServiceResult<JobView> {
         let job = self.db.find_tenant_job(tenant, id.0).await?;
-        let mut view = JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)?;
-        self.mark_unserved(std::slice::from_mut(&mut view)).await?;
-        Ok(view)
+        self.job_view(id, job).await
     }
 
     /// [`Services::get_job`] for a status poll, which may be answered from memory (see
     /// [`Db::poll_tenant_job`](crate::storage::Db::poll_tenant_job)).
     pub async fn poll_job(&self, tenant: &Tenant, id: JobId) -> ServiceResult<JobView> {
         let job = self.db.poll_tenant_job(tenant, id.0).await?;
+        self.job_view(id, job).await
+    }
+
+    /// Job `id` as the API shows it, from its row (`None`: not found).
+    async fn job_view(&self, id: JobId, job: Option<job::Model>) -> ServiceResult<JobView> {
         let mut view = JobView::of(job.ok_or_else(|| Self::job_not_found(id))?)?;
         self.mark_unserved(std::slice::from_mut(&mut view)).await?;
         Ok(view)

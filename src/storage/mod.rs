@@ -331,10 +331,7 @@ impl Db {
         tenant: &crate::tenancy::Tenant,
         id: Uuid,
     ) -> Result<Option<job::Model>, StorageError> {
-        Ok(self
-            .find_job(id)
-            .await?
-            .filter(|job| job.tenant == tenant.as_str()))
+        Ok(of_tenant(self.find_job(id).await?, tenant))
     }
 
     /// [`Db::find_tenant_job`] for a status poll: on PostgreSQL answered from this process's
@@ -349,18 +346,15 @@ impl Db {
         let Some(rows) = self.changes.rows() else {
             return self.find_tenant_job(tenant, id).await;
         };
-        let row = match rows.get(id) {
-            Some(row) => Some(row),
-            None => {
-                let since = rows.epoch();
-                let row = self.find_job(id).await?;
-                if let Some(row) = &row {
-                    rows.put(row.clone(), since);
-                }
-                row
-            }
-        };
-        Ok(row.filter(|job| job.tenant == tenant.as_str()))
+        if let Some(row) = rows.get(id) {
+            return Ok(of_tenant(Some(row), tenant));
+        }
+        let since = rows.epoch();
+        let row = self.find_job(id).await?;
+        if let Some(row) = &row {
+            rows.put(row.clone(), since);
+        }
+        Ok(of_tenant(row, tenant))
     }
 
     pub fn queue_pool(&self) -> &Pool {
@@ -577,6 +571,11 @@ impl Tx {
         }
         Ok(())
     }
+}
+
+/// `row` if it is `tenant`'s: another tenant's job is `None`, like one that does not exist.
+fn of_tenant(row: Option<job::Model>, tenant: &crate::tenancy::Tenant) -> Option<job::Model> {
+    row.filter(|job| job.tenant == tenant.as_str())
 }
 
 /// The tenant of job `job_id`, as a value of a statement (a lookup by primary key): events and

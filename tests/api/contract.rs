@@ -434,4 +434,8 @@ async fn the_dashboard_serves_exactly_its_files() {
     );
     let missing = app.get("/dashboard/nope.js").await;
     missing.assert_problem(404, "route_not_found");
+    assert_eq!(
+        missing.body["detail"], r#"the dashboard has no file "nope.js""#,
+        "the detail names the file as asked for"
+    );
 }
