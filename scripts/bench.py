@@ -82,7 +82,6 @@ import dataclasses
 import hashlib
 import http.client
 import http.server
-import importlib.util
 import json
 import os
 import platform
@@ -1203,9 +1202,6 @@ def parse_args() -> argparse.Namespace:
     if not os.access(args.bin, os.X_OK):
         ap.error(f"{args.bin} is not an executable")
     args.bin = os.path.abspath(args.bin)
-    if args.chart and importlib.util.find_spec("matplotlib") is None:
-        log("matplotlib is not installed: this run will draw no chart "
-            "(python3 -m pip install -r scripts/bench-requirements.txt)")
     return args
 
 

@@ -7,8 +7,8 @@ grows with the number of queued jobs.
                                             [--scrapes 20] [--dir DIR]
 
 Standard library only, Python 3.10+, Linux, SQLite. For each queue depth: a fresh `ferry serve`
-without workers (so jobs stay queued) in a temporary data folder makes one `digest` job; the
-server is stopped (by its PID), the job's row is copied into `ferry_jobs` until that many jobs
+without workers (so jobs stay queued; `bench.Server`, as the benchmark starts its servers) in a
+temporary data folder makes one `digest` job; the server is stopped (by its PID), the job's row is copied into `ferry_jobs` until that many jobs
 are queued (new ids, the same everything else: the queue a burst of uploads would leave), the
 server starts again, and GET /metrics is timed --scrapes times after 5 warm-up scrapes, on one
 connection after another. The scrape must report the depth it was given. Progress goes to
@@ -17,36 +17,16 @@ stderr, the table (markdown) to stdout.
 
 import argparse
 import os
-import re
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 
+from bench import Client, Server
+
 WARM_UP = 5
-
-
-def start(binary: str, config: str) -> tuple[subprocess.Popen, str]:
-    server = subprocess.Popen(
-        [binary, "--config", config, "serve"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    for line in server.stdout:
-        found = re.search(r"listening on (http://\S+)", line)
-        if found:
-            return server, found.group(1)
-    raise SystemExit("ferry serve stopped before it listened")
-
-
-def stop(server: subprocess.Popen) -> None:
-    server.terminate()
-    server.wait(timeout=60)
 
 
 def fill_queue(database: str, queued: int) -> None:
@@ -68,23 +48,23 @@ def fill_queue(database: str, queued: int) -> None:
 
 
 def measure(binary: str, root: str, queued: int, scrapes: int) -> list[float]:
-    data = tempfile.mkdtemp(prefix=f"queued-{queued}-", dir=root)
-    config = os.path.join(data, "ferry.toml")
-    with open(config, "w") as f:
-        f.write(f'data_dir = "{data}"\nlisten = "127.0.0.1:0"\nworkers = false\n')
-    server, base = start(binary, config)
+    server = Server(binary, root, f"queued-{queued}", "workers = false\n")
     try:
-        job = urllib.request.Request(f"{base}/v1/kinds/digest/jobs", data=b"x" * 100)
-        urllib.request.urlopen(job).read()
-    finally:
-        stop(server)
-    fill_queue(os.path.join(data, "ferry.db"), queued)
-    server, base = start(binary, config)
-    try:
+        server.wait_ready()
+        status, body = Client(server).call("POST", "/v1/kinds/digest/jobs", b"x" * 100)
+        if status != 202:
+            raise SystemExit(f"creating the job answered {status}: {body[:300]!r}")
+        server.stop()
+        fill_queue(os.path.join(server.data_dir, "ferry.db"), queued)
+        server.start()
+        server.wait_ready()
         times = []
         for n in range(WARM_UP + scrapes):
             began = time.perf_counter()
-            text = urllib.request.urlopen(f"{base}/metrics").read().decode()
+            conn = server.connection()  # one connection after another
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+            conn.close()
             if n >= WARM_UP:
                 times.append((time.perf_counter() - began) * 1000)
         depth = f'ferry_queue_depth{{kind="digest",version=""}} {queued}'
@@ -92,7 +72,7 @@ def measure(binary: str, root: str, queued: int, scrapes: int) -> list[float]:
             raise SystemExit(f"the scrape does not report {queued} queued jobs")
         return times
     finally:
-        stop(server)
+        server.stop()
 
 
 def main() -> None:
