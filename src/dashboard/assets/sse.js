@@ -50,6 +50,11 @@ async function* sseFrames(res) {
  * "nothing will follow" (a finished job's stream) and ends it. onState('live' | 'down') lets a
  * view fall back to polling while the stream is down.
  */
+/** Whether retrying cannot help: a 4xx other than 408/429 (a bad cursor, a deleted job). */
+export function wontHeal(err) {
+  return err instanceof ApiError && err.status >= 400 && err.status < 500 && ![408, 429].includes(err.status);
+}
+
 export function followStream(path, { signal, onEvent, onState, onEnd, onId }) {
   let lastId = null;
   let retry = 2000;
@@ -79,8 +84,7 @@ export function followStream(path, { signal, onEvent, onState, onEnd, onId }) {
         if (signal.aborted || isQuiet(err)) return;
         failures += 1;
         onState?.('down', err);
-        // A 4xx other than 408/429 will not heal by retrying (a bad cursor, a deleted job).
-        if (err instanceof ApiError && err.status >= 400 && err.status < 500 && ![408, 429].includes(err.status)) return;
+        if (wontHeal(err)) return;
       }
       await sleep(failures ? Math.min(30000, retry * 2 ** Math.min(failures - 1, 4)) : retry, signal);
     }

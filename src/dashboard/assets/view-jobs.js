@@ -5,8 +5,8 @@
 
 import { fill, h, qs, throttle, timeEl, toLocalInput } from './dom.js';
 import { getJson, isQuiet, loadKinds, report } from './api.js';
-import { feedTip, followStream, setFeedCursor } from './sse.js';
-import { badge, FINISHED, kindLabel, main, progressText, progressValue, setProgress } from './widgets.js';
+import { feedTip, followStream, setFeedCursor, wontHeal } from './sse.js';
+import { badge, field, FINISHED, kindLabel, main, progressText, progressValue, setProgress } from './widgets.js';
 
 const STATUSES = ['queued', 'running', 'succeeded', 'failed', 'canceled'];
 
@@ -18,7 +18,6 @@ export function jobsView(ctx, route0) {
   const liveEl = h('span', { class: 'live off', text: 'connecting…' });
   const tbody = h('tbody');
   const pager = h('div', { class: 'pager' });
-  const field = (id, label, input) => h('div', { class: 'field' }, h('label', { for: id, text: label }), input);
   main.append(
     h('div', { class: 'job-head' }, h('h1', { text: 'Jobs' }), liveEl),
     h('form', { class: 'filters', role: 'search', 'aria-label': 'Filter jobs', onsubmit: (e) => e.preventDefault() },
@@ -152,13 +151,16 @@ export function jobsView(ctx, route0) {
   }
   feedTip(ctx.signal).then((tip) => {
     followStream(`/v1/events${qs({ after: tip })}`, {
-      signal: ctx.signal, onEvent: onFeedEvent, onState: (s) => setLive(s === 'live'),
-      onId: (id) => { setFeedCursor(id); },
+      signal: ctx.signal, onEvent: onFeedEvent, onId: (id) => { setFeedCursor(id); },
+      onState: (s, err) => {
+        setLive(s === 'live');
+        // The stream gave up (e.g. a cursor from before the server's data was reset): the
+        // next view asks for the feed's end again instead of the same cursor.
+        if (wontHeal(err)) setFeedCursor(null);
+      },
     });
   }).catch((err) => {
-    if (isQuiet(err)) return;
-    setFeedCursor(null); // e.g. a cursor from before the server's data was reset
-    setLive(false);
+    if (!isQuiet(err)) setLive(false);
   });
   // Without the stream: poll. With it, still re-read the page every 2 s while a job on it runs,
   // because the feed coalesces progress events (limits.progress_event_interval, 5 s by

@@ -6,7 +6,7 @@ import { bytes, h } from './dom.js';
 import { announce } from './status.js';
 import { getJson, loadKinds, report, request } from './api.js';
 import { tusUpload } from './tus.js';
-import { main } from './widgets.js';
+import { field, main } from './widgets.js';
 
 export function uploadView(ctx) {
   document.title = 'Upload · Ferry';
@@ -27,7 +27,6 @@ export function uploadView(ctx) {
   const drop = h('div', { class: 'drop-zone', 'data-testid': 'drop-zone' },
     h('p', { text: 'Drop a file here, or choose one:' }),
     h('div', { class: 'field' }, h('label', { for: 'upload-file', text: 'File' }), file), chosen);
-  const field = (id, label, input, ...extra) => h('div', { class: 'field' }, h('label', { for: id, text: label }), input, ...extra);
   const form = h('form', { class: 'upload-form', 'aria-labelledby': 'h-upload', novalidate: true },
     drop,
     field('upload-kind', 'Kind', kind, kindOptions, kindHint),
@@ -111,13 +110,13 @@ export function uploadView(ctx) {
     try {
       const up = await tusUpload(f, {
         metadata, signal,
+        onCreated: (url) => { tusUrl = url; },
         onProgress: (done, total) => {
           bar.value = total ? (done / total) * 100 : 100;
           const rate = done / Math.max(0.001, (Date.now() - started) / 1000);
           barText.textContent = `${bytes(done)} of ${bytes(total)} (${bytes(rate)}/s)`;
         },
       });
-      tusUrl = up.url;
       let jobId = up.jobLocation?.split('/').pop();
       if (!jobId) {
         // No metadata job (a priority was given), or it could not be made when the upload

@@ -1,4 +1,4 @@
-// Shared view helpers: the page's <main>, status badges, job progress bars and their text, and
+// Shared view helpers: the page's <main>, form fields, status badges, job progress bars and their text, and
 // the confirmation dialog — pieces more than one view draws the same way. Pure presentation: no
 // requests (views load data through api.js), no routing, no view state.
 
@@ -10,6 +10,11 @@ export const main = document.getElementById('main');
 export const FINISHED = new Set(['succeeded', 'failed', 'canceled']);
 
 export function kindLabel(job) { return job.version ? `${job.kind}@${job.version}` : job.kind; }
+/** A labelled form field: `input` (with id `id`) and anything shown after it. */
+export function field(id, label, input, ...extra) {
+  return h('div', { class: 'field' }, h('label', { for: id, text: label }), input, ...extra);
+}
+
 export function badge(status) { return h('span', { class: `badge ${status}`, text: status }); }
 
 /** What a <progress> shows for a job: its last report; done is 100 %. */
