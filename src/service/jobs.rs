@@ -677,13 +677,27 @@ impl Services {
                     &upload::Entity::insert(upload::ActiveModel::from(recorded)).into_query(),
                 )
                 .await?;
-                Self::count_uploaded(tx, tenant.as_str(), row.size, row.created_at_ms).await?;
             }
         }
         for batch in inputs.chunks(INPUT_BATCH) {
             let rows = batch.iter().cloned().map(job_input::ActiveModel::from);
             tx.execute(&job_input::Entity::insert_many(rows).into_query())
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// In the creating transaction: adds the uploads this request stored (and
+    /// [`Services::attach_inputs`] recorded) to the tenant's day.
+    async fn count_stored_uploads(
+        tx: &mut Tx,
+        tenant: &Tenant,
+        uploads: &[PlannedInput],
+    ) -> ServiceResult<()> {
+        for planned in uploads {
+            if let InputUpload::Stored(row) = &planned.upload {
+                Self::count_uploaded(tx, tenant.as_str(), row.size, row.created_at_ms).await?;
+            }
         }
         Ok(())
     }
@@ -791,7 +805,6 @@ impl Services {
             inputs_deleted_at_ms: None,
         };
 
-        let queue_state = self.check_queue_room(tx, tenant, &row).await?;
         let active: job::ActiveModel = row.clone().into();
         tx.execute(&job::Entity::insert(active).into_query())
             .await?;
@@ -855,6 +868,11 @@ impl Services {
                 return Err(in_flight());
             }
         }
+        // Last, what makes creations of one tenant take turns on PostgreSQL (the day's upload
+        // ledger row, the tenant's queue lock; see `check_queue_room`), so that they wait for
+        // each other for as few statements as possible.
+        Self::count_stored_uploads(tx, tenant, &uploads).await?;
+        let queue_state = self.check_queue_room(tx, tenant, &row).await?;
         let dispatchable = Dispatchable::from(&row);
         lifecycle::dispatch(tx, &dispatchable, dispatch_id, Some(queue_state), now).await?;
         Ok(JobView {
@@ -1118,8 +1136,9 @@ impl Services {
 
     /// Refuses a new job while `tenant` has its most jobs queued (`max_queued_jobs`), and
     /// reads where the job goes in its queue (the same count serves both). Run in the creating
-    /// transaction, it is exact: on SQLite the writer is one at a time, on PostgreSQL a lock per
-    /// tenant, held to the commit, makes creations of one tenant take turns.
+    /// transaction, after the job's row is inserted, it is exact: on SQLite the writer is one at
+    /// a time, on PostgreSQL a lock per tenant, held to the commit, makes creations of one
+    /// tenant take turns (so the later it is taken, the less they wait).
     async fn check_queue_room(
         &self,
         tx: &mut Tx,
@@ -1135,14 +1154,16 @@ impl Services {
             .await?;
         }
         let dispatch = Dispatchable::from(job);
-        let state = QueueState::read(
+        let mut state = QueueState::read(
             tx,
             tenant.as_str(),
             &dispatch.serves,
             dispatch.queue_priority,
         )
         .await?;
-        let queued = state.tenant_queued.max(0) as u64;
+        // The job itself, inserted in this transaction, is among them.
+        state.tenant_queued = (state.tenant_queued - 1).max(0);
+        let queued = state.tenant_queued as u64;
         if limit > 0 && queued >= limit {
             return Err(queue_full(tenant, queued));
         }
