@@ -15,7 +15,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::{
     Registry,
     flush::Flusher,
-    handler::{HandlerError, JobContext, Pending, guess_content_type, output_error},
+    handler::{HandlerError, JobContext, Pending, WorkFolder, guess_content_type, output_error},
 };
 use crate::{
     domain::{JobFailure, JobStatus},
@@ -105,7 +105,9 @@ async fn run_claimed(
             let (stop, joined) = supervise(&services, handler, &ctx, timeout, &shutdown).await;
             let outcome = decide(&ctx, stop, joined, timeout, attempt).await;
             // Before the attempt settles: a settled attempt leaves no copy of the input behind.
-            remove_folder(ctx.workspace.clone()).await;
+            if let Some(folder) = ctx.folder.made() {
+                remove_folder(folder).await;
+            }
             outcome
         }
     };
@@ -150,7 +152,7 @@ async fn remove_folder(folder: Arc<AttemptDir>) {
     }
 }
 
-/// Finds the handler and makes the attempt's private work folder.
+/// Finds the handler and sets up the attempt's context (its work folder is made on first use).
 async fn prepare(
     services: &Services,
     registry: &Registry,
@@ -168,19 +170,6 @@ async fn prepare(
         let detail = "no handler for this kind on this worker";
         return Err(failure("no_handler", detail, true, attempt));
     };
-    // Absolute (see `Settings::load`): handlers get these paths by environment variable.
-    let created = {
-        let (folders, job) = (folders.clone(), claimed.job.id);
-        tokio::task::spawn_blocking(move || folders.create_attempt(job, attempt)).await
-    };
-    let workspace = match created {
-        Ok(Ok(workspace)) => Arc::new(workspace),
-        Ok(Err(err)) => {
-            let detail = format!("cannot create the attempt's work folder: {err}");
-            return Err(failure("workspace", &detail, true, attempt));
-        }
-        Err(err) => return Err(failure("workspace", &err.to_string(), true, attempt)),
-    };
     let ctx = Arc::new(JobContext {
         job_id: JobId(claimed.job.id),
         kind: claimed.job.kind.clone(),
@@ -188,15 +177,15 @@ async fn prepare(
         attempt,
         params: serde_json::from_str(&claimed.job.params).unwrap_or(serde_json::json!({})),
         inputs: claimed.inputs.clone(),
-        work_dir: workspace.path.clone(),
-        output_dir: workspace.outputs.clone(),
         cancel: CancellationToken::new(),
         kill_grace: services.settings.queue.kill_grace,
         services: services.clone(),
         lease: claimed.lease.clone(),
         pending: Arc::new(Mutex::new(Pending::default())),
         published: Mutex::new(HashSet::new()),
-        workspace,
+        // Made when the handler first asks for it. Absolute (see `Settings::load`): handlers
+        // get these paths by environment variable.
+        folder: WorkFolder::new(folders.clone(), claimed.job.id, attempt),
     });
     Ok((handler.handler, ctx))
 }
@@ -359,7 +348,10 @@ async fn keeping_lease<T>(ctx: &JobContext, work: impl std::future::Future<Outpu
 /// name (`a b.txt`, `ä.txt`) is skipped, with a warning in the job's log: the handler
 /// succeeded, and its other results are kept.
 async fn publish_leftovers(ctx: &JobContext) -> Result<(), HandlerError> {
-    let workspace = ctx.workspace.clone();
+    // A handler that never asked for its folder left nothing in it.
+    let Some(workspace) = ctx.folder.made() else {
+        return Ok(());
+    };
     let listing = tokio::task::spawn_blocking(move || workspace.list_outputs())
         .await
         .map_err(|e| HandlerError::retryable("workspace", e.to_string()))?

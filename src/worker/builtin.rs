@@ -148,7 +148,7 @@ async fn write_report(
         inputs,
     };
     let body = serde_json::to_vec_pretty(&report).expect("report serializes");
-    tokio::fs::write(ctx.output_dir.join(file), body)
+    tokio::fs::write(ctx.output_dir().await?.join(file), body)
         .await
         .map_err(|e| HandlerError::retryable("workspace", format!("cannot write {file}: {e}")))
 }
@@ -288,7 +288,7 @@ async fn write_partial(
         },
     })
     .expect("report serializes");
-    tokio::fs::write(ctx.output_dir.join("partial-report.json"), body)
+    tokio::fs::write(ctx.output_dir().await?.join("partial-report.json"), body)
         .await
         .map_err(|e| {
             HandlerError::retryable(

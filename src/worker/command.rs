@@ -107,10 +107,11 @@ fn kill_strays(job: uuid::Uuid, folder: &str) {
 #[async_trait::async_trait]
 impl Handler for CommandHandler {
     async fn run(&self, ctx: &JobContext) -> Result<(), HandlerError> {
-        let input_dir = ctx.work_dir.join("inputs");
+        let (work_dir, output_dir) = (ctx.work_dir().await?, ctx.output_dir().await?);
+        let input_dir = work_dir.join("inputs");
         let manifest = ctx.materialize_inputs(&input_dir).await?;
         // Beside the input folder, not in it: a list input's folder holds its files only.
-        let manifest_path = ctx.work_dir.join("inputs.json");
+        let manifest_path = work_dir.join("inputs.json");
         tokio::fs::write(&manifest_path, manifest.to_string())
             .await
             .map_err(|e| {
@@ -129,9 +130,9 @@ impl Handler for CommandHandler {
             .env("FERRY_ATTEMPT", ctx.attempt.to_string())
             .env("FERRY_INPUT_DIR", &input_dir)
             .env("FERRY_INPUT_MANIFEST", &manifest_path)
-            .env("FERRY_OUTPUT_DIR", &ctx.output_dir)
+            .env("FERRY_OUTPUT_DIR", &output_dir)
             .env("FERRY_PARAMS", ctx.params.to_string())
-            .current_dir(self.working_dir.as_deref().unwrap_or(&ctx.work_dir))
+            .current_dir(self.working_dir.as_deref().unwrap_or(&work_dir))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -159,8 +160,7 @@ impl Handler for CommandHandler {
         let mut guard = GroupGuard {
             pgid: child.id().map(|id| Pid::from_raw(id as i32)),
             job: ctx.job_id.0,
-            folder: ctx
-                .work_dir
+            folder: work_dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),

@@ -12,6 +12,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::BoxStream};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::{
     blobs::BlobError,
@@ -23,7 +24,7 @@ use crate::{
         attempts::{Lease, ProgressReport, PublishError},
     },
     storage::entities::job_input,
-    workspace::{AttemptDir, outputs::OutputError},
+    workspace::{AttemptDir, Owner, outputs::OutputError},
 };
 
 /// Log lines buffered between flushes; older ones are dropped first if a handler floods.
@@ -130,11 +131,6 @@ pub struct JobContext {
     pub attempt: i32,
     pub params: serde_json::Value,
     pub inputs: Vec<job_input::Model>,
-    /// Private to this attempt (fresh, unguessable, mode 0700); removed afterwards.
-    pub work_dir: PathBuf,
-    /// Files left here when the handler succeeds become final results. Only regular files
-    /// with one link are published; links are never followed.
-    pub output_dir: PathBuf,
     /// Fires on cancel, timeout, lost lease or shutdown.
     pub cancel: CancellationToken,
     /// How long a command gets between SIGTERM and SIGKILL.
@@ -143,7 +139,53 @@ pub struct JobContext {
     pub(crate) lease: Lease,
     pub(crate) pending: Arc<Mutex<Pending>>,
     pub(crate) published: Mutex<HashSet<String>>,
-    pub(crate) workspace: Arc<AttemptDir>,
+    pub(crate) folder: WorkFolder,
+}
+
+/// An attempt's private work folder, made the first time something asks for it, so that a Rust
+/// handler that needs none (`noop`) costs none. A folder is three `mkdir`s and a removal per
+/// attempt: inodes allocated and freed each time, which on this project's machines (ext4 without
+/// a journal, which scans recently freed inodes on every allocation) took a quarter of the
+/// server's CPU for no-op jobs (`perf`, see the README's benchmarks).
+pub(crate) struct WorkFolder {
+    owner: Arc<Owner>,
+    job: Uuid,
+    attempt: i32,
+    made: tokio::sync::OnceCell<Arc<AttemptDir>>,
+}
+
+impl WorkFolder {
+    pub(crate) fn new(owner: Arc<Owner>, job: Uuid, attempt: i32) -> Self {
+        Self {
+            owner,
+            job,
+            attempt,
+            made: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The folder, made now if it was not yet.
+    async fn get(&self) -> Result<&Arc<AttemptDir>, HandlerError> {
+        self.made
+            .get_or_try_init(|| async {
+                let (owner, job, attempt) = (self.owner.clone(), self.job, self.attempt);
+                match tokio::task::spawn_blocking(move || owner.create_attempt(job, attempt)).await
+                {
+                    Ok(Ok(folder)) => Ok(Arc::new(folder)),
+                    Ok(Err(err)) => Err(HandlerError::retryable(
+                        "workspace",
+                        format!("cannot create the attempt's work folder: {err}"),
+                    )),
+                    Err(err) => Err(HandlerError::retryable("workspace", err.to_string())),
+                }
+            })
+            .await
+    }
+
+    /// The folder, if it was made.
+    pub(crate) fn made(&self) -> Option<Arc<AttemptDir>> {
+        self.made.get().cloned()
+    }
 }
 
 impl JobContext {
@@ -173,6 +215,18 @@ impl JobContext {
         LogCaps::of(&self.services.settings.limits)
     }
 
+    /// This attempt's private work folder (fresh, unguessable, mode 0700), made on first use
+    /// and removed after the attempt.
+    pub async fn work_dir(&self) -> Result<PathBuf, HandlerError> {
+        Ok(self.folder.get().await?.path.clone())
+    }
+
+    /// Files left here when the handler succeeds become final results. Only regular files with
+    /// one link are published; links are never followed. In the work folder (made on first use).
+    pub async fn output_dir(&self) -> Result<PathBuf, HandlerError> {
+        Ok(self.folder.get().await?.outputs.clone())
+    }
+
     /// Publishes `output_dir/relative` as a result named `relative`, now. It must be a regular
     /// file with one link, reached without following a link (see `workspace::outputs`).
     pub async fn publish(
@@ -182,7 +236,7 @@ impl JobContext {
         is_final: bool,
     ) -> Result<(), HandlerError> {
         let file = {
-            let workspace = self.workspace.clone();
+            let workspace = self.folder.get().await?.clone();
             let name = relative.to_owned();
             tokio::task::spawn_blocking(move || workspace.open_output(&name))
                 .await
