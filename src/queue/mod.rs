@@ -342,7 +342,7 @@ pub async fn run_consumer(
         // Ends this worker on shutdown, or when its wake-ups end (a lost LISTEN connection),
         // so that it is rebuilt with new ones.
         let stop = shutdown.child_token();
-        let result = match db.pool() {
+        let result = match db.queue_pool() {
             Pool::Sqlite(pool) => {
                 let config = apalis_sqlite::Config::default()
                     .queue(queue_name(&settings.serves))

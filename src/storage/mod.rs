@@ -8,10 +8,10 @@
 //!
 //! Durability: SQLite runs in WAL mode with `synchronous=FULL`, so a commit has reached the disk
 //! before Ferry answers 2xx (NORMAL could lose the last commits on power loss, which would break
-//! "an acknowledged job is never lost"). Every write, Ferry's and apalis', goes through one
-//! connection (see [`Db::connect`]), so writers queue in the process, not on SQLite's lock. Writes
-//! take the lock up front (`BEGIN IMMEDIATE`), so that another process's writer (a `ferry worker`
-//! on the same file) waits on the busy timeout instead of failing with SQLITE_BUSY on upgrade.
+//! "an acknowledged job is never lost"). Only apalis' own connections, which write nothing but its
+//! delivery bookkeeping, commit without a flush of their own (see [`Db::connect`]). Writes take
+//! the lock up front (`BEGIN IMMEDIATE`) so concurrent writers queue on the busy timeout instead
+//! of failing with SQLITE_BUSY on upgrade.
 
 pub mod changes;
 pub mod entities;
@@ -120,6 +120,8 @@ pub struct Db {
     pool: Pool,
     /// The pool behind `reads`, for reads written in SQL.
     read_pool: Pool,
+    /// The connections apalis' workers use (the same pool on PostgreSQL).
+    queue_pool: Pool,
     /// Announces committed job changes to waiting requests (see [`changes`]).
     changes: JobChanges,
     /// Wakes this process's queue consumers when a dispatch commits (SQLite; see [`changes`]).
@@ -151,21 +153,36 @@ impl Db {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
-            // Every write of this process goes through ONE connection: Ferry's statements and
-            // apalis' (its fetches, acknowledgements and heartbeats). SQLite has a single writer
-            // anyway; sqlx hands the connection out first come, first served, and hands it
-            // over at once, whereas writers on separate connections meet on SQLite's lock, whose
-            // busy handler sleeps 1, 2, 5 … 100 ms and lets waiting writers starve (with 16
-            // connections the queue's fetch waited up to 1.5 s behind API writes). apalis had
-            // two connections of its own until 2026-12-01: on one, no-op jobs went through 11 %
-            // faster (median of three runs, 159 against 140 jobs/s; README, Benchmarks), and
-            // apalis' commits are now flushed like Ferry's. Nothing holds it across anything but
-            // its own statements (apalis' transactions are single fetches, acknowledgements and
-            // heartbeats; it holds no connection while it waits for tasks).
+            // Ferry's own statements share ONE connection. SQLite has a single writer anyway,
+            // and sqlx hands the connection out first come, first served, whereas SQLite's busy
+            // handler lets waiting writers starve: with one pool of 16 connections, the queue's
+            // fetch waited up to 1.5 s behind API writes and dispatch latency reached seconds
+            // under load. No Ferry code holds it across anything but its own statements.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
                 .connect_with(options.clone())
+                .await
+                .with_context(|| format!("cannot open SQLite database {url:?}"))?;
+            // apalis gets connections of its own. Their commits are not flushed to disk one by one (`synchronous=NORMAL`: WAL
+            // frames reach the disk at the next commit of Ferry's connection, which is FULL, or
+            // at a checkpoint). They only write apalis' delivery bookkeeping (fetched, done,
+            // worker heartbeats), never anything a client was told: the dispatch itself
+            // is inserted by Ferry's own transaction. A power cut can at most undo a few of
+            // those marks, and Ferry already lives with that state being wrong: a delivery
+            // fetched again is stale (`service::lifecycle`'s guards), one lost is dispatched
+            // again by the reconciler. A `kill -9` loses nothing either way. That saves disk
+            // flushes per job (2 of apalis' commits per job, beside Ferry's 3). Sharing Ferry's
+            // one connection instead was faster, but a lease renewal may then wait behind
+            // apalis' flushed commits (README, Benchmarks: "Tried and not kept").
+            //
+            // They may hold a connection while waiting for in-flight tasks on shutdown (an
+            // older reading; apalis-sqlite 1.0 seems to hold none, unverified), and those tasks
+            // need Ferry's connection to finish: one more reason for connections of their own.
+            let queue_pool = SqlitePoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
                 .await
                 .with_context(|| format!("cannot open SQLite database {url:?}"))?;
             // Reads get connections of their own: in WAL mode readers do not wait for the
@@ -183,6 +200,7 @@ impl Db {
                 reads: DatabaseConnection::from(reads.clone()),
                 read_pool: Pool::Sqlite(reads),
                 pool: Pool::Sqlite(pool),
+                queue_pool: Pool::Sqlite(queue_pool),
                 changes: JobChanges::with_backstop(changes::SQLITE_BACKSTOP),
                 queue_wakeups: QueueWakeups::default(),
                 inline_reads: Some(Arc::new(InlineReads::new(
@@ -214,7 +232,8 @@ impl Db {
                 reads: DatabaseConnection::from(reads.clone()),
                 read_pool: Pool::Postgres(reads),
                 orm,
-                pool: Pool::Postgres(pool),
+                pool: Pool::Postgres(pool.clone()),
+                queue_pool: Pool::Postgres(pool),
                 changes: JobChanges::announced(),
                 queue_wakeups: QueueWakeups::default(),
                 inline_reads: None,
@@ -339,6 +358,10 @@ impl Db {
             rows.put(row.clone(), since);
         }
         Ok(of_tenant(row, tenant))
+    }
+
+    pub fn queue_pool(&self) -> &Pool {
+        &self.queue_pool
     }
 
     pub async fn ping(&self) -> Result<(), StorageError> {
@@ -606,14 +629,16 @@ mod tests {
             .expect("PRAGMA synchronous")
     }
 
-    /// Every commit on SQLite, Ferry's and apalis' (they share the connection), is flushed
-    /// before it returns.
+    /// What Ferry commits (anything a client is told about) is flushed before the commit
+    /// returns; apalis' bookkeeping rides on Ferry's next flush.
     #[tokio::test]
-    async fn sqlite_flushes_every_commit() {
+    async fn sqlite_flushes_every_commit_of_ferry_but_not_of_apalis_bookkeeping() {
+        const NORMAL: i64 = 1;
         const FULL: i64 = 2;
         let dir = tempfile::tempdir().expect("temp dir");
         let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
         let db = Db::connect(&url).await.expect("open");
         assert_eq!(synchronous(db.pool()).await, FULL);
+        assert_eq!(synchronous(db.queue_pool()).await, NORMAL);
     }
 }
