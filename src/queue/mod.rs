@@ -300,6 +300,12 @@ fn pushed(db: &Db, queue: String) -> BoxStream<'static, ()> {
     .boxed()
 }
 
+/// How long a stopped queue consumer waits before it is rebuilt, the first time.
+const FIRST_RESTART_PAUSE: Duration = Duration::from_millis(200);
+/// A consumer that ran this long before it stopped is rebuilt after [`FIRST_RESTART_PAUSE`]
+/// again, not after the longer pause its earlier failures had built up.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
 /// Settings of one consumer (one handler kind in one process).
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
@@ -336,16 +342,18 @@ pub async fn run_consumer(
     on_dispatch: DispatchFn,
     shutdown: CancellationToken,
 ) {
-    let mut pause = Duration::from_millis(200);
+    let queue = queue_name(&settings.serves);
+    let mut pause = FIRST_RESTART_PAUSE;
     loop {
         let name = format!("ferry-{}-{}", settings.serves, Ulid::new());
+        let began = tokio::time::Instant::now();
         // Ends this worker on shutdown, or when its wake-ups end (a lost LISTEN connection),
         // so that it is rebuilt with new ones.
         let stop = shutdown.child_token();
         let result = match db.queue_pool() {
             Pool::Sqlite(pool) => {
                 let config = apalis_sqlite::Config::default()
-                    .queue(queue_name(&settings.serves))
+                    .queue(&queue)
                     // Fetch no more than can run: prefetched tasks would wait here while another
                     // worker idles.
                     .batch_size(settings.concurrency)
@@ -354,7 +362,7 @@ pub async fn run_consumer(
                     .lock_tasks(false);
                 // Woken at once by this process's dispatches, and polling for other processes'.
                 let wake_ups = Wakeups::new(
-                    pushed(&db, queue_name(&settings.serves)),
+                    pushed(&db, queue.clone()),
                     settings.poll_interval,
                     stop.clone(),
                 );
@@ -365,7 +373,7 @@ pub async fn run_consumer(
             }
             Pool::Postgres(pool) => {
                 let config = apalis_postgres::Config::default()
-                    .queue(queue_name(&settings.serves))
+                    .queue(&queue)
                     .batch_size(settings.concurrency)
                     // Scheduled retries and orphan re-enqueues do not NOTIFY: they are picked up
                     // at heartbeat granularity, so beat often. Dead workers' tasks are requeued
@@ -378,7 +386,7 @@ pub async fn run_consumer(
                 let storage =
                     apalis_postgres::PostgresStorage::<Dispatch>::new(pool).with_config(config);
                 let wake_ups = Wakeups::new(
-                    notified(pool.clone(), queue_name(&settings.serves)),
+                    notified(pool.clone(), queue.clone()),
                     PG_BACKSTOP_POLL,
                     stop.clone(),
                 );
@@ -394,6 +402,11 @@ pub async fn run_consumer(
             Err(err) => {
                 tracing::error!(worker = %name, error = %err, "queue consumer failed; restarting")
             }
+        }
+        // A worker that ran a good while before it stopped (a LISTEN connection lost after
+        // hours) starts again soon; one that keeps failing waits longer each time.
+        if began.elapsed() >= HEALTHY_RUN {
+            pause = FIRST_RESTART_PAUSE;
         }
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
