@@ -144,9 +144,11 @@ pub struct JobContext {
 
 /// An attempt's private work folder, made the first time something asks for it, so that a Rust
 /// handler that needs none (`noop`) costs none. A folder is three `mkdir`s and a removal per
-/// attempt: inodes allocated and freed each time, which on this project's machines (ext4 without
-/// a journal, which scans recently freed inodes on every allocation) took a quarter of the
-/// server's CPU for no-op jobs (`perf`, see the README's benchmarks).
+/// attempt: inodes allocated and freed each time. On this project's machines (ext4 without a
+/// journal, which scans recently freed inodes on every allocation) inode allocation, for these
+/// folders and for the uploads' files, took a quarter of the server's CPU for no-op jobs
+/// (`perf`, see the README's benchmarks). A handler abandoned after its attempt ended may still
+/// make its folder late: the workers' sweep removes folders of attempts no longer running.
 pub(crate) struct WorkFolder {
     owner: Arc<Owner>,
     job: Uuid,

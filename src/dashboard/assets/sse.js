@@ -44,17 +44,17 @@ async function* sseFrames(res) {
   }
 }
 
+/** Whether retrying cannot help: a 4xx other than 408/429 (a bad cursor, a deleted job). */
+export function wontHeal(err) {
+  return err instanceof ApiError && err.status >= 400 && err.status < 500 && ![408, 429].includes(err.status);
+}
+
 /**
  * Follows an SSE endpoint until the signal aborts: reconnects after the stream ends or fails
  * (backing off on failures), resuming with Last-Event-ID from the last frame's id. A 204 means
  * "nothing will follow" (a finished job's stream) and ends it. onState('live' | 'down') lets a
  * view fall back to polling while the stream is down.
  */
-/** Whether retrying cannot help: a 4xx other than 408/429 (a bad cursor, a deleted job). */
-export function wontHeal(err) {
-  return err instanceof ApiError && err.status >= 400 && err.status < 500 && ![408, 429].includes(err.status);
-}
-
 export function followStream(path, { signal, onEvent, onState, onEnd, onId }) {
   let lastId = null;
   let retry = 2000;
