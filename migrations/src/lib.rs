@@ -23,6 +23,13 @@ mod m20261208_000001_shared_uploads;
 mod m20261208_000002_versions_reruns;
 mod m20261215_000001_job_traceparent;
 mod m20261216_000001_job_change_trigger;
+mod m20261217_000001_job_insert_trigger;
+mod m20261217_000002_outbox_trigger;
+
+/// The statements the webhook outbox's trigger runs for each event (PostgreSQL's if `true`),
+/// with `NEW.…` standing for the event's values: for checking their query plans, which no
+/// statement log shows.
+pub use m20261217_000002_outbox_trigger::statements as outbox_trigger_statements;
 
 pub struct Migrator;
 
@@ -47,6 +54,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000002_versions_reruns::Migration),
             Box::new(m20261215_000001_job_traceparent::Migration),
             Box::new(m20261216_000001_job_change_trigger::Migration),
+            Box::new(m20261217_000001_job_insert_trigger::Migration),
+            Box::new(m20261217_000002_outbox_trigger::Migration),
         ]
     }
 }

@@ -384,7 +384,7 @@ impl Services {
         )
         .await?;
         // Wakes the deliverers (in-process, and other processes' on PostgreSQL).
-        tx.job_changed(job_id);
+        tx.job_nudged(job_id);
         tx.commit().await?;
         self.get_delivery(tenant, id).await
     }

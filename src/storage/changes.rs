@@ -4,8 +4,10 @@
 //! A [`Tx`](super::Tx) records the jobs it changed (`Tx::job_changed`); its commit announces
 //! them. On SQLite, where one process owns the database, that is an in-process broadcast sent
 //! after the commit. On PostgreSQL, several processes share the database, so the commit carries a
-//! `NOTIFY` (issued in the same transaction, delivered only if it commits); each process keeps one
-//! listening connection that fans the notifications out in-process ([`JobChanges::listen`]).
+//! `NOTIFY` (sent in the same transaction, delivered only if it commits: by the trigger on the
+//! job's row, or, for a job whose row the transaction did not write, by `Tx::commit`); each
+//! process keeps one listening connection that fans the notifications out in-process
+//! ([`JobChanges::listen`]).
 //!
 //! Wake-ups are hints, never the truth: a waiter re-reads the job after every wake-up and at its
 //! deadline, so a lost notification (listener reconnecting, broadcast lag) only delays an answer.

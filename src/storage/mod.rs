@@ -158,9 +158,14 @@ impl Db {
             // handler lets waiting writers starve: with one pool of 16 connections, the queue's
             // fetch waited up to 1.5 s behind API writes and dispatch latency reached seconds
             // under load. No Ferry code holds it across anything but its own statements.
+            // No pool here pings a connection before handing it out (sqlx's default): an SQLite
+            // connection is a file opened by this process, which nothing outside can break, so
+            // the ping, a round trip to the connection's thread, checked nothing, and on this
+            // one connection every transaction waited for it.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
                 .connect_with(options.clone())
                 .await
                 .with_context(|| format!("cannot open SQLite database {url:?}"))?;
@@ -181,6 +186,7 @@ impl Db {
             let queue_pool = SqlitePoolOptions::new()
                 .max_connections(2)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
                 .connect_with(options.clone().synchronous(SqliteSynchronous::Normal))
                 .await
                 .with_context(|| format!("cannot open SQLite database {url:?}"))?;
@@ -190,6 +196,7 @@ impl Db {
             let reads = SqlitePoolOptions::new()
                 .max_connections(SQLITE_READERS)
                 .acquire_timeout(Duration::from_secs(30))
+                .test_before_acquire(false)
                 .connect_with(options.clone().pragma("query_only", "true"))
                 .await
                 .with_context(|| format!("cannot open SQLite database {url:?}"))?;
@@ -213,17 +220,17 @@ impl Db {
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 // Connections killed by the server (restart, pg_terminate_backend) are noticed
-                // before use rather than failing a request.
+                // before use rather than failing a write. (Checking only connections idle for a
+                // while, as the read pool does, measured no faster: see the README, Benchmarks,
+                // "Fewer round trips".)
                 .test_before_acquire(true)
                 .connect(url)
                 .await
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
-            // Status polls and lists: a pool of their own without `test_before_acquire`, whose
-            // ping would double every read's round trips. A connection the server killed fails
-            // one read (503 `database_unavailable`, which clients retry) and is dropped.
-            let reads = PgPoolOptions::new()
+            // Status polls and lists: a pool of their own, so that reads never wait for a
+            // connection behind writes.
+            let reads = pg_read_pool_options()
                 .max_connections(PG_READERS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_lazy(url)
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
             let orm = DatabaseConnection::from(pool.clone());
@@ -397,6 +404,7 @@ impl Db {
         Ok(Tx {
             inner,
             changed_jobs: Vec::new(),
+            nudged_jobs: Vec::new(),
             changes: self.changes.clone(),
             dispatched_queues: Vec::new(),
             queue_wakeups: self.queue_wakeups.clone(),
@@ -416,7 +424,10 @@ impl Db {
 /// queues it enqueued to (see [`changes`]).
 pub struct Tx {
     pub inner: TxInner,
+    /// Jobs whose rows this transaction wrote ([`Tx::job_changed`]).
     changed_jobs: Vec<Uuid>,
+    /// Jobs to announce whose rows it did not write ([`Tx::job_nudged`]).
+    nudged_jobs: Vec<Uuid>,
     changes: JobChanges,
     dispatched_queues: Vec<String>,
     queue_wakeups: QueueWakeups,
@@ -439,11 +450,21 @@ impl Tx {
         }
     }
 
-    /// Records that this transaction changed what `GET /v1/jobs/{job_id}` shows, so that
-    /// requests waiting on the job wake up once it commits.
+    /// Records that this transaction wrote the row of job `job_id` (created, changed or deleted
+    /// it), so that requests waiting on the job wake up once it commits. On PostgreSQL the row's
+    /// trigger tells the other processes (`NOTIFY`, see the `job_insert_trigger` migration).
     pub fn job_changed(&mut self, job_id: Uuid) {
         if !self.changed_jobs.contains(&job_id) {
             self.changed_jobs.push(job_id);
+        }
+    }
+
+    /// Records that requests and deliverers waiting on job `job_id` should wake up once this
+    /// transaction commits although it did not write the job's row (a webhook delivery made due
+    /// again): on PostgreSQL that takes a `NOTIFY` of its own.
+    pub fn job_nudged(&mut self, job_id: Uuid) {
+        if !self.nudged_jobs.contains(&job_id) {
+            self.nudged_jobs.push(job_id);
         }
     }
 
@@ -522,7 +543,7 @@ impl Tx {
         let mut values: Vec<Expr> = vec![
             job_id.into(),
             seq.into(),
-            event_type.clone().into(),
+            event_type.into(),
             data.to_string().into(),
             now.into(),
         ];
@@ -532,6 +553,7 @@ impl Tx {
             columns.push(Alias::new("tx"));
             values.push(feed_position(job_id, seq));
         }
+        // Its webhook deliveries are written by the table's trigger (see [`outbox`]).
         self.execute(
             Query::insert()
                 .into_table(Alias::new("ferry_job_events"))
@@ -539,14 +561,14 @@ impl Tx {
                 .values_panic(values),
         )
         .await?;
-        self.enqueue_deliveries(job_id, seq, &event_type, now).await
+        Ok(())
     }
 
     pub async fn commit(self) -> Result<(), StorageError> {
         match self.inner {
             TxInner::Sqlite(tx) => {
                 tx.commit().await?;
-                for job_id in self.changed_jobs {
+                for job_id in self.changed_jobs.into_iter().chain(self.nudged_jobs) {
                     self.changes.announce(job_id);
                 }
                 for queue in &self.dispatched_queues {
@@ -555,7 +577,8 @@ impl Tx {
             }
             TxInner::Postgres(mut tx) => {
                 // Delivered to every listening process if, and only if, the commit succeeds.
-                for job_id in &self.changed_jobs {
+                // The jobs whose rows were written have their trigger's.
+                for job_id in &self.nudged_jobs {
                     sqlx::query("SELECT pg_notify($1, $2)")
                         .bind(changes::CHANNEL)
                         .bind(job_id.to_string())
@@ -563,7 +586,7 @@ impl Tx {
                         .await?;
                 }
                 tx.commit().await?;
-                for job_id in &self.changed_jobs {
+                for job_id in self.changed_jobs.iter().chain(&self.nudged_jobs) {
                     self.changes.committed_here(*job_id);
                 }
             }
@@ -601,6 +624,32 @@ fn feed_position(job_id: Uuid, seq: i64) -> Expr {
          FROM ferry_job_events WHERE job_id = $1 AND seq = $2), 0))",
         [sea_orm::Value::from(job_id), sea_orm::Value::from(seq - 1)],
     )
+}
+
+/// How long a PostgreSQL read connection may have been idle and still be handed out unchecked.
+/// HikariCP, the JDBC pool, skips its liveness check for 500 ms after a use by default
+/// (`aliveBypassWindowMs`) for the same reason.
+const UNCHECKED_AFTER_USE: Duration = Duration::from_millis(500);
+
+/// The read pool's options. A connection idle for a while is pinged before it is handed out, so
+/// one that the server closed meanwhile (a restart, `pg_terminate_backend`, an idle timeout on
+/// the way) is dropped instead of failing a read. One used within the last
+/// [`UNCHECKED_AFTER_USE`] is not: sqlx's default pings before every acquire, a round trip more
+/// for every status poll, and under load every connection is that fresh. One such connection
+/// that died all the same fails one read, which answers 503 `database_unavailable` (clients
+/// retry it), and sqlx drops the connection.
+fn pg_read_pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= UNCHECKED_AFTER_USE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// A database URL with its password masked, for messages and logs.

@@ -3,8 +3,8 @@
 //! addresses are allowed ([`address`], the SSRF guard), when a failed delivery is tried again
 //! ([`schedule`]), what is sent ([`payload`]) and the background sender ([`deliverer`]).
 //!
-//! The outbox rows themselves are written with the events, in `storage::outbox`; endpoints are
-//! managed in `service::webhooks`.
+//! The outbox rows themselves are written with the events, by a trigger on the events table (see
+//! `storage::outbox`); endpoints are managed in `service::webhooks`.
 
 pub mod address;
 pub mod deliverer;

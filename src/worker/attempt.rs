@@ -19,6 +19,7 @@ use super::{
 };
 use crate::{
     domain::{JobFailure, JobStatus},
+    error_code::ErrorCode,
     ids::JobId,
     metrics::AttemptOutcome,
     queue::Dispatch,
@@ -120,10 +121,7 @@ async fn run_claimed(
     } else {
         AttemptOutcome::Retried
     };
-    match services
-        .finish_attempt(&claimed.lease, &claimed.job, outcome)
-        .await
-    {
+    match settle(&services, &claimed, outcome, &shutdown).await {
         Ok(Some(status)) => {
             tracing::info!(status = status.as_str(), "attempt settled");
             let ended = match status {
@@ -140,6 +138,48 @@ async fn run_claimed(
         Ok(None) => tracing::warn!("attempt outcome dropped: the lease was lost"),
         // The lease will expire and the reconciler settles the attempt.
         Err(err) => tracing::error!(error = %err, "recording the attempt's outcome failed"),
+    }
+}
+
+/// The first pause before writing an attempt's outcome again; each later one is twice as long,
+/// up to [`SETTLE_RETRY_MAX_PAUSE`].
+const SETTLE_RETRY_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const SETTLE_RETRY_MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Writes the attempt's outcome. While the database cannot be reached (a restart, a failover,
+/// connections the server closed) it tries again, for about as long as a lease lasts
+/// (`queue.lease_ttl`) and until the worker stops: an outcome written is a finished job that
+/// need not run again, and until the lease runs out no one else settles the attempt. Past that
+/// the reconciler settles it as lost, as it did before any retry. A retried write that finds its
+/// first try committed after all is refused by the lease guard (`Ok(None)`), never applied
+/// twice.
+async fn settle(
+    services: &Services,
+    claimed: &ClaimedJob,
+    outcome: Outcome,
+    shutdown: &CancellationToken,
+) -> crate::service::ServiceResult<Option<JobStatus>> {
+    let lease = Duration::from_millis(services.lease_ttl_ms().max(0) as u64);
+    let give_up = Instant::now() + lease;
+    let mut pause = SETTLE_RETRY_FIRST_PAUSE;
+    loop {
+        let written = services
+            .finish_attempt(&claimed.lease, &claimed.job, outcome.clone())
+            .await;
+        match written {
+            Err(err)
+                if err.code == ErrorCode::DatabaseUnavailable
+                    && Instant::now() + pause < give_up =>
+            {
+                tracing::warn!(error = %err, "recording the attempt's outcome failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return Err(err),
+                }
+                pause = (pause * 2).min(SETTLE_RETRY_MAX_PAUSE);
+            }
+            written => return written,
+        }
     }
 }
 

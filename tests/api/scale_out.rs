@@ -8,6 +8,7 @@ use std::{
 };
 
 use serde_json::{Value, json};
+use sqlx::Connection as _;
 
 use crate::helpers::*;
 
@@ -196,6 +197,54 @@ async fn workers_and_api_survive_terminated_database_connections() {
     }
 }
 
+/// A job that finishes while every database connection is being killed: its worker cannot
+/// record the success then, and keeps trying until it can, so the job succeeds at its first
+/// attempt instead of being run again once its lease runs out.
+async fn an_outcome_that_cannot_be_recorded_at_once_is_recorded_later_not_run_again() {
+    let app = TestApp::spawn_process(TestConfig {
+        // Longer than the blip below and the retries after it, so that the reconciler does not
+        // settle the attempt as lost meanwhile.
+        lease_ttl: "8s",
+        ..TestConfig::default()
+    })
+    .await;
+    let gate = app.dir.path().join("gate");
+    let job = app
+        .submit(
+            "model",
+            bytes(100, 89),
+            json!({"mode": "quiet", "gate": gate}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    app.wait_status(&id, "running", WITHIN).await;
+
+    // For 1.5 s, every connection to the job's database is terminated as soon as it is seen;
+    // the handler exits at the start of it.
+    let db = app.database_url.rsplit('/').next().unwrap().to_owned();
+    let mut killer = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    std::fs::write(&gate, "go").unwrap();
+    let blip = Instant::now();
+    let mut killed = 0i64;
+    while blip.elapsed() < Duration::from_millis(1500) {
+        killed += sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+        )
+        .bind(&db)
+        .fetch_one(&mut killer)
+        .await
+        .unwrap();
+    }
+    println!("terminated {killed} connections during the blip");
+    assert!(killed > 0, "no connection was terminated");
+
+    let done = app.wait_status(&id, "succeeded", WITHIN).await;
+    assert_eq!(done["attempt"], 1, "the job ran again: {done}");
+}
+
 struct Moto {
     child: Child,
     port: u16,
@@ -364,6 +413,10 @@ async fn the_service_answers_503_while_the_database_is_away_and_recovers_losing_
     let proxy = DbProxy::start("127.0.0.1:5432");
     let mut app = TestApp::spawn_process(TestConfig {
         pg_via: Some(proxy.url()),
+        // Every poll reads the database, so the poll made while it is away meets the outage: a
+        // row read in the last second could otherwise be answered from memory (right, but not
+        // what this test looks at), until the process notices its listener is gone.
+        poll_cache_max_age: Some("0s"),
         ..TestConfig::default()
     })
     .await;
@@ -386,8 +439,8 @@ async fn the_service_answers_503_while_the_database_is_away_and_recovers_losing_
     // On fresh connections.
     app.client = reqwest::Client::new();
     let reply = app.get_job(&done_id).await;
-    assert_eq!(reply.header("retry-after"), Some("5"));
     reply.assert_problem(503, "database_unavailable");
+    assert_eq!(reply.header("retry-after"), Some("5"));
     app.create_upload(bytes(1000, 87), &[])
         .await
         .assert_problem(503, "database_unavailable");
@@ -454,6 +507,15 @@ async fn scale_out_s3_outage() {
     run_on(
         Backend::PostgresS3,
         an_unreachable_s3_fails_uploads_cleanly_and_recovers(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scale_out_outcome_recorded_after_a_blip() {
+    run_on(
+        Backend::PostgresS3,
+        an_outcome_that_cannot_be_recorded_at_once_is_recorded_later_not_run_again(),
     )
     .await
 }

@@ -9,6 +9,8 @@ FERRY_PARAMS chooses what it does:
   mode = "declare"  declare a permanent error on stdout, then exit 0.
   mode = "sleep"    write its pid to params.pid_file and sleep for a long time.
   mode = "stubborn" like sleep, but ignore SIGTERM (so only SIGKILL stops it).
+  mode = "quiet"    wait for params.gate (a file path) to exist, then exit 0 having written
+                    nothing (no output, so the attempt's outcome is its only write after it).
   mode = "manifest" write manifest.json: for each input, in $FERRY_INPUT_MANIFEST's order, the
                     file (or, for a list input, each file) with its SHA-256, and what each list
                     folder holds; then exit 0.
@@ -35,6 +37,10 @@ if mode == "fail":
     sys.exit(3)
 if mode == "declare":
     say(error="the scan is not a CT study", retryable=False)
+    sys.exit(0)
+if mode == "quiet":
+    while not os.path.exists(params["gate"]):
+        time.sleep(0.05)
     sys.exit(0)
 if mode in ("sleep", "stubborn"):
     if mode == "stubborn":

@@ -13,7 +13,7 @@ pub struct Model {
     pub job_id: Option<Uuid>,
     pub url: String,
     /// The event types sent, as `,started,progress,`: delimited on both sides so that one
-    /// `LIKE '%,type,%'` matches a type exactly (see `storage::outbox`).
+    /// `LIKE '%,type,%'` matches a type exactly (the `outbox_trigger` migration).
     pub events: String,
     pub description: Option<String>,
     /// `whsec_…` (Standard Webhooks).
