@@ -8,11 +8,11 @@ grows with the number of queued jobs.
 
 Standard library only, Python 3.10+, Linux, SQLite. For each queue depth: a fresh `ferry serve`
 without workers (so jobs stay queued; `bench.Server`, as the benchmark starts its servers) in a
-temporary data folder makes one `digest` job; the server is stopped (by its PID), the job's row
-is copied into `ferry_jobs` until that many jobs are queued (new ids, the same everything else: the queue a burst of uploads would leave), the
-server starts again, and GET /metrics is timed --scrapes times after 5 warm-up scrapes, on one
-connection after another. The scrape must report the depth it was given. Progress goes to
-stderr, the table (markdown) to stdout.
+temporary data folder makes one `digest` job; the server is stopped (by its PID), the job's row is
+copied into `ferry_jobs` until that many jobs are queued (new ids, the same everything else: the
+queue a burst of uploads would leave), the server starts again, and GET /metrics is timed --scrapes
+times after 5 warm-up scrapes, on one connection after another. The scrape must report the depth it
+was given. Progress goes to stderr, the table (markdown) to stdout.
 """
 
 import argparse

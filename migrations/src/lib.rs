@@ -33,6 +33,15 @@ pub use m20261217_000002_outbox_trigger::statements as outbox_trigger_statements
 
 pub struct Migrator;
 
+/// Runs `sql` (statements separated by `;`) on PostgreSQL only: for the triggers that announce
+/// changes across processes, which SQLite, written by one process, does not need.
+async fn on_postgres(m: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    if m.get_database_backend() == sea_orm_migration::sea_orm::DatabaseBackend::Postgres {
+        m.get_connection().execute_unprepared(sql).await?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {

@@ -5,12 +5,13 @@
 //! A transaction's explicit notifications of the same job are folded into this one by
 //! PostgreSQL (same channel, same payload). SQLite needs none: one process writes it.
 
-use sea_orm_migration::{prelude::*, sea_orm::DatabaseBackend};
+use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const UP: &str = "
+/// Also what `m20261217_000001_job_insert_trigger` goes back to.
+pub(crate) const UP: &str = "
 CREATE OR REPLACE FUNCTION ferry_job_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_notify('ferry_job_changed', OLD.id::text);
@@ -30,16 +31,10 @@ DROP FUNCTION IF EXISTS ferry_job_changed();
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() == DatabaseBackend::Postgres {
-            m.get_connection().execute_unprepared(UP).await?;
-        }
-        Ok(())
+        crate::on_postgres(m, UP).await
     }
 
     async fn down(&self, m: &SchemaManager) -> Result<(), DbErr> {
-        if m.get_database_backend() == DatabaseBackend::Postgres {
-            m.get_connection().execute_unprepared(DOWN).await?;
-        }
-        Ok(())
+        crate::on_postgres(m, DOWN).await
     }
 }

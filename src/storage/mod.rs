@@ -169,20 +169,19 @@ impl Db {
                 .connect_with(options.clone())
                 .await
                 .with_context(|| format!("cannot open SQLite database {url:?}"))?;
-            // apalis gets connections of its own. Their commits are not flushed to disk one by
-            // one (`synchronous=NORMAL`: WAL frames reach the disk at the next commit of Ferry's
+            // apalis gets connections of its own. Their commits are not flushed to disk one by one
+            // (`synchronous=NORMAL`: WAL frames reach the disk at the next commit of Ferry's
             // connection, which is FULL, or at a checkpoint). They only write apalis' delivery
-            // bookkeeping (fetched, done, worker heartbeats), never anything a client was told:
-            // the dispatch itself is inserted by Ferry's own transaction. A power cut can at most undo a few of
-            // those marks, and Ferry already lives with that state being wrong: a delivery
-            // fetched again is stale (`service::lifecycle`'s guards), one lost is dispatched
-            // again by the reconciler. A `kill -9` loses nothing either way. That saves disk
-            // flushes per job (2 of apalis' commits per job, beside Ferry's 3). Sharing Ferry's
-            // one connection instead was faster, but a lease renewal may then wait behind
-            // apalis' flushed commits (README, Benchmarks: "Tried and not kept"). (An earlier
-            // reason, that apalis holds a connection while it waits for in-flight tasks on
-            // shutdown, does not hold for apalis-sqlite 1.0: its `persist.rs` opens only short
-            // transactions.)
+            // bookkeeping (fetched, done, worker heartbeats), never anything a client was told: the
+            // dispatch itself is inserted by Ferry's own transaction. A power cut can at most undo
+            // a few of those marks, and Ferry already lives with that state being wrong: a delivery
+            // fetched again is stale (`service::lifecycle`'s guards), one lost is dispatched again
+            // by the reconciler. A `kill -9` loses nothing either way. That saves disk flushes per
+            // job (2 of apalis' commits per job, beside Ferry's 3). Sharing Ferry's one connection
+            // instead was faster, but a lease renewal may then wait behind apalis' flushed commits
+            // (README, Benchmarks: "Tried and not kept"). (An earlier reason, that apalis holds a
+            // connection while it waits for in-flight tasks on shutdown, does not hold for
+            // apalis-sqlite 1.0: its `persist.rs` opens only short transactions.)
             let queue_pool = SqlitePoolOptions::new()
                 .max_connections(2)
                 .acquire_timeout(Duration::from_secs(30))

@@ -14,6 +14,10 @@ use crate::helpers::*;
 
 const WITHIN: Duration = Duration::from_secs(60);
 
+/// Terminates every connection to the test's database but the one it runs on, and says how many.
+const TERMINATE_OTHER_CONNECTIONS: &str = "SELECT COUNT(pg_terminate_backend(pid)) \
+     FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()";
+
 /// A `model` job on `data`, created in one request through the replica at `base`.
 async fn submit_to(app: &TestApp, base: &str, data: Vec<u8>) -> Value {
     let reply = app
@@ -165,13 +169,7 @@ async fn workers_and_api_survive_terminated_database_connections() {
     app.wait_status(first["id"].as_str().unwrap(), "succeeded", WITHIN)
         .await;
 
-    let db = app.database_url.rsplit('/').next().unwrap().to_owned();
-    let killed = app
-        .count_rows(&format!(
-            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-        ))
-        .await;
+    let killed = app.count_rows(TERMINATE_OTHER_CONNECTIONS).await;
     assert!(killed > 0, "no connection was terminated");
 
     // The service recovers by itself: new work is accepted and runs.
@@ -221,7 +219,6 @@ async fn an_outcome_that_cannot_be_recorded_at_once_is_recorded_later_not_run_ag
 
     // For 1.5 s, every connection to the job's database is terminated as soon as it is seen;
     // the handler exits at the start of it.
-    let db = app.database_url.rsplit('/').next().unwrap().to_owned();
     let mut killer = sqlx::PgConnection::connect(&app.database_url)
         .await
         .unwrap();
@@ -229,14 +226,10 @@ async fn an_outcome_that_cannot_be_recorded_at_once_is_recorded_later_not_run_ag
     let blip = Instant::now();
     let mut killed = 0i64;
     while blip.elapsed() < Duration::from_millis(1500) {
-        killed += sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
-             WHERE datname = $1 AND pid <> pg_backend_pid()",
-        )
-        .bind(&db)
-        .fetch_one(&mut killer)
-        .await
-        .unwrap();
+        killed += sqlx::query_scalar::<_, i64>(TERMINATE_OTHER_CONNECTIONS)
+            .fetch_one(&mut killer)
+            .await
+            .unwrap();
     }
     println!("terminated {killed} connections during the blip");
     assert!(killed > 0, "no connection was terminated");
