@@ -7,7 +7,8 @@ measured.
                              [--webhook-jobs N] [--long-polls M] [--skip-uploads] [--skip-jobs]
                              [--skip-webhooks] [--skip-long-poll] [--skip-polls]
                              [--poll-seconds S] [--poll-rounds R] [--backlog N] [--peers]
-                             [--paced-jobs N] [--pace R] [--postgres URL --s3-endpoint URL]
+                             [--paced-jobs N] [--pace R] [--job-rounds R]
+                             [--postgres URL --s3-endpoint URL]
                              [--chart PATH.png]
 
 (scripts/bench.sh builds the release binary and runs this.) Standard library only, Python 3.11+,
@@ -26,6 +27,8 @@ configuration, each measurement gets a fresh `ferry serve`:
    light polling until all succeeded: throughput from server timestamps (N / (last finished_at -
    first created_at)), dispatch latency (started_at - created_at) and other percentiles; then
    --paced-jobs more sent at an even --pace (default 50/s): dispatch latency below saturation;
+   each run --job-rounds times (default 1) on fresh servers, reporting every round, the medians
+   and the server's CPU per job (quieter than jobs/s, so the figure to compare builds by);
 5. webhooks, one job at a time: a receiver in this process (127.0.0.1, answering 204 at once),
    one server-wide endpoint for every event type, 100 no-op jobs each submitted once the one
    before was delivered: event → delivery latency (arrival - the payload's `timestamp`) with
@@ -661,7 +664,8 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
     first, span = min(created), max(finished) - min(created)
     dispatch = [(s - c) * 1000 for s, c in zip(started, created)]
     figures = bench_goals.JobFigures(len(jobs) / span, bench_peers.nearest_rank(dispatch, 50),
-                                     bench_peers.nearest_rank(dispatch, 99))
+                                     bench_peers.nearest_rank(dispatch, 99),
+                                     server_cpu * 1000 / len(jobs))
     attempts = collections.Counter(j.get("attempt") for j in jobs)
     pace = f", paced at {rate:g} jobs/s" if rate else ""
     title = (f"No-op jobs — {label(cfg)}: {n_jobs} x POST /v1/kinds/noop/jobs, "
@@ -682,8 +686,36 @@ def jobs_section(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int,
          pcts([(f - c) * 1000 for f, c in zip(finished, created)])),
         ("attempts", ", ".join(f"attempt {k}: {v}" for k, v in sorted(attempts.items()))),
         *([("first submit failure", sub.failures[0][:200])] if sub.failures else []),
-        ("server CPU", f"{server_cpu:8.1f} s   (submitting and polling)"),
+        ("server CPU", f"{server_cpu:8.1f} s   ({figures.cpu_ms_per_job:.2f} ms per job; "
+                       "submitting and polling)"),
     ], figures
+
+
+def job_rounds(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int, n_clients: int,
+               rounds: int, rate: float = 0) -> tuple[str, Rows, bench_goals.JobFigures]:
+    """`jobs_section` `rounds` times, each on a fresh server: the rows of the round with the
+    median throughput, then every round's figures and their medians, which the goals table
+    takes. One round of a few seconds varies by a third between runs on these machines; the
+    server's CPU per job varies less, so it is the figure to compare two builds by."""
+    measured = [jobs_section(cfg, ferry_bin, tmp, n_jobs, n_clients, rate)
+                for _ in range(rounds)]
+    if rounds == 1:
+        return measured[0]
+    title, rows, _ = sorted(measured, key=lambda m: m[2].throughput)[rounds // 2]
+    each = [m[2] for m in measured]
+    median = bench_goals.JobFigures(*(statistics.median(getattr(f, field.name) for f in each)
+                                      for field in dataclasses.fields(bench_goals.JobFigures)))
+
+    def row(what: str, name: str, fmt: str) -> tuple[str, str]:
+        values = ", ".join(format(getattr(f, name), fmt) for f in each)
+        return (f"{what}, each round", f"{values}   (median {getattr(median, name):{fmt}})")
+
+    return f"{title}, {rounds} rounds (above: the median round)", rows + [
+        row("throughput jobs/s", "throughput", ".1f"),
+        row("dispatch p50 ms", "dispatch_p50", ".1f"),
+        row("dispatch p99 ms", "dispatch_p99", ".1f"),
+        row("server CPU ms per job", "cpu_ms_per_job", ".2f"),
+    ], median
 
 
 # A kind whose one worker slot is taken by a job that sleeps, so the backlog stays queued.
@@ -1159,6 +1191,9 @@ def parse_args() -> argparse.Namespace:
                     help="size of each upload in GiB (default 1)")
     ap.add_argument("--jobs", type=int, default=1000, help="number of no-op jobs (default 1000)")
     ap.add_argument("--clients", type=int, default=8, help="threads submitting jobs (default 8)")
+    ap.add_argument("--job-rounds", type=int, default=1,
+                    help="rounds of the no-op job runs, each on a fresh server; the goals "
+                    "table takes their medians (default 1)")
     ap.add_argument("--skip-uploads", action="store_true", help="skip dd and the uploads")
     ap.add_argument("--skip-jobs", action="store_true", help="skip the no-op jobs")
     ap.add_argument("--paced-jobs", type=int, default=500,
@@ -1193,9 +1228,10 @@ def parse_args() -> argparse.Namespace:
                          "as a PNG (needs matplotlib: scripts/bench-requirements.txt)")
     args = ap.parse_args()
     if min(args.jobs, args.clients, args.webhook_jobs, args.long_polls, args.poll_seconds,
-           args.poll_rounds) < 1 or args.upload_gib <= 0 or args.pace <= 0 or args.paced_jobs < 0:
-        ap.error("--jobs, --clients, --webhook-jobs, --long-polls, --poll-seconds, --poll-rounds "
-                 "and --upload-gib must be positive")
+           args.poll_rounds, args.job_rounds) < 1 or args.upload_gib <= 0 or args.pace <= 0 \
+            or args.paced_jobs < 0:
+        ap.error("--jobs, --clients, --webhook-jobs, --long-polls, --poll-seconds, --poll-rounds, "
+                 "--job-rounds and --upload-gib must be positive")
     if bool(args.postgres) != bool(args.s3_endpoint):
         ap.error("the scale-out configuration needs both --postgres (or TEST_PG_URL) and "
                  "--s3-endpoint (or TEST_S3_ENDPOINT); only one is set")
@@ -1247,10 +1283,11 @@ def measure_all(args: argparse.Namespace, tmp: str, configs: list[ScaleOut | Non
         if not args.skip_uploads:
             figures.uploads = add(upload_section(cfg, args.bin, tmp, payload, sha256, size))
         if not args.skip_jobs:
-            figures.jobs = add(jobs_section(cfg, args.bin, tmp, args.jobs, args.clients))
+            figures.jobs = add(job_rounds(cfg, args.bin, tmp, args.jobs, args.clients,
+                                          args.job_rounds))
             if args.paced_jobs:
-                figures.paced = add(jobs_section(cfg, args.bin, tmp, args.paced_jobs,
-                                                 args.clients, args.pace))
+                figures.paced = add(job_rounds(cfg, args.bin, tmp, args.paced_jobs,
+                                               args.clients, args.job_rounds, args.pace))
         if args.backlog:
             sections.append(backlog_section(cfg, args.bin, tmp, args.backlog, args.clients,
                                             args.paced_jobs or 200, args.pace))

@@ -46,6 +46,7 @@ class JobFigures:
     throughput: float  # jobs/s, first created_at → last finished_at
     dispatch_p50: float  # ms, started_at - created_at
     dispatch_p99: float
+    cpu_ms_per_job: float  # the server's CPU (user + system) from the first POST to the last poll
 
 
 @dataclasses.dataclass

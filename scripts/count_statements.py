@@ -13,6 +13,12 @@ Ferry's. What runs on a timer (heartbeats, the reconciler, the queue's polling) 
 too, spread over the jobs. Transaction control (BEGIN, COMMIT) is counted only where sqlx logs it
 (PostgreSQL). A figure that moves little between runs, next to the noisy timings of
 scripts/bench.py.
+
+With --timeline, it also prints where the median job's time went: every statement and every
+Ferry log line from its POST to its finish, in order, at its offset from the POST (in ms, by
+the log's wall clock; a statement is logged when it ends, with how long it took), beside the
+job's own created/started/finished times. The jobs are 100 ms apart, so that window holds only
+that job's work and whatever runs on a timer.
 The server is scripts/bench.py's `Server`, stopped by PID; the PostgreSQL database is dropped.
 """
 
@@ -21,9 +27,11 @@ import collections
 import json
 import os
 import re
+import statistics
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 
 from bench import Client, Server
 
@@ -45,6 +53,8 @@ def main() -> None:
     ap.add_argument("--bin", required=True, help="the ferry binary")
     ap.add_argument("--jobs", type=int, default=50, help="no-op jobs to send (default 50)")
     ap.add_argument("--postgres", metavar="URL", help="e.g. postgres://postgres@127.0.0.1:5432")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also print the median job's statements and log lines, in time order")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="ferry-count-")
@@ -57,20 +67,24 @@ def main() -> None:
     try:
         server = Server(args.bin, tmp, "count", storage, args=["--log-format", "json"],
                         env={"RUST_LOG": "warn,sqlx::query=debug,"
-                                         "ferry::storage::inline_reads=debug"})
+                                         "ferry::storage::inline_reads=debug"
+                                         + (",ferry=debug" if args.timeline else "")})
         server.wait_ready()
         time.sleep(3)  # start-up's own statements
         with open(server.log_path) as log:
             skip = sum(1 for _ in log)
         client = Client(server)
+        sent = {}  # job id → wall time its POST was sent
         for _ in range(args.jobs):
-            client.call("POST", "/v1/kinds/noop/jobs", b"x")
+            t0 = time.time()
+            _, body = client.call("POST", "/v1/kinds/noop/jobs", b"x")
+            sent[json.loads(body)["id"]] = t0
             time.sleep(0.1)
         with open(server.log_path) as log:
             end = sum(1 for _ in log)
-        done = len(client.get(f"/v1/jobs?status=succeeded&limit={args.jobs}")["items"])
-        if done != args.jobs:
-            raise SystemExit(f"only {done} of {args.jobs} jobs succeeded")
+        done = client.get(f"/v1/jobs?status=succeeded&limit={args.jobs}")["items"]
+        if len(done) != args.jobs:
+            raise SystemExit(f"only {len(done)} of {args.jobs} jobs succeeded")
     finally:
         if server is not None:
             server.stop()
@@ -92,6 +106,41 @@ def main() -> None:
     for kind, count in sorted(counts.items()):
         print(f"  {kind:16} {count / args.jobs:6.2f}")
     print(f"  {'all':16} {sum(counts.values()) / args.jobs:6.2f}")
+    if args.timeline:
+        print_timeline(server.log_path, done, sent)
+
+
+def wall(stamp: str) -> float:
+    """Seconds since the epoch of an RFC 3339 time (the API's, or the log's)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def print_timeline(log_path: str, jobs: list[dict], sent: dict[str, float]) -> None:
+    """The median job (by started_at - created_at): its times, then every log line from its POST
+    to its finish."""
+    jobs = sorted(jobs, key=lambda j: wall(j["started_at"]) - wall(j["created_at"]))
+    job = jobs[len(jobs) // 2]
+    t0 = sent[job["id"]]
+    dispatch = [(wall(j["started_at"]) - wall(j["created_at"])) * 1000 for j in jobs]
+    print(f"\nthe median job {job['id']} (dispatch p50 {statistics.median(dispatch):.0f} ms, "
+          "by the API's millisecond times), ms after its POST was sent:")
+    for k in ("created", "started", "finished"):
+        print(f"  {(wall(job[k + '_at']) - t0) * 1000:8.2f}  job {k}_at")
+    until = wall(job["finished_at"]) + 0.005
+    with open(log_path) as log:
+        for line in log:
+            try:
+                event = json.loads(line)
+                at = wall(event["timestamp"])
+            except (json.JSONDecodeError, KeyError, ValueError):
+                continue
+            if t0 - 0.001 <= at <= until:
+                text = " ".join((event.get("db.statement") or event.get("summary")
+                                 or event.get("message") or "").split())
+                took = event.get("elapsed_secs")
+                took = f"{float(took) * 1000:6.2f}" if took is not None else " " * 6
+                print(f"  {(at - t0) * 1000:8.2f}  {took}  {event.get('target', '')[:28]:28}  "
+                      f"{text[:110]}")
 
 
 if __name__ == "__main__":

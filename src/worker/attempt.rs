@@ -366,20 +366,35 @@ fn failure(code: &str, detail: &str, retryable: bool, attempt: i32) -> JobFailur
 /// Runs `work` while renewing the attempt's lease, as the supervisor did while the handler ran:
 /// publishing large leftover outputs can take longer than `lease_ttl`, and an attempt whose
 /// lease expired meanwhile would be settled as lost although its handler succeeded.
+///
+/// `work` and the renewals are driven side by side (`join!`), never one while the other waits:
+/// a renewal writes the job's row, which `work`'s transaction may hold, so a renewal awaited in
+/// place of `work` waited for a commit that nothing was driving — on PostgreSQL for ever, with
+/// the row locked against the reconciler too (a job stuck `running`, seen under load).
 async fn keeping_lease<T>(ctx: &JobContext, work: impl std::future::Future<Output = T>) -> T {
     let every = ctx.services.settings.queue.lease_ttl / 3;
-    let mut work = std::pin::pin!(work);
-    loop {
-        tokio::select! {
-            out = &mut work => return out,
-            _ = tokio::time::sleep(every) => {
-                if let Err(err) = ctx.services.heartbeat(&ctx.lease, true).await {
-                    // A database hiccup: the lease has slack until it expires.
-                    tracing::warn!(error = %err, "renewing the lease while publishing failed");
-                }
+    let done = CancellationToken::new();
+    let working = async {
+        let out = work.await;
+        done.cancel();
+        out
+    };
+    // Stops between renewals, never in the middle of one (a statement cut off mid-flight costs
+    // its connection).
+    let renewing = async {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = done.cancelled() => return,
+            }
+            if let Err(err) = ctx.services.heartbeat(&ctx.lease, true).await {
+                // A database hiccup: the lease has slack until it expires.
+                tracing::warn!(error = %err, "renewing the lease while publishing failed");
             }
         }
-    }
+    };
+    let (out, ()) = tokio::join!(working, renewing);
+    out
 }
 
 /// Every file in the output folder that was not published yet becomes a final result. The

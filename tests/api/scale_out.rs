@@ -89,11 +89,22 @@ async fn two_replicas_and_two_workers_run_200_jobs_exactly_once_despite_a_killed
             let workers = app
                 .text_rows("SELECT concat_ws(' ', id, worker_type, last_seen) FROM apalis.workers")
                 .await;
+            // A transaction left open, or a statement waiting for a lock, shows here.
+            let sessions = app
+                .text_rows(
+                    "SELECT concat_ws(' ', pid, application_name, state, wait_event_type, \
+                     wait_event, 'xact', now() - xact_start, 'query', now() - query_start, \
+                     left(regexp_replace(query, '\\s+', ' ', 'g'), 160)) \
+                     FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid()",
+                )
+                .await;
             panic!(
                 "only {done} of 200 jobs succeeded after 180 s; not succeeded:\n{}\n\
-                 apalis workers:\n{}\n{}\n{}",
+                 apalis workers:\n{}\nsessions:\n{}\n{}\n{}",
                 stuck.join("\n"),
                 workers.join("\n"),
+                sessions.join("\n"),
                 app.logs_of("worker"),
                 app.logs_of("serve")
             );
@@ -236,6 +247,59 @@ async fn an_outcome_that_cannot_be_recorded_at_once_is_recorded_later_not_run_ag
 
     let done = app.wait_status(&id, "succeeded", WITHIN).await;
     assert_eq!(done["attempt"], 1, "the job ran again: {done}");
+}
+
+/// The lease of an attempt whose leftover outputs are being published is renewed beside the
+/// publishing, which must go on meanwhile. The results table is locked as the handler exits, so
+/// the publishing transaction waits there holding the job's row, past a renewal's turn: the
+/// renewal then waits for that row, and only the publishing's commit releases it. (A renewal
+/// that was awaited in the publishing's place waited for a commit nothing drove: the job stayed
+/// `running` for good, its row locked against the reconciler too.)
+async fn a_lease_renewal_waits_beside_the_publishing_it_keeps_alive() {
+    let app = TestApp::spawn_process(TestConfig {
+        // Renewals every 2 s; the lock below (3 s) outlasts one but not the lease.
+        lease_ttl: "6s",
+        ..TestConfig::default()
+    })
+    .await;
+    let gate = app.dir.path().join("gate");
+    let job = app
+        .submit("model", bytes(100, 93), json!({"mode": "ok", "gate": gate}))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    // The intermediate result is in: the handler waits at the gate, then leaves its final
+    // output (masks/mask.json) for the worker to publish once it exits.
+    let start = Instant::now();
+    while app.count_rows("SELECT COUNT(*) FROM ferry_results").await < 1 {
+        assert!(start.elapsed() < WITHIN, "no intermediate result");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut locker = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE ferry_results IN EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    std::fs::write(&gate, "go").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&mut locker)
+    .await
+    .unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut locker).await.unwrap();
+    // The publishing, and a renewal behind it on the job's row.
+    assert!(
+        waiting >= 2,
+        "{waiting} statement(s) waited for the lock, not the two expected"
+    );
+
+    let done = app.wait_status(&id, "succeeded", WITHIN).await;
+    assert_eq!(done["attempt"], 1, "the job ran again: {done}");
+    assert_eq!(done["result_count"], 2, "{done}");
 }
 
 struct Moto {
@@ -509,6 +573,15 @@ async fn scale_out_outcome_recorded_after_a_blip() {
     run_on(
         Backend::PostgresS3,
         an_outcome_that_cannot_be_recorded_at_once_is_recorded_later_not_run_again(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scale_out_lease_renewed_beside_a_waiting_publish() {
+    run_on(
+        Backend::PostgresS3,
+        a_lease_renewal_waits_beside_the_publishing_it_keeps_alive(),
     )
     .await
 }
