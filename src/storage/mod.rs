@@ -33,7 +33,7 @@ use sea_orm::{
 use sea_query_sqlx::SqlxBinder;
 use sqlx::{
     PgPool, Postgres, Sqlite, SqlitePool,
-    postgres::PgPoolOptions,
+    postgres::{PgConnectOptions, PgPoolOptions},
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 
@@ -215,6 +215,7 @@ impl Db {
             });
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = pg_connect_options(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -223,15 +224,14 @@ impl Db {
                 // while, as the read pool does, measured no faster: see the README, Benchmarks,
                 // "Fewer round trips".)
                 .test_before_acquire(true)
-                .connect(url)
+                .connect_with(options.clone())
                 .await
                 .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
             // Status polls and lists: a pool of their own, so that reads never wait for a
             // connection behind writes.
             let reads = pg_read_pool_options()
                 .max_connections(PG_READERS)
-                .connect_lazy(url)
-                .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
+                .connect_lazy_with(options);
             let orm = DatabaseConnection::from(pool.clone());
             return Ok(Db {
                 reads: DatabaseConnection::from(reads.clone()),
@@ -637,6 +637,22 @@ const UNCHECKED_AFTER_USE: Duration = Duration::from_millis(500);
 /// for every status poll, and under load every connection is that fresh. One such connection
 /// that died all the same fails one read, which answers 503 `database_unavailable` (clients
 /// retry it), and sqlx drops the connection.
+/// How long PostgreSQL lets a session of Ferry's sit in an open transaction without a
+/// statement before it ends the session. Ferry's transactions send their statements back to
+/// back; one left open (by a bug: a future no longer driven while its transaction holds a job's
+/// row) would otherwise hold its locks for ever, with the reconciler's repairs waiting behind
+/// them. Ended, its locks go, its next statement fails, and the work is retried as after any
+/// database error.
+const IDLE_IN_TRANSACTION: &str = "60s";
+
+/// The connection options of both PostgreSQL pools: the URL's, and [`IDLE_IN_TRANSACTION`]
+/// (sent with the connection's start-up, so it costs no statement).
+fn pg_connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("invalid PostgreSQL URL {}", redact(url)))?;
+    Ok(options.options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]))
+}
+
 fn pg_read_pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .acquire_timeout(ACQUIRE_TIMEOUT)

@@ -302,6 +302,27 @@ async fn a_lease_renewal_waits_beside_the_publishing_it_keeps_alive() {
     assert_eq!(done["result_count"], 2, "{done}");
 }
 
+/// A transaction Ferry left open by mistake (as above, before that was fixed) does not hold its
+/// locks for ever: both of Ferry's PostgreSQL pools open their sessions with
+/// `idle_in_transaction_session_timeout`, so PostgreSQL ends one that sits a minute in a
+/// transaction without a statement.
+async fn sessions_left_idle_in_a_transaction_are_ended_by_the_database() {
+    let app = TestApp::spawn().await;
+    let db = ferry::storage::Db::connect(&app.database_url)
+        .await
+        .unwrap();
+    for (name, pool) in [("main", db.pool()), ("read", db.read_pool())] {
+        let ferry::storage::Pool::Postgres(pool) = pool else {
+            panic!("a PostgreSQL test without a PostgreSQL pool")
+        };
+        let timeout: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "1min", "the {name} pool's sessions");
+    }
+}
+
 struct Moto {
     child: Child,
     port: u16,
@@ -582,6 +603,15 @@ async fn scale_out_lease_renewed_beside_a_waiting_publish() {
     run_on(
         Backend::PostgresS3,
         a_lease_renewal_waits_beside_the_publishing_it_keeps_alive(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn scale_out_idle_transactions_are_ended() {
+    run_on(
+        Backend::PostgresS3,
+        sessions_left_idle_in_a_transaction_are_ended_by_the_database(),
     )
     .await
 }
