@@ -630,13 +630,6 @@ fn feed_position(job_id: Uuid, seq: i64) -> Expr {
 /// (`aliveBypassWindowMs`) for the same reason.
 const UNCHECKED_AFTER_USE: Duration = Duration::from_millis(500);
 
-/// The read pool's options. A connection idle for a while is pinged before it is handed out, so
-/// one that the server closed meanwhile (a restart, `pg_terminate_backend`, an idle timeout on
-/// the way) is dropped instead of failing a read. One used within the last
-/// [`UNCHECKED_AFTER_USE`] is not: sqlx's default pings before every acquire, a round trip more
-/// for every status poll, and under load every connection is that fresh. One such connection
-/// that died all the same fails one read, which answers 503 `database_unavailable` (clients
-/// retry it), and sqlx drops the connection.
 /// How long PostgreSQL lets a session of Ferry's sit in an open transaction without a
 /// statement before it ends the session. Ferry's transactions send their statements back to
 /// back; one left open (by a bug: a future no longer driven while its transaction holds a job's
@@ -653,6 +646,13 @@ fn pg_connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     Ok(options.options([("idle_in_transaction_session_timeout", IDLE_IN_TRANSACTION)]))
 }
 
+/// The read pool's options. A connection idle for a while is pinged before it is handed out, so
+/// one that the server closed meanwhile (a restart, `pg_terminate_backend`, an idle timeout on
+/// the way) is dropped instead of failing a read. One used within the last
+/// [`UNCHECKED_AFTER_USE`] is not: sqlx's default pings before every acquire, a round trip more
+/// for every status poll, and under load every connection is that fresh. One such connection
+/// that died all the same fails one read, which answers 503 `database_unavailable` (clients
+/// retry it), and sqlx drops the connection.
 fn pg_read_pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .acquire_timeout(ACQUIRE_TIMEOUT)
