@@ -28,7 +28,7 @@ configuration, each measurement gets a fresh `ferry serve`:
    first created_at)), dispatch latency (started_at - created_at) and other percentiles; then
    --paced-jobs more sent at an even --pace (default 50/s): dispatch latency below saturation;
    each run --job-rounds times (default 1) on fresh servers, reporting every round, the medians
-   and the server's CPU per job (quieter than jobs/s, so the figure to compare builds by);
+   and the server's CPU per job (steadier than jobs/s within a run; see `job_rounds`);
 5. webhooks, one job at a time: a receiver in this process (127.0.0.1, answering 204 at once),
    one server-wide endpoint for every event type, 100 no-op jobs each submitted once the one
    before was delivered: event → delivery latency (arrival - the payload's `timestamp`) with
@@ -695,8 +695,9 @@ def job_rounds(cfg: ScaleOut | None, ferry_bin: str, tmp: str, n_jobs: int, n_cl
                rounds: int, rate: float = 0) -> tuple[str, Rows, bench_goals.JobFigures]:
     """`jobs_section` `rounds` times, each on a fresh server: the rows of the round with the
     median throughput, then every round's figures and their medians, which the goals table
-    takes. One round of a few seconds varies by a third between runs on these machines; the
-    server's CPU per job varies less, so it is the figure to compare two builds by."""
+    takes. One round of a few seconds varies by a third between runs on these machines. The
+    server's CPU per job varied less within a run, but the medians of two runs a few minutes
+    apart still differed by a fifth (README, Benchmarks): alternate the rounds of two builds."""
     measured = [jobs_section(cfg, ferry_bin, tmp, n_jobs, n_clients, rate)
                 for _ in range(rounds)]
     if rounds == 1:

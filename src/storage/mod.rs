@@ -178,7 +178,9 @@ impl Db {
             // fetched again is stale (`service::lifecycle`'s guards), one lost is dispatched again
             // by the reconciler. A `kill -9` loses nothing either way. That saves disk flushes per
             // job (2 of apalis' commits per job, beside Ferry's 3). Sharing Ferry's one connection
-            // instead was faster, but a lease renewal may then wait behind apalis' flushed commits
+            // instead was faster, but was not kept after a lease was lost in one run; that loss
+            // fits a bug fixed since (a renewal awaited in place of the publishing it renewed
+            // for, see `worker::attempt::keeping_lease`) and the sharing was not measured again
             // (README, Benchmarks: "Tried and not kept"). (An earlier reason, that apalis holds a
             // connection while it waits for in-flight tasks on shutdown, does not hold for
             // apalis-sqlite 1.0: its `persist.rs` opens only short transactions.)

@@ -159,8 +159,7 @@ async fn settle(
     outcome: Outcome,
     shutdown: &CancellationToken,
 ) -> crate::service::ServiceResult<Option<JobStatus>> {
-    let lease = Duration::from_millis(services.lease_ttl_ms().max(0) as u64);
-    let give_up = Instant::now() + lease;
+    let give_up = Instant::now() + services.settings.queue.lease_ttl;
     let mut pause = SETTLE_RETRY_FIRST_PAUSE;
     loop {
         let written = services
